@@ -1,0 +1,47 @@
+# The two commands a user types (as root): `sudo make run-scenario` and `sudo make test`.
+# Both run the idempotent set-up first, then run their work in a kernel that has what the
+# testbed needs (the host's, or the UML guest's: see topo/kernel.py).
+
+PY := .venv/bin/python
+KERNEL_RUN := $(PY) -m topo.kernel run --
+SCENARIO ?=
+RUN ?=
+CMD ?= true
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-pure test-kernel run-scenario report kernel-run probe bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+# Pure tests (codecs, engines, metrics, the guest runner) run directly; kernel tests run once,
+# in one kernel boot, wherever topo.kernel decides.
+test: setup
+	$(PY) -m pytest -q tests --ignore=tests/kernel $(PYTEST_ARGS)
+	$(KERNEL_RUN) $(PY) -m pytest -q tests/kernel $(PYTEST_ARGS)
+
+test-pure: setup
+	$(PY) -m pytest -q tests --ignore=tests/kernel $(PYTEST_ARGS)
+
+test-kernel: setup
+	$(KERNEL_RUN) $(PY) -m pytest -q tests/kernel $(PYTEST_ARGS)
+
+run-scenario: setup
+	$(KERNEL_RUN) $(PY) -m scenarios.run $(if $(SCENARIO),--scenario $(SCENARIO))
+
+# Redraw table and plots from a stored run, without rerunning it (no root or kernel needed).
+report:
+	@test -n "$(RUN)" || { echo "usage: make report RUN=results/<scenario>/<run-id>"; exit 2; }
+	$(PY) -m scenarios.report $(RUN)
+
+kernel-run: setup
+	$(KERNEL_RUN) sh -c '$(CMD)'
+
+probe: setup
+	$(PY) -m topo.kernel probe
+
+bench: setup
+	$(KERNEL_RUN) sh -c 'for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done'
+
+clean:
+	rm -rf .pytest_cache .hypothesis

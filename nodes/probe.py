@@ -1,0 +1,152 @@
+"""UDP probe stream between the MN and the HA: the traffic whose interruption every method is judged by.
+
+One process per end, started once before the measurements (a process start is expensive in the
+UML guest) and stopped with SIGTERM at the end. Each end sends probes at a fixed rate and records,
+for every probe it receives, the sequence number and the send and receive times on the monotonic
+clock, which one kernel shares across all namespaces. The trace is written when the agent stops.
+
+The HA end sends to the MN's current address. Until Mobile IPv6 binding updates exist it learns that
+address from the source of the MN's probes (a binding learned from data, like a correspondent that
+answers to the last source it saw); every change is recorded.
+
+Probe payload (network byte order): magic "TBPR", sequence u32, send time u64 ns, padding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from array import array
+
+MAGIC = b"TBPR"
+HEADER = struct.Struct("!4sIQ")
+DEFAULT_PORT = 40000
+
+
+def raise_priority(priority: int = 50) -> None:
+    """Real-time priority for the calling thread, so probes leave and are stamped on time.
+
+    The UML guest has one virtual CPU shared by every agent; without this, a probe can wait a
+    whole scheduler slice (10-20 ms) behind another process, which is noise in the figures.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError):
+        pass  # not root, or no RT scheduling: the measurement is noisier but still valid
+
+
+class ProbeAgent:
+    def __init__(self, role: str, peer: str, port: int, rate: float, size: int, learn_peer: bool):
+        self.role = role
+        self.peer = peer
+        self.port = port
+        self.interval_ns = int(1e9 / rate)
+        self.padding = b"\0" * max(0, size - HEADER.size)
+        self.learn_peer = learn_peer
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        self.sock.bind(("::", port))
+        self.sock.settimeout(0.2)
+        self.stopping = threading.Event()
+        # Columns of the traces, kept as compact arrays: 1000 probes/s for minutes is fine.
+        self.sent_seq, self.sent_ns, self.sent_ok = array("I"), array("Q"), array("B")
+        self.recv_seq, self.recv_tx_ns, self.recv_rx_ns = array("I"), array("Q"), array("Q")
+        self.peer_changes: list[tuple[int, str]] = []
+        self.decode_errors = 0
+
+    def send_loop(self) -> None:
+        raise_priority()
+        sequence = 0
+        next_ns = time.monotonic_ns()
+        while not self.stopping.is_set():
+            now = time.monotonic_ns()
+            if now < next_ns:
+                time.sleep((next_ns - now) / 1e9)
+                continue
+            sequence += 1
+            stamp = time.monotonic_ns()
+            ok = 1
+            try:
+                self.sock.sendto(HEADER.pack(MAGIC, sequence, stamp) + self.padding, (self.peer, self.port))
+            except OSError:
+                ok = 0  # no route while detached: the probe is lost at the sender
+            self.sent_seq.append(sequence)
+            self.sent_ns.append(stamp)
+            self.sent_ok.append(ok)
+            next_ns += self.interval_ns
+            if time.monotonic_ns() - next_ns > 50 * self.interval_ns:
+                next_ns = time.monotonic_ns()  # fell far behind (host stall): do not burst
+
+    def receive_loop(self) -> None:
+        raise_priority()
+        while not self.stopping.is_set():
+            try:
+                data, source = self.sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                continue
+            arrival = time.monotonic_ns()
+            if len(data) < HEADER.size or data[:4] != MAGIC:
+                self.decode_errors += 1
+                continue
+            _, sequence, sent = HEADER.unpack_from(data)
+            self.recv_seq.append(sequence)
+            self.recv_tx_ns.append(sent)
+            self.recv_rx_ns.append(arrival)
+            if self.learn_peer and source[0] != self.peer:
+                self.peer = source[0]
+                self.peer_changes.append((arrival, source[0]))
+
+    def run(self, ready_line: str) -> None:
+        threads = [threading.Thread(target=self.receive_loop, daemon=True),
+                   threading.Thread(target=self.send_loop, daemon=True)]
+        for thread in threads:
+            thread.start()
+        print(ready_line, flush=True)
+        self.stopping.wait()
+        for thread in threads:
+            thread.join(timeout=2)
+
+    def write(self, path: str) -> None:
+        record = {
+            "role": self.role, "port": self.port, "interval_ns": self.interval_ns,
+            "sent": {"seq": self.sent_seq.tolist(), "ns": self.sent_ns.tolist(), "ok": self.sent_ok.tolist()},
+            "received": {"seq": self.recv_seq.tolist(), "tx_ns": self.recv_tx_ns.tolist(),
+                         "rx_ns": self.recv_rx_ns.tolist()},
+            "peer_changes": self.peer_changes, "decode_errors": self.decode_errors,
+        }
+        temporary = path + ".tmp"
+        with open(temporary, "w") as handle:
+            json.dump(record, handle)
+        os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="UDP probe end point")
+    parser.add_argument("--role", required=True)
+    parser.add_argument("--peer", required=True, help="address to send probes to")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--rate", type=float, default=1000.0, help="probes per second")
+    parser.add_argument("--size", type=int, default=64, help="UDP payload octets")
+    parser.add_argument("--learn-peer", action="store_true", help="send to the source of the last probe received")
+    parser.add_argument("--out", required=True, help="trace file written on SIGTERM")
+    arguments = parser.parse_args(argv)
+    agent = ProbeAgent(arguments.role, arguments.peer, arguments.port, arguments.rate, arguments.size,
+                       arguments.learn_peer)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
+    agent.run(f"READY {arguments.role} {os.getpid()}")
+    agent.write(arguments.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

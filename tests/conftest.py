@@ -1,0 +1,124 @@
+"""Shared test fixtures: kernel-test gating, scratch namespaces, crypto warm-up.
+
+Kernel tests (marker ``kernel``) need root and a kernel with ESP, netem and SCTP. ``make test``
+runs them inside the UML guest when the host lacks those. Run elsewhere they are skipped, except
+under CI, where a skipped kernel test would hide a broken environment: there it is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+from topo import kernel  # noqa: E402
+
+_kernel_ok: bool | None = None
+_kernel_reason = ""
+
+
+def _kernel_available() -> tuple[bool, str]:
+    global _kernel_ok, _kernel_reason
+    if _kernel_ok is None:
+        if os.geteuid() != 0:
+            _kernel_ok, _kernel_reason = False, "needs root"
+        elif kernel.in_guest():
+            _kernel_ok = True
+        else:
+            missing = kernel.probe_host()
+            _kernel_ok = not missing
+            _kernel_reason = f"host kernel lacks {', '.join(missing)} (run through `make test`)"
+    return _kernel_ok, _kernel_reason
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernel") is None:
+        return
+    available, reason = _kernel_available()
+    if not available:
+        if os.environ.get("CI"):
+            pytest.fail(f"kernel test cannot run in CI: {reason}")
+        pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything under tests/kernel is a kernel test, marked or not.
+    for item in items:
+        if "tests/kernel/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.kernel)
+
+
+def run(command: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a shell command (tests only: in measured paths we never start processes)."""
+    result = subprocess.run(command, shell=True, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"`{command}` failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+_namespace_counter = itertools.count(1)
+
+
+@pytest.fixture
+def netns_factory():
+    """Create named network namespaces (``tb<pid>-<n>-<name>``); delete exactly those afterwards."""
+    created: list[str] = []
+
+    def make(name: str) -> str:
+        namespace = f"tb{os.getpid()}-{next(_namespace_counter)}-{name}"
+        run(f"ip netns add {namespace}")
+        created.append(namespace)
+        run(f"ip -n {namespace} link set lo up")
+        run(f"ip netns exec {namespace} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0")
+        return namespace
+
+    yield make
+    for namespace in reversed(created):
+        run(f"ip netns del {namespace}", check=False)
+
+
+@pytest.fixture
+def veth_pair(netns_factory):
+    """Two namespaces joined by a veth pair with 2001:db8:ff::1/64 and ::2/64 (no DAD)."""
+    left, right = netns_factory("left"), netns_factory("right")
+    run(f"ip link add name tbveth{os.getpid() % 10000}a netns {left} type veth peer name tbveth{os.getpid() % 10000}b netns {right}")
+    left_if, right_if = f"tbveth{os.getpid() % 10000}a", f"tbveth{os.getpid() % 10000}b"
+    run(f"ip -n {left} link set {left_if} up && ip -n {right} link set {right_if} up")
+    run(f"ip -n {left} -6 addr add 2001:db8:ff::1/64 dev {left_if} nodad")
+    run(f"ip -n {right} -6 addr add 2001:db8:ff::2/64 dev {right_if} nodad")
+    return {"left": left, "right": right, "left_if": left_if, "right_if": right_if,
+            "left_address": "2001:db8:ff::1", "right_address": "2001:db8:ff::2"}
+
+
+# In a fresh UML guest the first SA of each algorithm takes seconds (crypto template set-up):
+# pay that once per session, before any test times or waits on anything.
+WARMUP_ALGORITHMS = (
+    "enc 'cbc(aes)' 0x00112233445566778899aabbccddeeff "
+    "auth-trunc 'hmac(sha256)' 0x00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff 128",
+    "aead 'rfc4106(gcm(aes))' 0x00112233445566778899aabbccddeeff00112233 128",
+    "enc 'cbc(des)' 0x0011223344556677 auth-trunc 'hmac(sha1)' 0x00112233445566778899aabbccddeeff00112233 96",
+)
+
+
+@pytest.fixture(scope="session")
+def xfrm_warmup():
+    available, _ = _kernel_available()
+    if not available:
+        return
+    namespace = f"tb{os.getpid()}-warmup"
+    run(f"ip netns add {namespace}")
+    try:
+        for spi, algorithm in enumerate(WARMUP_ALGORITHMS, start=0x1000):
+            command = (f"ip -n {namespace} xfrm state add src 2001:db8::1 dst 2001:db8::2 proto esp "
+                       f"spi {spi} mode tunnel {algorithm}")
+            run(command, check=False)  # DES may be missing: fine, nothing then uses it
+    finally:
+        run(f"ip netns del {namespace}", check=False)

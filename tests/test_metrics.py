@@ -1,0 +1,62 @@
+"""Interruption metrics on synthetic traces whose answer is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from scenarios import metrics
+
+MS = 1_000_000
+
+
+def trace(received: list[tuple[int, float, float]]) -> dict:
+    """(seq, send ms, receive ms) rows -> a probe trace as the agent writes it."""
+    return {"received": {"seq": [r[0] for r in received], "tx_ns": [int(r[1] * MS) for r in received],
+                         "rx_ns": [int(r[2] * MS) for r in received]}}
+
+
+def stream(first: int, last: int, delay: float, skip: range = range(0)) -> list[tuple[int, float, float]]:
+    """One probe per ms, seq n sent at n ms and received ``delay`` ms later, except ``skip``."""
+    return [(n, float(n), n + delay) for n in range(first, last + 1) if n not in skip]
+
+
+def test_gap_and_losses_of_a_clean_handover():
+    # Detach at 100 ms; probes 100..159 lost; path delay 12 ms.
+    result = metrics.interruption(trace(stream(1, 300, 12, skip=range(100, 160))), detach_ns=100 * MS)
+    assert result["interruption_ms"] == pytest.approx(61.0)
+    assert result["lost"] == 60
+    assert (result["last_before_seq"], result["first_after_seq"]) == (99, 160)
+
+
+def test_in_flight_probes_do_not_end_the_interruption():
+    # Probes sent just before the detach arrive up to 12 ms after it: the gap starts after them.
+    result = metrics.interruption(trace(stream(1, 300, 12, skip=range(95, 170))), detach_ns=100 * MS)
+    assert result["last_before_seq"] == 94 and result["first_after_seq"] == 170
+    assert result["interruption_ms"] == pytest.approx(76.0)
+
+
+def test_stale_probes_from_a_router_queue_do_not_end_the_interruption():
+    rows = stream(1, 300, 5, skip=range(100, 180))
+    rows.append((40, 40.0, 150.0))  # an old probe delivered late after a ping-pong handover
+    result = metrics.interruption(trace(rows), detach_ns=100 * MS)
+    assert result["first_after_seq"] == 180
+    assert result["interruption_ms"] == pytest.approx(81.0)
+
+
+def test_horizon_limits_the_search_to_this_handover():
+    rows = stream(1, 600, 5, skip=set(range(100, 150)) | set(range(400, 550)))
+    result = metrics.interruption(trace(rows), detach_ns=100 * MS, horizon_ns=300 * MS)
+    assert result["first_after_seq"] == 150
+
+
+def test_missing_data_is_an_error_not_a_number():
+    with pytest.raises(metrics.MetricsError):
+        metrics.interruption(trace(stream(200, 300, 5)), detach_ns=100 * MS)
+    with pytest.raises(metrics.MetricsError):
+        metrics.interruption(trace(stream(1, 99, 5)), detach_ns=200 * MS)
+
+
+def test_summary_statistics():
+    stats = metrics.statistics_of([10.0, 20.0, 30.0, 40.0, 50.0])
+    assert stats == {"median": 30.0, "p95": pytest.approx(48.0), "min": 10.0, "max": 50.0, "n": 5}
+    assert metrics.statistics_of([]) == {"n": 0}

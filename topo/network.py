@@ -1,0 +1,217 @@
+"""Build the paper's network in Mininet from :mod:`topo.plan`, and move the MN between ARs.
+
+Hosts are joined by direct veth links shaped by netem (Mininet's TCLink): no switch, no Open
+vSwitch, no controller. Set-up uses the hosts' shells (slow in UML, but outside any
+measurement); the handover itself goes through netlink from this process, in the MN's network
+namespace, so no process start lands inside a measured interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import time
+from typing import Mapping
+
+from mininet.link import TCLink
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from pyroute2 import IPRoute
+
+from nodes import netns
+from topo import plan
+
+
+class TopologyError(RuntimeError):
+    """Building, configuring or changing the emulated network failed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkParams:
+    """netem/htb shaping of a link, applied in each direction (delay is one-way)."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_percent: float = 0.0
+    rate_mbit: float | None = None
+
+    def tclink_arguments(self) -> dict:
+        arguments: dict = {}
+        if self.delay_ms:
+            arguments["delay"] = f"{self.delay_ms}ms"
+        if self.jitter_ms:
+            arguments["jitter"] = f"{self.jitter_ms}ms"
+        if self.loss_percent:
+            arguments["loss"] = self.loss_percent
+        if self.rate_mbit:
+            arguments["bw"] = self.rate_mbit
+        return arguments
+
+
+@dataclasses.dataclass
+class HandoverRecord:
+    """Monotonic timestamps (ns, one clock for every namespace) of one handover's steps."""
+
+    index: int
+    from_ar: str
+    to_ar: str
+    l2_delay_ms: float
+    detach_start_ns: int = 0
+    detached_ns: int = 0
+    attach_start_ns: int = 0
+    attached_ns: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Testbed:
+    """The running emulated network. Use as a context manager so it is always torn down."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(self, link_params: Mapping[str, LinkParams] | None = None, initial_ar: str = plan.PAR):
+        self.link_params = {cls: LinkParams() for cls in plan.LINK_CLASSES}
+        self.link_params.update(link_params or {})
+        self.current_ar: str | None = None
+        self.initial_ar = initial_ar
+        self.net: Mininet | None = None
+        self._mn_netlink: IPRoute | None = None
+        self._handovers = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> "Testbed":
+        setLogLevel("warning")
+        net = Mininet(topo=None, build=False, controller=None, link=TCLink, autoSetMacs=False,
+                      autoStaticArp=False, waitConnected=False)
+        self.net = net
+        try:
+            for name in plan.NODES:
+                # ip=None: no IPv4 on the testbed; every address comes from the IPv6 plan.
+                net.addHost(name, ip=None, inNamespace=True)
+            for link in plan.LINKS:
+                params = self.link_params[link.link_class].tclink_arguments()
+                net.addLink(link.a, link.b, intfName1=link.interface(link.a),
+                            intfName2=link.interface(link.b), **params)
+            net.build()
+            self._configure()
+            self._mn_netlink = netns.iproute_in(self.pid(plan.MN))
+            self._attach(self.initial_ar)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._mn_netlink is not None:
+            self._mn_netlink.close()
+            self._mn_netlink = None
+        if self.net is not None:
+            self.net.stop()  # ends the host shells Mininet started, by their recorded PIDs
+            self.net = None
+
+    def __enter__(self) -> "Testbed":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- access ---------------------------------------------------------------------------------
+    def host(self, name: str):
+        assert self.net is not None, "testbed not started"
+        return self.net.get(name)
+
+    def pid(self, name: str) -> int:
+        """PID of the node's shell; its /proc/<pid>/ns/net is the node's network namespace."""
+        return self.host(name).pid
+
+    def cmd(self, name: str, command: str, check: bool = True) -> str:
+        """Run a shell command on a node (slow in UML: set-up and checks only, never measured)."""
+        output = self.host(name).cmd(command + "; echo __status=$?")
+        body, _, status = output.rpartition("__status=")
+        if check and status.strip() != "0":
+            raise TopologyError(f"{name}: `{command}` failed ({status.strip()}): {body.strip()}")
+        return body
+
+    # -- configuration --------------------------------------------------------------------------
+    def _configure(self) -> None:
+        for name in plan.NODES:
+            forwarding = "1" if name in plan.FORWARDING_NODES else "0"
+            # No DAD anywhere (the MN's new care-of address must be usable at once, and so must
+            # the link-local source of its Neighbor Solicitations), no router advertisements.
+            self.cmd(name, (
+                "sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.all.accept_ra=0 "
+                "net.ipv6.conf.default.accept_ra=0 net.ipv6.conf.all.accept_dad=0 "
+                "net.ipv6.conf.default.accept_dad=0 "
+                f"net.ipv6.conf.all.forwarding={forwarding} && "
+                "for f in /proc/sys/net/ipv6/conf/*/accept_dad; do echo 0 > $f; done && "
+                "for f in /proc/sys/net/ipv6/conf/*/accept_ra; do echo 0 > $f; done && "
+                "ip link set lo up"
+            ))
+        for link in plan.LINKS:
+            prefix_length = link.prefix.split("/")[1]
+            for node in (link.a, link.b):
+                address = link.address_of(node)
+                if address:
+                    self.cmd(node, f"ip -6 addr add {address}/{prefix_length} dev {link.interface(node)} nodad")
+        for node, address in plan.LOOPBACK_ADDRESSES.items():
+            self.cmd(node, f"ip -6 addr add {address}/128 dev lo")
+        for route in plan.ROUTES:
+            interface = plan.LINKS_BY_NAME[route.link].interface(route.node)
+            self.cmd(route.node, f"ip -6 route add {route.destination} via {route.via} dev {interface}")
+        # The MN starts detached from both access links; start() attaches it to the initial AR.
+        for ar in plan.ACCESS_ROUTERS:
+            interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
+            self.cmd(plan.MN, f"ip link set {interface} down")
+
+    def _mn_interface_index(self, ar: str) -> int:
+        assert self._mn_netlink is not None
+        name = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
+        indices = self._mn_netlink.link_lookup(ifname=name)
+        if not indices:
+            raise TopologyError(f"MN has no interface {name}")
+        return indices[0]
+
+    def _detach(self, ar: str) -> None:
+        assert self._mn_netlink is not None
+        self._mn_netlink.link("set", index=self._mn_interface_index(ar), state="down")
+        self.current_ar = None
+
+    def _attach(self, ar: str) -> None:
+        """Bring the access link up, take the care-of address from the AR's prefix, route via it."""
+        assert self._mn_netlink is not None
+        index = self._mn_interface_index(ar)
+        ipr = self._mn_netlink
+        ipr.link("set", index=index, state="up")
+        try:
+            ipr.addr("add", index=index, address=plan.MN_COA[ar], prefixlen=64, flags=0x02)  # IFA_F_NODAD
+        except Exception as error:  # the address may survive a previous attach
+            if getattr(error, "code", None) != errno.EEXIST:
+                raise
+        ipr.route("replace", dst="::/0", family=10, gateway=plan.AR_ACCESS_ADDRESS[ar], oif=index)
+        self.current_ar = ar
+
+    # -- the handover primitive ------------------------------------------------------------------
+    def handover(self, to_ar: str, l2_delay_ms: float) -> HandoverRecord:
+        """Detach the MN from its AR, wait the L2 handover delay, attach it to ``to_ar``.
+
+        The wait is the emulated radio-level handover, a scenario parameter; every protocol step
+        after it (neighbour discovery, CXTP, IKE, ...) happens for real on the emulated links.
+        """
+        if self.current_ar is None or to_ar == self.current_ar or to_ar not in plan.ACCESS_ROUTERS:
+            raise TopologyError(f"cannot hand over from {self.current_ar} to {to_ar}")
+        self._handovers += 1
+        record = HandoverRecord(self._handovers, self.current_ar, to_ar, l2_delay_ms)
+        record.detach_start_ns = time.monotonic_ns()
+        self._detach(self.current_ar)
+        record.detached_ns = time.monotonic_ns()
+        deadline = record.detached_ns + int(l2_delay_ms * 1e6)
+        while (remaining := deadline - time.monotonic_ns()) > 0:
+            time.sleep(remaining / 1e9)
+        record.attach_start_ns = time.monotonic_ns()
+        self._attach(to_ar)
+        record.attached_ns = time.monotonic_ns()
+        return record
+
+    def other_ar(self) -> str:
+        return plan.NAR if self.current_ar == plan.PAR else plan.PAR

@@ -1,0 +1,129 @@
+"""The paper's topology (Fig. 4) as plain data: nodes, links, the IPv6 addressing plan, routes.
+
+Nothing here touches a kernel; :mod:`topo.network` turns this plan into a Mininet network. Keeping
+the plan as data lets the README's addressing table, the tests and the builder share one source.
+
+Prefixes come from the documentation range 2001:db8::/32 (RFC 3849). The paper's DNS names map to
+addresses as follows (the MN's care-of address changes with its access router):
+
+==================  =====================  ===========================================
+paper name          address                where
+==================  =====================  ===========================================
+MN.par.ipv6.com     2001:db8:1::100        MN's care-of address on pAR's access link
+MN.nar.ipv6.com     2001:db8:2::100        MN's care-of address on nAR's access link
+pAR.par.ipv6.com    2001:db8:1::1          pAR on its access link
+nAR.nar.ipv6.com    2001:db8:2::1          nAR on its access link
+HA.ha.ipv6.com      2001:db8:3::1          HA (on its loopback, reached through either AR)
+(AAA server)        2001:db8:4::1          AAA node (loopback), for the re-authentication baseline
+==================  =====================  ===========================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+MN, PAR, NAR, HA, AAA = "mn", "par", "nar", "ha", "aaa"
+ACCESS_ROUTERS = (PAR, NAR)
+NODES = (MN, PAR, NAR, HA, AAA)
+
+# Link classes a scenario sets parameters for.
+ACCESS, AR_AR, AR_HA, AR_AAA = "access", "ar_ar", "ar_ha", "ar_aaa"
+LINK_CLASSES = (ACCESS, AR_AR, AR_HA, AR_AAA)
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """A point-to-point link with a /64 and one address per end (None: no global address)."""
+
+    name: str
+    link_class: str
+    a: str
+    b: str
+    prefix: str
+    a_address: str | None
+    b_address: str | None
+
+    def interface(self, node: str) -> str:
+        """Interface names are ``<node>-<peer>``: readable in captures and `ip link`."""
+        peer = self.b if node == self.a else self.a
+        return f"{node}-{peer}"
+
+    def address_of(self, node: str) -> str | None:
+        return self.a_address if node == self.a else self.b_address
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    node: str
+    destination: str
+    via: str
+    link: str
+
+
+# Names of the access links, used by the handover primitive.
+ACCESS_LINK = {PAR: "mn-par", NAR: "mn-nar"}
+
+MN_COA = {PAR: "2001:db8:1::100", NAR: "2001:db8:2::100"}
+AR_ACCESS_ADDRESS = {PAR: "2001:db8:1::1", NAR: "2001:db8:2::1"}
+ACCESS_PREFIX = {PAR: "2001:db8:1::/64", NAR: "2001:db8:2::/64"}
+HA_ADDRESS = "2001:db8:3::1"
+AAA_ADDRESS = "2001:db8:4::1"
+LOOPBACK_ADDRESSES = {HA: HA_ADDRESS, AAA: AAA_ADDRESS}
+
+LINKS = (
+    # The MN's addresses on the access links are its care-of addresses: configured on attach.
+    Link("mn-par", ACCESS, MN, PAR, "2001:db8:1::/64", None, "2001:db8:1::1"),
+    Link("mn-nar", ACCESS, MN, NAR, "2001:db8:2::/64", None, "2001:db8:2::1"),
+    Link("par-nar", AR_AR, PAR, NAR, "2001:db8:12::/64", "2001:db8:12::1", "2001:db8:12::2"),
+    Link("par-ha", AR_HA, PAR, HA, "2001:db8:13::/64", "2001:db8:13::1", "2001:db8:13::3"),
+    Link("nar-ha", AR_HA, NAR, HA, "2001:db8:23::/64", "2001:db8:23::2", "2001:db8:23::3"),
+    Link("par-aaa", AR_AAA, PAR, AAA, "2001:db8:14::/64", "2001:db8:14::1", "2001:db8:14::4"),
+    Link("nar-aaa", AR_AAA, NAR, AAA, "2001:db8:24::/64", "2001:db8:24::2", "2001:db8:24::4"),
+)
+LINKS_BY_NAME = {link.name: link for link in LINKS}
+
+# Static routes. The MN's default route is set by the handover primitive, towards its current AR.
+ROUTES = (
+    Route(PAR, HA_ADDRESS + "/128", "2001:db8:13::3", "par-ha"),
+    Route(PAR, AAA_ADDRESS + "/128", "2001:db8:14::4", "par-aaa"),
+    Route(PAR, "2001:db8:2::/64", "2001:db8:12::2", "par-nar"),
+    Route(NAR, HA_ADDRESS + "/128", "2001:db8:23::3", "nar-ha"),
+    Route(NAR, AAA_ADDRESS + "/128", "2001:db8:24::4", "nar-aaa"),
+    Route(NAR, "2001:db8:1::/64", "2001:db8:12::1", "par-nar"),
+    # The HA reaches each access prefix, and each AR's own addresses, through that AR.
+    Route(HA, "2001:db8:1::/64", "2001:db8:13::1", "par-ha"),
+    Route(HA, "2001:db8:2::/64", "2001:db8:23::2", "nar-ha"),
+    Route(HA, "2001:db8:12::/64", "2001:db8:13::1", "par-ha"),
+    Route(HA, "2001:db8:14::/64", "2001:db8:13::1", "par-ha"),
+    Route(HA, "2001:db8:24::/64", "2001:db8:23::2", "nar-ha"),
+    Route(HA, AAA_ADDRESS + "/128", "2001:db8:13::1", "par-ha"),
+    Route(AAA, "2001:db8:1::/64", "2001:db8:14::1", "par-aaa"),
+    Route(AAA, "2001:db8:2::/64", "2001:db8:24::2", "nar-aaa"),
+    Route(AAA, "2001:db8:12::/64", "2001:db8:14::1", "par-aaa"),
+    Route(AAA, "2001:db8:13::/64", "2001:db8:14::1", "par-aaa"),
+    Route(AAA, "2001:db8:23::/64", "2001:db8:24::2", "nar-aaa"),
+    Route(AAA, HA_ADDRESS + "/128", "2001:db8:14::1", "par-aaa"),
+)
+
+FORWARDING_NODES = (PAR, NAR)
+
+
+def links_of(node: str) -> tuple[Link, ...]:
+    return tuple(link for link in LINKS if node in (link.a, link.b))
+
+
+def addressing_table() -> list[tuple[str, str, str]]:
+    """(node, interface or 'lo', address/prefix) for every configured address; for the README."""
+    rows = []
+    for link in LINKS:
+        prefix_length = ipaddress.ip_network(link.prefix).prefixlen
+        for node in (link.a, link.b):
+            address = link.address_of(node)
+            if address:
+                rows.append((node, link.interface(node), f"{address}/{prefix_length}"))
+    for node, address in LOOPBACK_ADDRESSES.items():
+        rows.append((node, "lo", f"{address}/128"))
+    for ar, address in MN_COA.items():
+        rows.append((MN, LINKS_BY_NAME[ACCESS_LINK[ar]].interface(MN), f"{address}/64 (when attached to {ar})"))
+    return rows
