@@ -1,0 +1,102 @@
+"""Events the engines hand to their owner through ``next_event()`` (aioquic style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .messages import StatusEntry
+
+ROLE_MN = "mn"
+ROLE_PAR = "par"
+ROLE_NAR = "nar"
+MODE_PREDICTIVE = "predictive"
+MODE_REACTIVE = "reactive"
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class; every event names the MN by its previous address."""
+
+    mn_previous_address: str
+
+
+@dataclass(frozen=True)
+class TransferStarted(Event):
+    role: str
+    mode: str
+    peer: str  # the other AR (for the MN: the AR the CTAR went to)
+
+
+@dataclass(frozen=True)
+class ContextInstalled(Event):
+    """nAR: contexts stored inactive; per-FPT install status."""
+
+    statuses: tuple[StatusEntry, ...]
+
+
+@dataclass(frozen=True)
+class ContextActivated(Event):
+    """nAR: token verified and contexts made live; per-FPT activation status and data."""
+
+    statuses: tuple[StatusEntry, ...]
+
+
+@dataclass(frozen=True)
+class TransferCompleted(Event):
+    role: str
+    statuses: tuple[StatusEntry, ...] = ()
+    acknowledged: bool = True  # MN: False when no CTAA was requested
+
+
+@dataclass(frozen=True)
+class TransferFailed(Event):
+    role: str
+    reason: str
+    statuses: tuple[StatusEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenRejected(Event):
+    role: str
+    source: str
+
+
+@dataclass(frozen=True)
+class DuplicateIgnored(Event):
+    sequence_number: int
+    source: str
+
+
+@dataclass(frozen=True)
+class RateLimited(Event):
+    source: str
+
+
+@dataclass(frozen=True)
+class RequestIgnored(Event):
+    """A request the engine cannot serve now (another transfer for this MN, no key, no state)."""
+
+    role: str
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    """pAR: a CTC arrived; nAR: the transfer was cancelled locally."""
+
+    role: str
+    source: str
+
+
+@dataclass(frozen=True)
+class CtaaReceived(Event):
+    source: str
+    statuses: tuple[StatusEntry, ...]
+
+
+@dataclass(frozen=True)
+class DecodeFailed:
+    source: str
+    transport: str
+    reason: str

@@ -1,0 +1,691 @@
+"""MN, pAR and nAR engines driven in memory through every RFC 4067 flow, with a fake clock."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+import cxtp
+from cxtp import (
+    CTAA, CTAR, CTC, CTD, CTDR, PCTD, AccessRouter, Cancelled, Config, ConfigError, ContextActivated,
+    ContextInstalled, CtaaReceived, CTReq, DecodeFailed, DuplicateIgnored, MobileNode, ProtocolError,
+    RateLimited, Registry, RequestIgnored, StatusEntry, TokenRejected, TransferCompleted,
+    TransferFailed, TransferStarted,
+)
+from cxtp import constants as c
+from cxtp.mld import InMemoryMldHandler
+
+MN_PREV = "2001:db8:1::100"
+MN_NEW = "2001:db8:2::100"
+PAR = "2001:db8:1::1"
+NAR = "2001:db8:2::1"
+KEY = bytes(range(20))
+GROUP = "ff0e::1:3"
+FPT_SPI = 0x8001  # a test-only context type that returns data in the CTAA, like an IPsec new SPI
+
+
+@dataclass
+class SpiLikeHandler:
+    """Minimal second context type: a 4-octet value, re-assigned on activation."""
+
+    fpt: int = FPT_SPI
+    values: dict = field(default_factory=dict)
+    inactive: dict = field(default_factory=dict)
+    active: dict = field(default_factory=dict)
+    acks: list = field(default_factory=list)
+    released: list = field(default_factory=list)
+    discarded: list = field(default_factory=list)
+    install_status: int = 0
+    new_value: bytes = b"\x00\x00\x12\x34"
+    transfers: list = field(default_factory=list)
+
+    def collect(self, mn):
+        return self.values.get(mn)
+
+    def install(self, mn, data, transfer):
+        self.transfers.append(transfer)
+        self.inactive[mn] = data
+        return self.install_status
+
+    def activate(self, mn, transfer):
+        self.transfers.append(transfer)
+        self.active[mn] = self.inactive.pop(mn)
+        return 0, self.new_value
+
+    def discard(self, mn):
+        self.discarded.append(mn)
+        self.inactive.pop(mn, None)
+
+    def release(self, mn):
+        self.released.append(mn)
+        self.values.pop(mn, None)
+
+    def acknowledged(self, mn, status, data):
+        self.acks.append((mn, status, data))
+
+
+class Net:
+    """Moves datagrams between engines with a fake clock; ``drop`` decides which are lost."""
+
+    def __init__(self, config: Config | None = None, seed: int = 1):
+        self.config = config or Config()
+        self.now = 0.0
+        self.handlers = {}
+        self.engines = {}
+        self.mn = MobileNode(MN_PREV, self._registry("mn"), self.config, random.Random(seed))
+        self.par = AccessRouter(PAR, self._registry("par"), self.config, random.Random(seed + 1))
+        self.nar = AccessRouter(NAR, self._registry("nar"), self.config, random.Random(seed + 2))
+        self.mn_source = MN_PREV
+        self.routes = {MN_PREV: self.mn, MN_NEW: self.mn, PAR: self.par, NAR: self.nar}
+        self.drop = lambda src, datagram, message: False
+        self.log: list[tuple[float, str, str, object]] = []
+        self.handlers["par"][0].subscribe(MN_PREV, "2001:db8:2::/64", GROUP)
+        self.handlers["par"][1].values[MN_PREV] = b"\xaa\xbb\xcc\xdd"
+        self.par.set_mn_key(MN_PREV, KEY)
+        self.mn.set_key(KEY)
+
+    def _registry(self, name):
+        mld, spi = InMemoryMldHandler(), SpiLikeHandler()
+        self.handlers[name] = (mld, spi)
+        return Registry([mld, spi])
+
+    def source_of(self, engine):
+        return self.mn_source if engine is self.mn else engine.address
+
+    def pump(self):
+        moved = True
+        while moved:
+            moved = False
+            for engine in (self.mn, self.par, self.nar):
+                for datagram in engine.datagrams_to_send():
+                    moved = True
+                    src = self.source_of(engine)
+                    message = cxtp.decode(datagram.data)
+                    self.log.append((self.now, src, datagram.destination, message))
+                    if self.drop(src, datagram, message) or datagram.destination not in self.routes:
+                        continue
+                    self.routes[datagram.destination].receive(datagram.data, src, datagram.transport,
+                                                              self.now)
+
+    def advance(self, until: float):
+        """Fire timers in order up to ``until``, delivering what they send."""
+        self.pump()
+        while True:
+            timers = [(e.get_timer(), i, e) for i, e in enumerate((self.mn, self.par, self.nar))
+                      if e.get_timer() is not None and e.get_timer() <= until]
+            if not timers:
+                break
+            when, _, engine = min(timers)
+            self.now = max(self.now, when)
+            engine.handle_timer(self.now)
+            self.pump()
+        self.now = until
+
+    def messages(self):
+        return [type(m).__name__ for _, _, _, m in self.log]
+
+    @staticmethod
+    def events(engine):
+        out = []
+        while (event := engine.next_event()) is not None:
+            out.append(event)
+        return out
+
+
+def of_type(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def complete_predictive(net: Net):
+    net.mn.request_predictive(PAR, NAR, net.now)
+    net.pump()
+    net.now += 0.05
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, net.now, new_address=MN_NEW)
+    net.pump()
+
+
+# --- the four flows of §5 and the mobile-initiated ones of §2.1 -----------------------------------
+
+def test_mobile_initiated_predictive():
+    net = Net()
+    complete_predictive(net)
+    assert net.messages() == ["CTAR", "PCTD", "CTAA", "CTAR", "CTAA", "CTDR"]
+    ctar_par, ctar_nar = net.log[0][3], net.log[3][3]
+    assert ctar_par.ar_address == NAR and ctar_nar.ar_address == PAR  # §2.5.1 address field
+    assert ctar_par.sequence_number == ctar_nar.sequence_number and ctar_par.token == ctar_nar.token
+    mn_events, par_events, nar_events = map(Net.events, (net.mn, net.par, net.nar))
+    (done,) = of_type(mn_events, TransferCompleted)
+    assert {s.fpt: (s.status, s.data) for s in done.statuses} == {
+        1: (0, b""), FPT_SPI: (0, b"\x00\x00\x12\x34")}
+    assert len(of_type(mn_events, CtaaReceived)) == 2
+    assert of_type(par_events, TransferCompleted)[0].statuses[0].status == 0
+    assert of_type(nar_events, ContextInstalled) and of_type(nar_events, ContextActivated)
+    # contexts moved: the nAR has the listener and the SPI-like value, the pAR released them
+    nar_mld, nar_spi = net.handlers["nar"]
+    par_mld, par_spi = net.handlers["par"]
+    assert nar_mld.listeners_present == {GROUP: {MN_PREV}}
+    assert nar_spi.active == {MN_PREV: b"\xaa\xbb\xcc\xdd"}
+    assert par_mld.subscriptions == {} and par_spi.released == [MN_PREV]
+    assert net.handlers["mn"][1].acks == [(MN_PREV, 0, b"\x00\x00\x12\x34")]
+    # TransferInfo: the nAR learnt the MN's new address from the CTAR
+    assert nar_spi.transfers[-1] == cxtp.TransferInfo(MN_PREV, PAR, NAR, MN_NEW)
+    # keys: the nAR discarded it, the pAR burnt it, the MN's address moved on
+    assert net.nar.target_transfer(MN_PREV) is None and net.par.source_transfer(MN_PREV) is None
+    assert not net.par.has_mn_key(MN_PREV)
+    with pytest.raises(ProtocolError):
+        net.par.set_mn_key(MN_PREV, KEY)
+    assert net.mn.address == MN_NEW
+    assert net.mn.get_timer() is None and net.par.get_timer() is None and net.nar.get_timer() is None
+
+
+def test_pctd_carries_key_and_contexts():
+    net = Net()
+    net.mn.request_predictive(PAR, NAR, 0.0)
+    net.pump()
+    pctd = net.log[1][3]
+    assert isinstance(pctd, PCTD) and pctd.key == KEY and pctd.algorithm == c.HMAC_SHA1
+    assert {b.fpt for b in pctd.contexts} == {1, FPT_SPI}
+    assert all(len(b.encode()) == 32 for b in pctd.contexts if b.fpt == 1)  # App. B Length 4
+    # the nAR holds the contexts inactive until the CTAR verifies
+    assert net.handlers["nar"][0].inactive and not net.handlers["nar"][0].listeners_present
+    assert net.nar.target_transfer(MN_PREV).key == KEY
+
+
+def test_mobile_initiated_reactive():
+    net = Net()
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.0, new_address=MN_NEW)
+    net.pump()
+    assert net.messages() == ["CTAR", "CTReq", "CTD", "CTAA", "CTDR"]
+    ctar, req = net.log[0][3], net.log[1][3]
+    assert (req.sequence_number, req.token, req.requested) == (ctar.sequence_number, ctar.token,
+                                                               ctar.requested)
+    assert net.log[3][2] == MN_NEW  # CTAA goes to where the CTAR came from
+    assert of_type(Net.events(net.mn), TransferCompleted)
+    assert of_type(Net.events(net.par), TransferCompleted)
+    assert net.handlers["nar"][0].listeners_present == {GROUP: {MN_PREV}}
+
+
+def test_network_initiated_by_par():
+    net = Net()
+    net.par.trigger_predictive(MN_PREV, NAR, 0.0)
+    net.pump()
+    assert net.messages() == ["PCTD"]
+    assert of_type(Net.events(net.nar), ContextInstalled)
+    net.now = 0.5
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.5, new_address=MN_NEW)
+    net.pump()
+    assert net.messages() == ["PCTD", "CTAR", "CTAA", "CTDR"]
+    assert of_type(Net.events(net.mn), TransferCompleted)
+    assert of_type(Net.events(net.par), TransferCompleted)
+    assert net.handlers["nar"][0].listeners_present == {GROUP: {MN_PREV}}
+
+
+def test_network_initiated_by_nar_zero_token():
+    net = Net()
+    net.nar.trigger_reactive(MN_PREV, PAR, 0.0)
+    net.pump()
+    assert net.messages() == ["CTReq", "PCTD"]
+    assert net.log[0][3].token == bytes(4)
+    assert net.log[1][3].key == KEY  # key material "as if predictive" (§2.5.6)
+    nar_events = Net.events(net.nar)
+    assert of_type(nar_events, ContextInstalled) and not of_type(nar_events, ContextActivated)
+    assert not net.handlers["nar"][0].listeners_present  # not before the MN's CTAR verifies
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.1, new_address=MN_NEW)
+    net.pump()
+    assert net.messages()[2:] == ["CTAR", "CTAA", "CTDR"]
+    assert of_type(Net.events(net.nar), ContextActivated)
+    assert net.handlers["nar"][0].listeners_present == {GROUP: {MN_PREV}}
+
+
+def test_network_initiated_by_nar_ctar_before_pctd():
+    net = Net()
+    held = []
+    net.drop = lambda src, d, m: isinstance(m, CTReq) and not held.append(d)
+    net.nar.trigger_reactive(MN_PREV, PAR, 0.0)
+    net.pump()
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.01)
+    net.pump()
+    assert net.messages() == ["CTReq", "CTAR"]
+    net.par.receive(held[0].data, NAR, "ar", 0.02)  # the CT-Req arrives late at the pAR
+    net.pump()
+    assert net.messages()[2:] == ["PCTD", "CTAA", "CTDR"]
+    assert of_type(Net.events(net.mn), TransferCompleted)
+
+
+def test_lost_pctd_recovered_by_ct_req_with_same_sequence():
+    net = Net()
+    net.drop = lambda src, d, m: isinstance(m, PCTD)
+    complete_predictive(net)
+    assert net.messages() == ["CTAR", "PCTD", "CTAA", "CTAR", "CTReq", "CTD", "CTAA", "CTDR"]
+    seq = net.log[0][3].sequence_number
+    assert net.log[4][3].sequence_number == seq
+    assert net.log[5][3].elapsed_time == 50  # ms since the first (lost) PCTD
+    assert net.par.counters["recoveries"] == 1
+    assert of_type(Net.events(net.mn), TransferCompleted)
+    assert net.handlers["par"][0].subscriptions == {}
+
+
+def test_predictive_ctar_racing_ahead_of_pctd_is_verified_locally():
+    net = Net()
+    held = []
+    net.drop = lambda src, d, m: isinstance(m, PCTD) and not held.append(d)
+    net.mn.request_predictive(PAR, NAR, 0.0)
+    net.pump()
+    net.mn_source = MN_NEW
+    net.drop = lambda src, d, m: isinstance(m, CTReq)  # keep the recovery request away too
+    net.mn.attached(NAR, PAR, 0.01)
+    net.pump()
+    net.drop = lambda src, d, m: False
+    net.nar.receive(held[0].data, PAR, "ar", 0.02)
+    net.pump()
+    assert of_type(Net.events(net.nar), ContextActivated)
+    assert net.messages()[-2:] == ["CTAA", "CTDR"]
+
+
+# --- tokens ------------------------------------------------------------------------------------------
+
+def test_wrong_key_rejected_at_par():
+    net = Net()
+    net.mn.set_key(b"another key")
+    net.mn.request_predictive(PAR, NAR, 0.0)
+    net.pump()
+    assert net.messages() == ["CTAR"]
+    assert of_type(Net.events(net.par), TokenRejected)
+    assert net.par.counters["token_failures"] == 1
+
+
+def test_forged_ctar_at_nar_discards_context():
+    net = Net()
+    net.mn.request_predictive(PAR, NAR, 0.0)
+    net.pump()
+    real = net.log[0][3]
+    forged = CTAR(MN_PREV, PAR, real.sequence_number ^ 1, b"\xde\xad\xbe\xef")
+    net.nar.receive(forged.encode(), "2001:db8:2::666", "icmp", 0.01)
+    net.pump()
+    nar_events = Net.events(net.nar)
+    assert of_type(nar_events, TokenRejected)
+    assert of_type(nar_events, TransferFailed)[0].reason == "authorization token rejected"
+    assert net.handlers["nar"][1].discarded == [MN_PREV]
+    assert net.handlers["nar"][0].inactive == {}
+    ctdr = [m for _, _, _, m in net.log if isinstance(m, CTDR)][0]
+    assert not ctdr.success and {s.status for s in ctdr.statuses} == {c.STATUS_AUTHORIZATION_FAILED}
+    assert of_type(Net.events(net.par), TransferFailed)
+    assert net.handlers["par"][0].subscriptions  # not released on failure
+
+
+def test_wrong_token_in_reactive_ct_req_times_out_with_ctc():
+    net = Net()
+    net.mn.set_key(b"wrong key")
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.0)
+    net.pump()
+    assert net.messages() == ["CTAR", "CTReq"]
+    assert of_type(Net.events(net.par), TokenRejected)
+    net.advance(0.199)
+    assert net.messages() == ["CTAR", "CTReq"]
+    net.advance(0.2)  # CT_MAX_TRANSFER_TIME
+    assert net.messages() == ["CTAR", "CTReq", "CTC", "CTAA"]
+    ctaa = net.log[-1][3]
+    assert {s.status for s in ctaa.statuses} == {c.STATUS_TRANSFER_TIMEOUT}
+    failed = of_type(Net.events(net.nar), TransferFailed)
+    assert failed and "CT_MAX_TRANSFER_TIME" in failed[0].reason
+
+
+# --- duplicates, retransmission, rate limit --------------------------------------------------------
+
+def test_duplicate_ctar_ignored_and_ctaa_resent():
+    net = Net()
+    complete_predictive(net)
+    ctar = net.log[3][3]
+    Net.events(net.nar)
+    net.nar.receive(ctar.encode(), MN_NEW, "icmp", 1.0)
+    assert of_type(Net.events(net.nar), DuplicateIgnored)
+    resent = net.nar.datagrams_to_send()
+    assert [cxtp.decode(d.data) for d in resent] == [net.log[4][3]]  # the same CTAA again
+    # after 7 s the (sequence, MN) pair is forgotten: the CTAR is processed (and fails: no context)
+    net.nar.receive(ctar.encode(), MN_NEW, "icmp", 8.0)
+    assert not of_type(Net.events(net.nar), DuplicateIgnored)
+    assert net.nar.counters["duplicates"] == 1
+
+
+def test_ctar_retransmission_schedule_and_give_up():
+    net = Net()
+    net.drop = lambda src, d, m: d.destination == NAR
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.0)
+    net.advance(30.0)
+    times = [t for t, _, dst, m in net.log if isinstance(m, CTAR)]
+    assert times == [0.0, 2.0, 6.0, 14.0]  # CT_REQUEST_RETRY, doubling (§3.2)
+    failed = of_type(Net.events(net.mn), TransferFailed)
+    assert failed and failed[0].reason == "no CTAA within CT_RETRY_MAX"
+    assert net.mn.counters["ctar_retransmissions"] == 3 and not net.mn.in_progress
+
+
+def test_retransmission_repairs_a_lost_ctaa():
+    net = Net()
+    lost = []
+    net.drop = lambda src, d, m: isinstance(m, CTAA) and d.destination == MN_NEW and not lost \
+        and not lost.append(m)
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.0)
+    net.pump()
+    assert not of_type(Net.events(net.mn), TransferCompleted)
+    net.advance(2.0)
+    assert of_type(Net.events(net.mn), TransferCompleted)
+    assert net.nar.counters["ctaa_resent"] == 1
+    assert net.messages() == ["CTAR", "CTReq", "CTD", "CTAA", "CTDR", "CTAR", "CTAA"]
+
+
+def test_no_retransmission_without_a_bit():
+    net = Net(Config(request_ctaa=False))
+    net.drop = lambda src, d, m: True
+    net.mn.attached(NAR, PAR, 0.0)
+    (done,) = of_type(Net.events(net.mn), TransferCompleted)
+    assert done.acknowledged is False
+    net.advance(20.0)
+    assert net.messages() == ["CTAR"]
+
+
+def test_predictive_ctar_retransmitted_until_attached():
+    net = Net()
+    net.drop = lambda src, d, m: d.destination == PAR
+    net.mn.request_predictive(PAR, NAR, 0.0)
+    net.advance(3.0)
+    assert [t for t, *_ in net.log] == [0.0, 2.0]
+    net.drop = lambda src, d, m: False
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 3.0)  # same sequence number, now to the nAR (reactive there)
+    net.pump()
+    assert net.log[2][3].sequence_number == net.log[0][3].sequence_number
+    assert of_type(Net.events(net.mn), TransferCompleted)
+
+
+class FixedRandom(random.Random):
+    def __init__(self, value):
+        super().__init__(0)
+        self.value = value
+
+    def random(self):
+        return self.value
+
+
+def _flood(ar: AccessRouter, count: int, now: float, start: int = 0):
+    for i in range(start, start + count):
+        ctar = CTAR(f"2001:db8:1::{i + 0x1000:x}", PAR, i, b"\x01\x02\x03\x04")
+        ar.receive(ctar.encode(), f"2001:db8:1::{i + 0x1000:x}", "icmp", now)
+    return len(of_type(Net.events(ar), RateLimited))
+
+
+def test_rate_limit_drops_above_ct_request_rate():
+    assert _flood(AccessRouter(NAR, rng=FixedRandom(0.0)), 25, 0.0) == 15  # always drop above 10/s
+    assert _flood(AccessRouter(NAR, rng=FixedRandom(0.999)), 25, 0.0) == 0
+    seeded = _flood(AccessRouter(NAR, rng=random.Random(7)), 100, 0.0)
+    assert 0 < seeded < 90  # dropped at random (§6.3)
+    ar = AccessRouter(NAR, rng=FixedRandom(0.0))
+    assert _flood(ar, 10, 0.0) == 0 and _flood(ar, 1, 0.5, 10) == 1
+    assert _flood(ar, 5, 1.6, 20) == 0  # the window moved on
+    assert ar.counters["rate_limited"] == 1
+
+
+def test_rate_is_configurable():
+    ar = AccessRouter(NAR, config=Config(ct_request_rate=2), rng=FixedRandom(0.0))
+    assert _flood(ar, 5, 0.0) == 3
+
+
+# --- CTC, CT_MAX_TRANSFER_TIME, cache lifetimes -----------------------------------------------------
+
+def test_ctc_cancels_at_par():
+    net = Net()
+    net.mn.request_predictive(PAR, NAR, 0.0)
+    net.pump()
+    net.nar.cancel(MN_PREV, 0.1)
+    net.pump()
+    assert net.messages()[-1] == "CTC"
+    assert of_type(Net.events(net.par), Cancelled)
+    assert of_type(Net.events(net.nar), Cancelled)
+    assert net.handlers["nar"][0].inactive == {}
+    assert net.handlers["par"][0].subscriptions  # cancelled, not released
+    assert net.par.source_transfer(MN_PREV) is None and not net.par.has_mn_key(MN_PREV)
+
+
+def test_lost_ctd_makes_nar_send_ctc_after_max_transfer_time():
+    net = Net()
+    net.drop = lambda src, d, m: isinstance(m, CTD)
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.0)
+    net.advance(1.0)
+    assert net.messages()[:4] == ["CTAR", "CTReq", "CTD", "CTC"]
+    assert [t for t, _, _, m in net.log if isinstance(m, CTC)] == [0.2]
+    # both ends give up at CT_MAX_TRANSFER_TIME: the pAR by deleting its cache, the nAR with CTC
+    par_events = Net.events(net.par)
+    assert of_type(par_events, Cancelled) or of_type(par_events, TransferFailed)
+    assert net.par.source_transfer(MN_PREV) is None
+
+
+def test_par_deletes_cache_when_ctdr_never_comes():
+    net = Net()
+    net.drop = lambda src, d, m: isinstance(m, CTDR)
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.0)
+    net.pump()
+    assert net.par.source_transfer(MN_PREV) is not None
+    net.advance(0.2)
+    assert net.par.source_transfer(MN_PREV) is None
+    (failed,) = of_type(Net.events(net.par), TransferFailed)
+    assert "CTDR" in failed.reason and net.par.counters["par_cache_expired"] == 1
+    assert net.handlers["par"][0].subscriptions  # never released without CTDR S=1
+
+
+def test_inactive_context_expires_when_mn_never_arrives():
+    net = Net(Config(ct_max_handover_time=1.0))
+    net.par.trigger_predictive(MN_PREV, NAR, 0.0)
+    net.advance(0.99)
+    assert net.handlers["nar"][0].inactive
+    net.advance(1.0)
+    assert net.handlers["nar"][0].inactive == {} and net.messages() == ["PCTD", "CTC"]
+    assert net.handlers["nar"][1].discarded == [MN_PREV]
+    assert net.par.source_transfer(MN_PREV) is None
+
+
+def test_predictive_cache_lives_ct_max_handover_time():
+    net = Net(Config(ct_max_handover_time=3.0))
+    net.drop = lambda src, d, m: isinstance(m, CTC)
+    net.mn.request_predictive(PAR, NAR, 0.0)
+    net.advance(2.9)
+    assert net.par.source_transfer(MN_PREV) is not None
+    net.advance(3.0)
+    assert net.par.source_transfer(MN_PREV) is None
+
+
+# --- one transfer per MN, keys -----------------------------------------------------------------------
+
+def test_one_transaction_per_mn():
+    net = Net()
+    net.mn.request_predictive(PAR, NAR, 0.0)
+    with pytest.raises(ProtocolError):
+        net.mn.request_predictive(PAR, NAR, 0.0)
+    net.pump()
+    with pytest.raises(ProtocolError):
+        net.par.trigger_predictive(MN_PREV, NAR, 0.1)
+    net.nar.trigger_reactive("2001:db8:1::200", PAR, 0.1)
+    with pytest.raises(ProtocolError):
+        net.nar.trigger_reactive("2001:db8:1::200", PAR, 0.1)
+    # a second CTAR for the same MN (another sequence) while the first is in progress is ignored
+    other = CTAR(MN_PREV, NAR, 12345, cxtp.compute_token(KEY, MN_PREV, 12345))
+    net.par.receive(other.encode(), MN_PREV, "icmp", 0.2)
+    assert of_type(Net.events(net.par), RequestIgnored)
+
+
+def test_mn_needs_a_fresh_key_per_transaction():
+    net = Net()
+    complete_predictive(net)
+    with pytest.raises(ProtocolError):
+        net.mn.set_key(KEY)
+    with pytest.raises(ProtocolError):
+        net.mn.attached(NAR, PAR, 1.0)  # no key provided
+    net.mn.set_key(b"fresh key")
+    net.mn.attached(PAR, NAR, 1.0)
+
+
+def test_par_refuses_network_trigger_without_key():
+    ar = AccessRouter(PAR)
+    with pytest.raises(ProtocolError):
+        ar.trigger_predictive(MN_PREV, NAR, 0.0)
+    with pytest.raises(ProtocolError):
+        ar.set_mn_key(MN_PREV, b"")
+    with pytest.raises(ProtocolError):
+        ar.cancel(MN_PREV, 0.0)
+
+
+def test_par_ignores_ct_req_for_unknown_mn():
+    ar = AccessRouter(PAR)
+    ar.receive(CTReq(MN_PREV).encode(), NAR, "ar", 0.0)
+    assert of_type(Net.events(ar), RequestIgnored) and ar.datagrams_to_send() == []
+
+
+def test_sequence_numbers_not_reused_within_7_seconds():
+    class Repeating(random.Random):
+        def __init__(self):
+            super().__init__(0)
+            self.values = iter([5, 5, 6, 5])
+
+        def getrandbits(self, k):
+            return next(self.values)
+
+    mn = MobileNode(MN_PREV, config=Config(request_ctaa=False), rng=Repeating())
+    mn.set_key(b"k1")
+    mn.attached(NAR, PAR, 0.0)
+    mn.set_key(b"k2")
+    mn.attached(NAR, PAR, 1.0)
+    assert mn.counters["sent_ctar"] == 2
+    seqs = [cxtp.decode(d.data).sequence_number for d in mn.datagrams_to_send()]
+    assert seqs == [5, 6]
+    mn.set_key(b"k3")
+    mn.attached(NAR, PAR, 7.5)  # 5 is free again after 7 s
+    assert cxtp.decode(mn.datagrams_to_send()[0].data).sequence_number == 5
+
+
+def test_same_seed_same_run():
+    a, b = Net(seed=3), Net(seed=3)
+    complete_predictive(a)
+    complete_predictive(b)
+    assert [m for *_, m in a.log] == [m for *_, m in b.log]
+
+
+# --- per-FPT status ------------------------------------------------------------------------------------
+
+def test_per_fpt_status_in_ctaa_and_ctdr():
+    net = Net()
+    net.nar.registry.unregister(FPT_SPI)  # the nAR does not support this context type
+    net.handlers["nar"][0].install = lambda mn, data, transfer: 0x42  # and MLD install fails
+    complete_predictive(net)
+    ctaa = net.log[4][3]
+    assert isinstance(ctaa, CTAA)
+    assert {s.fpt: s.status for s in ctaa.statuses} == {1: 0x42, FPT_SPI: c.STATUS_UNSUPPORTED_FPT}
+    ctdr = net.log[5][3]
+    assert not ctdr.success and {s.fpt: s.status for s in ctdr.statuses} == {
+        1: 0x42, FPT_SPI: c.STATUS_UNSUPPORTED_FPT}
+    (failed,) = of_type(Net.events(net.par), TransferFailed)
+    assert failed.statuses == ctdr.statuses
+
+
+def test_requested_fpts_only():
+    net = Net()
+    net.mn.set_key(KEY)  # same key as before the test started (not yet used)
+    net.mn.request_predictive(PAR, NAR, 0.0, fpts=[1, 0x0777])
+    net.pump()
+    ctar, pctd, par_ctaa = (m for *_, m in net.log[:3])
+    assert [b.fpt for b in ctar.requested] == [1, 0x0777] and len(ctar.requested[0].encode()) == 8
+    assert {b.fpt for b in pctd.contexts} == {1}
+    assert par_ctaa.statuses == (StatusEntry(0x0777, c.STATUS_UNSUPPORTED_FPT),)
+    net.mn_source = MN_NEW
+    net.mn.attached(NAR, PAR, 0.1)
+    net.pump()
+    final = net.log[4][3]
+    assert {s.fpt: s.status for s in final.statuses} == {1: 0, 0x0777: c.STATUS_CONTEXT_UNAVAILABLE}
+
+
+def test_handler_exception_becomes_status():
+    net = Net()
+
+    def boom(*args):
+        raise RuntimeError("broken context type")
+
+    net.handlers["nar"][1].activate = boom
+    complete_predictive(net)
+    ctaa = net.log[4][3]
+    assert {s.fpt: s.status for s in ctaa.statuses}[FPT_SPI] == c.STATUS_HANDLER_ERROR
+    assert net.nar.counters["handler_errors"] == 1
+
+
+# --- robustness, IPv4, config --------------------------------------------------------------------------
+
+def test_decode_errors_are_counted():
+    ar = AccessRouter(PAR)
+    ar.receive(b"\x21\x40\x00", NAR, "ar", 0.0)
+    ar.receive(CTC(MN_PREV).encode(), NAR, "icmp", 0.0)  # CTC does not travel over ICMP
+    assert ar.counters["decode_errors"] == 1 and ar.counters["wrong_transport"] == 1
+    assert isinstance(ar.next_event(), DecodeFailed)
+    with pytest.raises(ProtocolError):
+        ar.receive(b"", NAR, "udp", 0.0)
+
+
+def test_unexpected_messages_are_ignored():
+    net = Net()
+    net.par.receive(CTDR(MN_PREV, True).encode(), NAR, "ar", 0.0)
+    net.mn.receive(CTAA(MN_PREV).encode(), NAR, "icmp", 0.0)  # no transaction yet
+    assert net.par.counters["unexpected_messages"] == 1 and net.mn.counters["unexpected_messages"] == 1
+    assert net.handlers["par"][0].subscriptions  # nothing released
+
+
+def test_ipv4_reactive_flow():
+    mn_reg, par_reg, nar_reg = Registry([SpiLikeHandler()]), Registry([SpiLikeHandler()]), \
+        Registry([SpiLikeHandler()])
+    par_reg.get(FPT_SPI).values["10.0.1.100"] = b"\x01\x02\x03\x04"
+    mn = MobileNode("10.0.1.100", mn_reg, rng=random.Random(1))
+    par, nar = AccessRouter("10.0.1.1", par_reg), AccessRouter("10.0.2.1", nar_reg)
+    par.set_mn_key("10.0.1.100", b"v4 key")
+    mn.set_key(b"v4 key")
+    mn.attached("10.0.2.1", "10.0.1.1", 0.0)
+    routes = {"10.0.2.1": nar, "10.0.1.1": par, "10.0.2.100": mn}
+    sources = {mn: "10.0.2.100", nar: "10.0.2.1", par: "10.0.1.1"}
+    for _ in range(5):
+        for engine in (mn, par, nar):
+            for d in engine.datagrams_to_send():
+                assert cxtp.decode(d.data).ipv4
+                routes[d.destination].receive(d.data, sources[engine], d.transport, 0.0)
+    assert of_type(Net.events(mn), TransferCompleted)
+    assert nar_reg.get(FPT_SPI).active == {"10.0.1.100": b"\x01\x02\x03\x04"}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"ct_request_rate": 0}, {"ct_max_transfer_time": -1}, {"ct_retry_max": 1.0},
+    {"ct_request_retry": "2"}, {"key_algorithm": 1 << 16},
+])
+def test_config_validation(kwargs):
+    with pytest.raises(ConfigError):
+        Config(**kwargs)
+
+
+def test_registry_validation():
+    registry = Registry([SpiLikeHandler()])
+    with pytest.raises(ConfigError):
+        registry.register(SpiLikeHandler())
+    with pytest.raises(ConfigError):
+        registry.register(SpiLikeHandler(fpt=0))
+    assert registry.fpts() == (FPT_SPI,) and FPT_SPI in registry and len(registry) == 1
+    assert isinstance(SpiLikeHandler(), cxtp.ContextHandler)
+
+
+def test_events_name_roles_and_modes():
+    net = Net()
+    complete_predictive(net)
+    started = of_type(Net.events(net.nar), TransferStarted)
+    assert started == [TransferStarted(MN_PREV, "nar", "predictive", PAR)]
