@@ -105,15 +105,23 @@ class ProbeAgent:
                 self.peer = source[0]
                 self.peer_changes.append((arrival, source[0]))
 
-    def run(self, ready_line: str) -> None:
-        threads = [threading.Thread(target=self.receive_loop, daemon=True),
-                   threading.Thread(target=self.send_loop, daemon=True)]
-        for thread in threads:
+    def start(self) -> None:
+        """Start the sender and receiver threads (for embedding in another agent's process)."""
+        self._threads = [threading.Thread(target=self.receive_loop, daemon=True),
+                         threading.Thread(target=self.send_loop, daemon=True)]
+        for thread in self._threads:
             thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in getattr(self, "_threads", []):
+            thread.join(timeout=2)
+
+    def run(self, ready_line: str) -> None:
+        self.start()
         print(ready_line, flush=True)
         self.stopping.wait()
-        for thread in threads:
-            thread.join(timeout=2)
+        self.stop()
 
     def write(self, path: str) -> None:
         record = {

@@ -16,16 +16,25 @@ from typing import Any
 from topo import plan
 from topo.network import LinkParams
 
-METHODS = ("none",)  # "no security" reference; later issues add CXTP and re-authentication
+METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network")
+PROFILES = ("aes-cbc-sha256", "aes-gcm", "des-cbc")
+AR_TRANSPORTS = ("sctp", "tcp")
+SWEEPABLE = tuple(f"links.{link_class}.{field}" for link_class in plan.LINK_CLASSES
+                  for field in ("delay_ms", "jitter_ms", "loss_percent", "rate_mbit")) + ("l2_delay_ms",)
 
 DEFAULTS: dict[str, Any] = {
     "name": "default",
     "seed": 1,
-    "methods": ["none"],
+    "methods": list(METHODS),
     "handovers": 20,
+    "warmup_handovers": 2,
     "l2_delay_ms": 50.0,
+    "anticipation_ms": 100.0,
     "settle_ms": 400.0,
     "warmup_ms": 500.0,
+    "profile": "aes-cbc-sha256",
+    "ar_transport": "sctp",
+    "sweep": {"parameter": "", "values": []},
     "probe": {"rate": 1000.0, "size": 64},
     "links": {
         plan.ACCESS: {"delay_ms": 2.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
@@ -46,9 +55,15 @@ class Scenario:
     seed: int
     methods: tuple[str, ...]
     handovers: int
+    warmup_handovers: int
     l2_delay_ms: float
+    anticipation_ms: float
     settle_ms: float
     warmup_ms: float
+    profile: str
+    ar_transport: str
+    sweep_parameter: str
+    sweep_values: tuple[float, ...]
     probe_rate: float
     probe_size: int
     links: dict[str, LinkParams]
@@ -58,8 +73,11 @@ class Scenario:
         """Everything that defines the experiment, for the run record."""
         return {
             "name": self.name, "seed": self.seed, "methods": list(self.methods),
-            "handovers": self.handovers, "l2_delay_ms": self.l2_delay_ms,
-            "settle_ms": self.settle_ms, "warmup_ms": self.warmup_ms,
+            "handovers": self.handovers, "warmup_handovers": self.warmup_handovers,
+            "l2_delay_ms": self.l2_delay_ms, "anticipation_ms": self.anticipation_ms,
+            "settle_ms": self.settle_ms, "warmup_ms": self.warmup_ms, "profile": self.profile,
+            "ar_transport": self.ar_transport,
+            "sweep": {"parameter": self.sweep_parameter, "values": list(self.sweep_values)},
             "probe": {"rate": self.probe_rate, "size": self.probe_size},
             "links": {name: dataclasses.asdict(params) for name, params in self.links.items()},
             "source": self.source,
@@ -106,6 +124,19 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
     for index, method in enumerate(methods):
         if method not in METHODS:
             raise ScenarioError(f"methods[{index}]: unknown method {method!r} (known: {', '.join(METHODS)})")
+    for field, choices in (("profile", PROFILES), ("ar_transport", AR_TRANSPORTS)):
+        if merged[field] not in choices:
+            raise ScenarioError(f"{field}: must be one of {', '.join(choices)}, got {merged[field]!r}")
+    sweep = merged["sweep"]
+    if sweep["parameter"] and sweep["parameter"] not in SWEEPABLE:
+        raise ScenarioError(f"sweep.parameter: {sweep['parameter']!r} cannot be swept "
+                            f"(one of: {', '.join(SWEEPABLE)})")
+    if not isinstance(sweep["values"], list):
+        raise ScenarioError("sweep.values: must be a list of numbers")
+    sweep_values = tuple(_number(value, f"sweep.values[{index}]", 0, 100_000)
+                         for index, value in enumerate(sweep["values"]))
+    if bool(sweep["parameter"]) != bool(sweep_values):
+        raise ScenarioError("sweep: give both parameter and values, or neither")
     links = {}
     for link_class, params in merged["links"].items():
         where = f"links.{link_class}"
@@ -121,7 +152,13 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         seed=_integer(merged["seed"], "seed", 0),
         methods=tuple(methods),
         handovers=_integer(merged["handovers"], "handovers", 1),
+        warmup_handovers=_integer(merged["warmup_handovers"], "warmup_handovers", 0),
         l2_delay_ms=_number(merged["l2_delay_ms"], "l2_delay_ms", 0, 60_000),
+        anticipation_ms=_number(merged["anticipation_ms"], "anticipation_ms", 0, 60_000),
+        profile=merged["profile"],
+        ar_transport=merged["ar_transport"],
+        sweep_parameter=sweep["parameter"],
+        sweep_values=sweep_values,
         settle_ms=_number(merged["settle_ms"], "settle_ms", 50, 600_000),
         warmup_ms=_number(merged["warmup_ms"], "warmup_ms", 0, 600_000),
         probe_rate=_number(merged["probe"]["rate"], "probe.rate", 1, 20_000),

@@ -54,19 +54,76 @@ def interruption(receiver_trace: dict, detach_ns: int, horizon_ns: int | None = 
     }
 
 
-def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict) -> list[dict[str, Any]]:
-    """Both directions for every handover; the next handover's detach bounds the search."""
+def _first(events: list[dict], after_ns: int, before_ns: float, **match) -> dict | None:
+    for event in events:
+        if after_ns <= event["t_ns"] < before_ns and all(event.get(k) == v for k, v in match.items()):
+            return event
+    return None
+
+
+def _span_ms(start: dict | None, end: dict | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end["t_ns"] - start["t_ns"]) / 1e6
+
+
+LINK_NAMES = {"icmp": "access", "ar": "ar_ar"}
+
+
+def signalling(handover: dict, traces: dict[str, list[dict]], horizon_ns: float) -> dict[str, Any]:
+    """Signalling of one handover from the agents' traces: durations, messages and bytes per link."""
+    start = handover.get("anticipation_start_ns") or handover["detach_start_ns"]
+    attached = handover["attached_ns"]
+    mn = traces.get("mn", [])
+    par = traces.get(handover["from_ar"], [])
+    ctar = _first(mn, attached, horizon_ns, event="cxtp_sent", type="CTAR")
+    ctaa = _first(mn, ctar["t_ns"], horizon_ns, event="cxtp_received", type="CTAA") if ctar else None
+    data = next((e for e in par if start <= e["t_ns"] < horizon_ns and e["event"] == "cxtp_sent"
+                 and e["type"] in ("PCTD", "CTD")), None)
+    ctdr = _first(par, data["t_ns"], horizon_ns, event="cxtp_received", type="CTDR") if data else None
+    bu = _first(mn, attached, horizon_ns, event="bu_sent", retransmission=False)
+    ba = _first(mn, bu["t_ns"], horizon_ns, event="ba_received") if bu else None
+    per_link: dict[str, dict[str, int]] = {}
+    for events in traces.values():
+        for event in events:
+            if not start <= event["t_ns"] < horizon_ns:
+                continue
+            if event["event"] == "cxtp_sent":
+                link = LINK_NAMES.get(event["link"], event["link"])
+            elif event["event"] in ("bu_sent", "ba_sent"):
+                link = "mobility"
+            else:
+                continue
+            entry = per_link.setdefault(link, {"messages": 0, "bytes": 0})
+            entry["messages"] += 1
+            entry["bytes"] += event.get("bytes", 0)
+    return {"ctar_to_ctaa_ms": _span_ms(ctar, ctaa), "ctd_to_ctdr_ms": _span_ms(data, ctdr),
+            "ctd_type": data["type"] if data else None, "bu_to_ba_ms": _span_ms(bu, ba), "per_link": per_link}
+
+
+def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
+                 traces: dict[str, list[dict]] | None = None) -> list[dict[str, Any]]:
+    """Both directions (and, with agent traces, the signalling) for every handover."""
     results = []
     for position, handover in enumerate(handovers):
-        horizon = handovers[position + 1]["detach_start_ns"] if position + 1 < len(handovers) else None
+        following = handovers[position + 1] if position + 1 < len(handovers) else None
+        horizon = None
+        if following is not None:
+            horizon = following.get("anticipation_start_ns") or following["detach_start_ns"]
         row = {"index": handover["index"], "method": handover.get("method", "none"),
-               "from": handover["from_ar"], "to": handover["to_ar"], "l2_delay_ms": handover["l2_delay_ms"]}
+               "from": handover["from_ar"], "to": handover["to_ar"], "l2_delay_ms": handover["l2_delay_ms"],
+               "sweep_value": handover.get("sweep_value"), "warmup": handover.get("warmup", False)}
         # Downlink HA -> MN is received by the MN; uplink MN -> HA by the HA.
         for direction, trace in (("ha_to_mn", mn_trace), ("mn_to_ha", ha_trace)):
             try:
                 row[direction] = interruption(trace, handover["detach_start_ns"], horizon)
             except MetricsError as error:
                 row[direction] = {"error": str(error)}
+        if traces is not None:
+            row["signalling"] = signalling(handover, traces, horizon if horizon is not None else float("inf"))
+        if "tables_check" in handover:
+            row["tables_ok"] = not handover["tables_check"]
+            row["tables_problems"] = handover["tables_check"]
         results.append(row)
     return results
 
@@ -90,18 +147,41 @@ def statistics_of(values: Iterable[float]) -> dict[str, float | int]:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def _group_key(row: dict) -> str:
+    return row["method"] if row.get("sweep_value") is None else f"{row['method']}@{row['sweep_value']:g}"
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per method and direction: interruption statistics (ms) and lost probes."""
+    """Per method (and swept value): interruption (ms) and lost probes per direction, signalling.
+
+    Warm-up handovers are left out: they pay first-use costs (an SCTP association, a neighbour
+    cache entry) that a running network has already paid.
+    """
     summary: dict[str, Any] = {}
-    for method in sorted({row["method"] for row in rows}):
-        method_rows = [row for row in rows if row["method"] == method]
-        entry: dict[str, Any] = {}
+    measured = [row for row in rows if not row.get("warmup")]
+    for key in sorted({_group_key(row) for row in measured}, key=lambda k: (k.split("@")[0], k)):
+        group = [row for row in measured if _group_key(row) == key]
+        entry: dict[str, Any] = {"method": group[0]["method"], "sweep_value": group[0].get("sweep_value")}
         for direction in ("ha_to_mn", "mn_to_ha"):
-            good = [row[direction] for row in method_rows if "interruption_ms" in row[direction]]
+            good = [row[direction] for row in group if "interruption_ms" in row[direction]]
             entry[direction] = {
                 "interruption_ms": statistics_of(item["interruption_ms"] for item in good),
                 "lost": statistics_of(item["lost"] for item in good),
-                "failed": len(method_rows) - len(good),
+                "failed": len(group) - len(good),
             }
-        summary[method] = entry
+        signalling_rows = [row["signalling"] for row in group if "signalling" in row]
+        if signalling_rows:
+            entry["signalling_ms"] = {
+                name: statistics_of(s[name] for s in signalling_rows if s.get(name) is not None)
+                for name in ("ctar_to_ctaa_ms", "ctd_to_ctdr_ms", "bu_to_ba_ms")}
+            links = sorted({link for s in signalling_rows for link in s["per_link"]})
+            entry["signalling_per_link"] = {
+                link: {"messages": statistics_of(s["per_link"].get(link, {}).get("messages", 0) for s in signalling_rows),
+                       "bytes": statistics_of(s["per_link"].get(link, {}).get("bytes", 0) for s in signalling_rows)}
+                for link in links}
+        checked = [row for row in group if "tables_ok" in row]
+        if checked:
+            entry["tables_ok"] = sum(row["tables_ok"] for row in checked)
+            entry["tables_checked"] = len(checked)
+        summary[key] = entry
     return summary

@@ -13,72 +13,127 @@ from pathlib import Path
 from scenarios import metrics
 
 DIRECTIONS = (("ha_to_mn", "HA->MN"), ("mn_to_ha", "MN->HA"))
+REFERENCE = "none"
+
+
+def _read_traces(run_dir: Path) -> dict[str, list[dict]]:
+    traces = {}
+    for path in sorted(run_dir.glob("trace-*.jsonl")):
+        with open(path) as handle:
+            traces[path.stem.removeprefix("trace-")] = [json.loads(line) for line in handle if line.strip()]
+    return traces
 
 
 def compute(run_dir: Path) -> dict:
-    """Compute per-handover figures and the summary from the traces; write both."""
+    """Compute per-handover figures and the summary from the traces; write both, and the plots."""
     handovers = json.loads((run_dir / "handovers.json").read_text())
     mn_trace = json.loads((run_dir / "probe-mn.json").read_text())
     ha_trace = json.loads((run_dir / "probe-ha.json").read_text())
-    rows = metrics.per_handover(handovers, mn_trace, ha_trace)
-    summary = {"per_method": metrics.summarize(rows), "units": "milliseconds; lost in probes",
-               "probe_decode_errors": {"mn": mn_trace["decode_errors"], "ha": ha_trace["decode_errors"]}}
+    rows = metrics.per_handover(handovers, mn_trace, ha_trace, _read_traces(run_dir))
+    record = json.loads((run_dir / "record.json").read_text())
+    summary = {
+        "per_method": metrics.summarize(rows),
+        "units": "interruption and signalling in milliseconds; lost in probes; per_link in messages and octets",
+        "probe_decode_errors": {"mn": mn_trace["decode_errors"], "ha": ha_trace["decode_errors"]},
+        "xfrm_stat_delta": record.get("xfrm_stat_delta"),
+        "sweep": record["parameters"].get("sweep"),
+    }
     (run_dir / "per_handover.json").write_text(json.dumps(rows, indent=2))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(run_dir, rows)
+    plot(run_dir, rows, summary)
     return summary
 
 
+def _cell(stats: dict, key: str = "median", width: int = 8, digits: int = 1) -> str:
+    return f"{stats[key]:>{width}.{digits}f}" if stats.get("n") else f"{'-':>{width}}"
+
+
 def table(run_dir: Path) -> str:
-    rows = json.loads((run_dir / "per_handover.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
+    per_method = summary["per_method"]
     lines = [f"run {run_dir}", "",
-             f"{'#':>3} {'method':<10} {'move':<10} {'L2 ms':>6} | {'HA->MN ms':>9} {'lost':>5} | {'MN->HA ms':>9} {'lost':>5}"]
-    for row in rows:
-        cells = []
-        for direction, _ in DIRECTIONS:
-            item = row[direction]
-            if "interruption_ms" in item:
-                cells.append(f"{item['interruption_ms']:>9.1f} {item['lost']:>5}")
-            else:
-                cells.append(f"{'failed':>9} {'-':>5}")
-        lines.append(f"{row['index']:>3} {row['method']:<10} {row['from'] + '->' + row['to']:<10} "
-                     f"{row['l2_delay_ms']:>6.0f} | {cells[0]} | {cells[1]}")
-    lines += ["", f"{'method':<10} {'direction':<8} {'median':>8} {'p95':>8} {'min':>8} {'max':>8} {'n':>4} {'lost med':>8}"]
-    for method, entry in summary["per_method"].items():
+             "interruption at the receiver (ms): median / p95 / min / max over n handovers; lost probes (median)",
+             f"{'method':<22} {'dir':<7} {'median':>8} {'p95':>8} {'min':>8} {'max':>8} {'n':>4} {'lost':>6}"
+             f" {'vs none':>8}"]
+    reference = {direction: per_method.get(REFERENCE, {}).get(direction, {}).get("interruption_ms", {})
+                 for direction, _ in DIRECTIONS}
+    for key, entry in per_method.items():
         for direction, label in DIRECTIONS:
             stats = entry[direction]["interruption_ms"]
             lost = entry[direction]["lost"]
-            if stats.get("n"):
-                lines.append(f"{method:<10} {label:<8} {stats['median']:>8.1f} {stats['p95']:>8.1f} "
-                             f"{stats['min']:>8.1f} {stats['max']:>8.1f} {stats['n']:>4} {lost['median']:>8.0f}")
-            else:
-                lines.append(f"{method:<10} {label:<8} {'no data':>8}")
+            extra = ""
+            if stats.get("n") and reference[direction].get("n") and entry["method"] != REFERENCE:
+                extra = f"{stats['median'] - reference[direction]['median']:>+8.1f}"
+            failed = f"  ({entry[direction]['failed']} failed)" if entry[direction]["failed"] else ""
+            lines.append(f"{key:<22} {label:<7} {_cell(stats)} {_cell(stats, 'p95')} {_cell(stats, 'min')} "
+                         f"{_cell(stats, 'max')} {stats.get('n', 0):>4} {_cell(lost, width=6, digits=0)} {extra}{failed}")
+    lines += ["", "signalling (ms, median): CTAR->CTAA at the MN, (P)CTD->CTDR at the pAR, BU->BA at the MN;"
+                  " per handover: messages/octets on the access and AR-AR links; Tables I-IV checks",
+              f"{'method':<22} {'CTAR-CTAA':>9} {'CTD-CTDR':>9} {'BU-BA':>7} {'access':>12} {'AR-AR':>12} {'tables':>8}"]
+    for key, entry in per_method.items():
+        sig = entry.get("signalling_ms", {})
+        links = entry.get("signalling_per_link", {})
+
+        def link_cell(name: str) -> str:
+            if name not in links:
+                return f"{'-':>12}"
+            return f"{links[name]['messages']['median']:>4.0f}/{links[name]['bytes']['median']:<6.0f} "
+
+        tables = f"{entry['tables_ok']}/{entry['tables_checked']}" if "tables_checked" in entry else "-"
+        lines.append(f"{key:<22} {_cell(sig.get('ctar_to_ctaa_ms', {}), width=9)} "
+                     f"{_cell(sig.get('ctd_to_ctdr_ms', {}), width=9)} {_cell(sig.get('bu_to_ba_ms', {}), width=7)} "
+                     f"{link_cell('access')} {link_cell('ar_ar')} {tables:>8}")
+    errors = {node: {k: v for k, v in delta.items() if "Error" in k or "No" in k}
+              for node, delta in (summary.get("xfrm_stat_delta") or {}).items()}
+    errors = {node: delta for node, delta in errors.items() if delta}
+    lines += ["", "kernel IPsec error counters during the run (/proc/net/xfrm_stat deltas): "
+              + (json.dumps(errors) if errors else "all zero")]
     return "\n".join(lines)
 
 
-def plot(run_dir: Path, rows: list[dict]) -> None:
-    """Per-method distribution of the interruption, one panel per direction."""
+def plot(run_dir: Path, rows: list[dict], summary: dict) -> None:
+    """Per-method distribution (one panel per direction); interruption against a swept parameter."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = sorted({row["method"] for row in rows})
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    measured = [row for row in rows if not row.get("warmup")]
+    methods = list(dict.fromkeys(row["method"] for row in measured))
+    figure, axes = plt.subplots(1, 2, figsize=(max(8, 2.4 * len(methods)), 4.5), sharey=True)
     for axis, (direction, label) in zip(axes, DIRECTIONS):
-        data = [[row[direction]["interruption_ms"] for row in rows
+        data = [[row[direction]["interruption_ms"] for row in measured
                  if row["method"] == method and "interruption_ms" in row[direction]] for method in methods]
-        axis.boxplot(data, showfliers=True)
-        axis.set_xticks(range(1, len(methods) + 1), methods)
+        axis.boxplot(data, showfliers=False)
+        axis.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right")
         for position, values in enumerate(data, start=1):
             axis.scatter([position] * len(values), values, s=8, alpha=0.5)
         axis.set_title(f"{label} interruption")
         axis.set_ylabel("ms")
         axis.grid(axis="y", alpha=0.3)
-    figure.suptitle(run_dir.parent.name + " / " + run_dir.name)
+    figure.suptitle(f"{run_dir.parent.name} / {run_dir.name}")
     figure.tight_layout()
     figure.savefig(run_dir / "interruption_by_method.png", dpi=100)
+    plt.close(figure)
+
+    sweep = summary.get("sweep") or {}
+    if not sweep.get("parameter"):
+        return
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    for axis, (direction, label) in zip(axes, DIRECTIONS):
+        for method in methods:
+            points = sorted((entry["sweep_value"], entry[direction]["interruption_ms"]["median"])
+                            for entry in summary["per_method"].values()
+                            if entry["method"] == method and entry[direction]["interruption_ms"].get("n"))
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        axis.set_xlabel(sweep["parameter"])
+        axis.set_ylabel("median interruption (ms)")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(run_dir / f"interruption_vs_{sweep['parameter'].replace('.', '_')}.png", dpi=100)
     plt.close(figure)
 
 

@@ -12,97 +12,54 @@ can redo both from a stored run without rerunning it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import random
-import select
-import signal
 import sys
 import time
 from pathlib import Path
 
-from scenarios import config, metrics, record, report
-from nodes import probe
+from nodes import ipsec_handler, probe
+from scenarios import checks, config, record, report
+from scenarios.experiment import CXTP_METHODS, SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
 from topo import plan
 from topo.network import Testbed
 
 REPOSITORY = record.REPOSITORY
-READY_TIMEOUT_S = 60.0
 
 
-class RunError(RuntimeError):
-    """The experiment could not be carried out (an agent did not start, a trace is missing)."""
+def warm_up_crypto(testbed: Testbed, profile: str) -> None:
+    """The first SA of an algorithm costs seconds in a fresh UML kernel: pay it before measuring."""
+    mn_side, _ = ipsec_handler.initial_contexts("2001:db8:ffff::1", "2001:db8:ffff::2", plan.HA_ADDRESS,
+                                                profile, 0xFFF1, 0xFFF2)
+    for sa in mn_side.sas:
+        arguments = " ".join(f"{'aead' if a.kind == 'aead' else 'enc' if a.kind == 'crypt' else 'auth-trunc'} "
+                             f"'{a.name}' 0x{a.key.hex()}" + (f" {a.bits}" if a.kind != "crypt" else "")
+                             for a in sa.algorithms)
+        testbed.cmd(plan.MN, f"ip xfrm state add src {sa.saddr} dst {sa.daddr} proto esp spi {sa.spi} "
+                             f"mode tunnel {arguments} && ip xfrm state delete src {sa.saddr} dst {sa.daddr} "
+                             f"proto esp spi {sa.spi}")
 
 
-def _wait_ready(process, what: str) -> None:
-    """Readiness check: the agent prints READY once its socket is bound and its threads run."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([process.stdout], [], [], 1.0)
-        if readable:
-            line = process.stdout.readline()
-            if line.startswith(b"READY"):
-                return
-            if not line and process.poll() is not None:
-                break
-    raise RunError(f"{what} agent did not become ready (exit status {process.poll()})")
+def _apply_sweep(testbed: Testbed, scenario: config.Scenario, value: float | None) -> float:
+    """Set the swept parameter; return the L2 delay to use."""
+    if value is None or scenario.sweep_parameter == "l2_delay_ms":
+        return scenario.l2_delay_ms if value is None else value
+    _, link_class, field = scenario.sweep_parameter.split(".")
+    params = dataclasses.replace(testbed.link_params[link_class], **{field: value or (None if field == "rate_mbit" else 0.0)})
+    testbed.set_link_params(link_class, params)
+    return scenario.l2_delay_ms
 
 
-def _start_probe(testbed: Testbed, node: str, peer: str, trace: Path, rate: float, size: int,
-                 learn_peer: bool):
-    command = [sys.executable, "-m", "nodes.probe", "--role", node, "--peer", peer,
-               "--rate", str(rate), "--size", str(size), "--out", str(trace)]
-    if learn_peer:
-        command.append("--learn-peer")
-    process = testbed.host(node).popen(command, cwd=str(REPOSITORY), stdout=-1, stderr=None)
-    _wait_ready(process, f"probe on {node}")
-    return process
-
-
-def _stop(process, what: str) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)  # by the PID we recorded when starting it
-        try:
-            process.wait(timeout=30)
-        except Exception:
-            process.kill()
-            process.wait()
-            raise RunError(f"{what} did not stop on SIGTERM")
-
-
-def _pause(milliseconds: float) -> None:
-    """Pacing between handovers (the scenario's settle time), not a stand-in for protocol work."""
-    time.sleep(milliseconds / 1000)
-
-
-def start_probes(testbed: Testbed, run_dir: Path, rate: float, size: int) -> tuple:
-    """The MN probes the HA; the HA probes the MN's current address, learned from its probes."""
-    mn_probe = _start_probe(testbed, plan.MN, plan.HA_ADDRESS, run_dir / "probe-mn.json", rate, size, False)
-    ha_probe = _start_probe(testbed, plan.HA, plan.MN_COA[plan.PAR], run_dir / "probe-ha.json", rate, size, True)
-    return mn_probe, ha_probe
-
-
-def stop_probes(probes: tuple) -> None:
-    for process, name in zip(probes, ("MN probe", "HA probe")):
-        _stop(process, name)
-
-
-def perform_handovers(testbed: Testbed, schedule: list[tuple[str, float]], settle_ms: float,
-                      rng: random.Random, probe_interval_ms: float, progress=print) -> list[dict]:
-    """Hand the MN over once per (method, L2 delay) in ``schedule``, alternating between the ARs."""
-    handovers = []
-    for method, l2_delay_ms in schedule:
-        # A random offset within one probe interval keeps the handover instants from locking to
-        # the probe schedule; it comes from the scenario's seed.
-        _pause(rng.uniform(0, probe_interval_ms))
-        handover = testbed.handover(testbed.other_ar(), l2_delay_ms).as_dict()
-        handover["method"] = method
-        handovers.append(handover)
-        progress(f"[{len(handovers):>3}/{len(schedule)}] {method}: {handover['from_ar']} -> "
-                 f"{handover['to_ar']} (L2 {l2_delay_ms:.0f} ms, attach took "
-                 f"{(handover['attached_ns'] - handover['attach_start_ns']) / 1e6:.1f} ms)")
-        _pause(settle_ms)
-    return handovers
+def _check(experiment: Experiment, record: dict) -> None:
+    """After a CXTP handover: the MN's and nAR's SAD/SPD against Tables I-IV, the pAR empty."""
+    par, nar = record["from_ar"], record["to_ar"]
+    problems = checks.check_tables(
+        experiment.xfrm_state(plan.MN, record["mn_new"]), experiment.xfrm_state(nar, record["mn_new"]),
+        experiment.xfrm_state(par, record["mn_previous"]), record["mn_new"], plan.AR_ACCESS_ADDRESS[nar],
+        plan.HA_ADDRESS, SPI_MN_IN, SPI_MN_OUT)
+    record["tables_check"] = problems
 
 
 def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
@@ -114,17 +71,48 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
     rng = random.Random(scenario.seed)
     probe.raise_priority(60)  # the handover steps are timed by this thread
-    schedule = [(method, scenario.l2_delay_ms) for method in scenario.methods for _ in range(scenario.handovers)]
     started = time.monotonic()
+    handovers: list[dict] = []
+    sweep_values = list(scenario.sweep_values) or [None]
+    total = len(sweep_values) * len(scenario.methods) * (scenario.handovers + scenario.warmup_handovers)
     with Testbed(scenario.links, initial_ar=plan.PAR) as testbed:
-        progress(f"network up in {time.monotonic() - started:.1f} s; starting probes")
-        probes = start_probes(testbed, run_dir, scenario.probe_rate, scenario.probe_size)
+        warm_up_crypto(testbed, scenario.profile)
+        progress(f"network up in {time.monotonic() - started:.1f} s; starting agents")
+        experiment = Experiment(testbed, run_dir, scenario.probe_rate, scenario.probe_size, scenario.profile,
+                                scenario.ar_transport, scenario.anticipation_ms, scenario.seed)
         try:
+            stats_before = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
             _pause(scenario.warmup_ms)
-            handovers = perform_handovers(testbed, schedule, scenario.settle_ms, rng,
-                                          1000 / scenario.probe_rate, progress)
+            done = 0
+            for value in sweep_values:
+                l2_delay = _apply_sweep(testbed, scenario, value)
+                for method in scenario.methods:
+                    for index in range(scenario.warmup_handovers + scenario.handovers):
+                        # A random offset within one probe interval keeps handover instants from
+                        # locking to the probe schedule; it comes from the scenario's seed.
+                        _pause(rng.uniform(0, 1000 / scenario.probe_rate))
+                        handover = experiment.handover(method, l2_delay)
+                        handover["warmup"] = index < scenario.warmup_handovers
+                        handover["sweep_value"] = value
+                        _pause(scenario.settle_ms)
+                        if method in CXTP_METHODS:
+                            _check(experiment, handover)
+                        handover["index"] = len(handovers) + 1
+                        handovers.append(handover)
+                        done += 1
+                        problems = handover.get("tables_check")
+                        progress(f"[{done:>3}/{total}] {method:<16} {handover['from_ar']}->{handover['to_ar']}"
+                                 + (f" {scenario.sweep_parameter}={value:g}" if value is not None else "")
+                                 + (" (warm-up)" if handover["warmup"] else "")
+                                 + ("" if problems is None else " tables ok" if not problems else
+                                    f" TABLES DIFFER: {problems[0]}"))
+            stats_after = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
         finally:
-            stop_probes(probes)
+            experiment.stop()
+    run_record["xfrm_stat_delta"] = {
+        node: {name: stats_after[node][name] - stats_before[node].get(name, 0)
+               for name in stats_after[node] if stats_after[node][name] != stats_before[node].get(name, 0)}
+        for node in stats_after}
     (run_dir / "handovers.json").write_text(json.dumps(handovers, indent=2))
     run_record["wall_time_s"] = round(time.monotonic() - started, 2)
     (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
@@ -143,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scenario error: {error}", file=sys.stderr)
         return 2
     print(f"scenario {scenario.name} ({scenario.source}): {scenario.handovers} handovers x "
-          f"{', '.join(scenario.methods)}, L2 delay {scenario.l2_delay_ms} ms", file=sys.stderr)
+          f"{', '.join(scenario.methods)}, L2 delay {scenario.l2_delay_ms} ms"
+          + (f", sweep {scenario.sweep_parameter} over {list(scenario.sweep_values)}" if scenario.sweep_parameter else ""),
+          file=sys.stderr)
     run_dir = run(scenario, Path(arguments.results), progress=lambda line: print(line, file=sys.stderr, flush=True))
     report.show(run_dir)
     return 0

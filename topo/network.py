@@ -36,9 +36,8 @@ class LinkParams:
     rate_mbit: float | None = None
 
     def tclink_arguments(self) -> dict:
-        arguments: dict = {}
-        if self.delay_ms:
-            arguments["delay"] = f"{self.delay_ms}ms"
+        # Always a netem qdisc, even at 0 ms, so that a sweep can change the link in place.
+        arguments: dict = {"delay": f"{self.delay_ms}ms"}
         if self.jitter_ms:
             arguments["jitter"] = f"{self.jitter_ms}ms"
         if self.loss_percent:
@@ -212,6 +211,17 @@ class Testbed:
         self._attach(to_ar)
         record.attached_ns = time.monotonic_ns()
         return record
+
+    def set_link_params(self, link_class: str, params: LinkParams) -> None:
+        """Change the shaping of every link of a class in place (for sweeps; set-up speed only)."""
+        assert self.net is not None
+        self.link_params[link_class] = params
+        for link in plan.LINKS:
+            if link.link_class != link_class:
+                continue
+            for node in (link.a, link.b):
+                interface = self.host(node).intf(link.interface(node))
+                interface.config(**params.tclink_arguments())
 
     def other_ar(self) -> str:
         return plan.NAR if self.current_ar == plan.PAR else plan.PAR

@@ -1,0 +1,171 @@
+"""The skeleton every agent process shares: one selector loop, timers, a control socket, a trace.
+
+An agent runs for the whole experiment inside one emulated host (a process start in the UML
+guest costs up to 300 ms, so nothing measured may start one). The scenario runner talks to it
+over a Unix stream socket with one JSON object per line: ``{"cmd": "...", ...}`` in,
+``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}`` out. Every agent writes a trace of
+JSON lines, each with ``t_ns`` from the monotonic clock that all namespaces share, so traces
+from different hosts line up on one time axis.
+
+Readiness: the agent prints ``READY <name> <pid>`` on standard output once its sockets are
+bound; the runner waits for that line instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+
+class AgentError(RuntimeError):
+    """A control command failed; the message goes back to the runner."""
+
+
+class Agent:
+    def __init__(self, name: str, control_path: str, trace_path: str) -> None:
+        self.name = name
+        self.selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self._trace = open(trace_path, "a", buffering=1)
+        self._stopping = False
+        self._commands: dict[str, Callable[..., Any]] = {"ping": lambda: {"name": self.name}}
+        if os.path.exists(control_path):
+            os.unlink(control_path)
+        self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._control.bind(control_path)
+        self._control.listen(4)
+        self._control.setblocking(False)
+        self.selector.register(self._control, selectors.EVENT_READ, self._accept)
+        self._buffers: dict[socket.socket, bytes] = {}
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+
+    # -- trace ------------------------------------------------------------------------------------
+    def trace(self, event: str, **fields: Any) -> None:
+        record = {"t_ns": time.monotonic_ns(), "node": self.name, "event": event, **fields}
+        self._trace.write(json.dumps(record, default=str) + "\n")
+
+    # -- loop plumbing ----------------------------------------------------------------------------
+    def add_reader(self, fileobj, callback: Callable[[], None]) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, lambda _sock: callback())
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at ``deadline`` (time.monotonic() seconds)."""
+        heapq.heappush(self._timers, (deadline, next(self._timer_ids), callback))
+
+    def command(self, name: str, handler: Callable[..., Any]) -> None:
+        self._commands[name] = handler
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _accept(self, _sock) -> None:
+        connection, _ = self._control.accept()
+        connection.setblocking(False)
+        self._buffers[connection] = b""
+        self.selector.register(connection, selectors.EVENT_READ, self._read_control)
+
+    def _read_control(self, connection: socket.socket) -> None:
+        try:
+            data = connection.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(connection)
+            self._buffers.pop(connection, None)
+            connection.close()
+            return
+        buffer = self._buffers[connection] + data
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            reply = self._dispatch(line)
+            connection.setblocking(True)
+            connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
+            connection.setblocking(False)
+        self._buffers[connection] = buffer
+
+    def _dispatch(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            name = request.pop("cmd")
+            handler = self._commands[name]
+        except (ValueError, KeyError, TypeError) as error:
+            return {"ok": False, "error": f"bad control request: {error!r}"}
+        try:
+            result = handler(**request)
+        except AgentError as error:
+            self.trace("command_failed", cmd=name, error=str(error))
+            return {"ok": False, "error": str(error)}
+        except Exception as error:  # reported, not fatal: the agent must keep serving
+            self.trace("command_failed", cmd=name, error=repr(error), traceback=traceback.format_exc())
+            return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        return {"ok": True, **(result or {})}
+
+    def run(self) -> None:
+        print(f"READY {self.name} {os.getpid()}", flush=True)
+        self.trace("ready", pid=os.getpid())
+        while not self._stopping:
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            for key, _ in self.selector.select(timeout if timeout is not None else 0.5):
+                key.data(key.fileobj)
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, callback = heapq.heappop(self._timers)
+                callback()
+        self.trace("stopped")
+        self.close()
+
+    def close(self) -> None:
+        self._trace.close()
+        self._control.close()
+
+
+class AgentClient:
+    """The runner's side of an agent's control socket."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self._file = self.sock.makefile("rb")
+
+    def request(self, cmd: str, **arguments: Any) -> dict[str, Any]:
+        self.sock.sendall(json.dumps({"cmd": cmd, **arguments}).encode() + b"\n")
+        line = self._file.readline()
+        if not line:
+            raise AgentError(f"agent at {self.path} closed its control socket")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise AgentError(f"{cmd}: {reply.get('error')}")
+        return reply
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+
+def read_trace(path: str) -> list[dict[str, Any]]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def main_guard(run: Callable[[], None]) -> int:
+    try:
+        run()
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        return 1
+    return 0

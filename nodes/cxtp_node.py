@@ -1,0 +1,78 @@
+"""Run a CXTP engine inside an agent: sockets in, engine, datagrams and events out, timers.
+
+The engines in :mod:`cxtp` never touch a socket or a clock; this is the one place where their
+inputs (datagrams with their source, ``now``, timer expiry) are fed and their outputs (datagrams,
+the next deadline, events) are acted on. Every message sent or received is traced with its type,
+size and link, which is where the per-link signalling counts of a run come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from cxtp.errors import CxtpError
+from nodes.agent import Agent
+from nodes.cxtp_transport import flush
+
+MESSAGE_NAMES = {1: "CTAR", 2: "CTAA", 3: "CTD", 4: "PCTD", 5: "CTDR", 6: "CTC", 7: "CT-Req"}
+
+
+def message_name(data: bytes) -> str:
+    return MESSAGE_NAMES.get(data[0] & 0x1F, "?") if data else "?"
+
+
+class CxtpRuntime:
+    def __init__(self, agent: Agent, engine, transports: dict[str, object], on_event=None) -> None:
+        self.agent = agent
+        self.engine = engine
+        self.transports = transports
+        self.on_event = on_event
+        self._armed_deadline: float | None = None
+        for transport in transports.values():
+            agent.add_reader(transport, lambda transport=transport: self._readable(transport))
+
+    def _readable(self, transport) -> None:
+        try:
+            received = transport.recv()
+        except OSError as error:
+            self.agent.trace("cxtp_transport_error", link=transport.kind, error=str(error))
+            return
+        if received is None:
+            return
+        data, source = received
+        self.agent.trace("cxtp_received", type=message_name(data), bytes=len(data), link=transport.kind,
+                         source=source)
+        self.engine.receive(data, source, transport.kind, time.monotonic())
+        self.pump()
+
+    def pump(self) -> None:
+        """Send what the engine queued, report its events, arm its next timer."""
+        for datagram in list(self.engine.datagrams_to_send()):
+            try:
+                self.transports[datagram.transport].send(datagram.data, datagram.destination)
+                self.agent.trace("cxtp_sent", type=message_name(datagram.data), bytes=len(datagram.data),
+                                 link=datagram.transport, destination=datagram.destination)
+            except OSError as error:
+                self.agent.trace("cxtp_send_failed", type=message_name(datagram.data), link=datagram.transport,
+                                 destination=datagram.destination, error=str(error))
+        while (event := self.engine.next_event()) is not None:
+            fields = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else {"repr": repr(event)}
+            self.agent.trace("cxtp_" + type(event).__name__, **fields)
+            if self.on_event is not None:
+                self.on_event(event)
+        deadline = self.engine.get_timer()
+        if deadline is not None and deadline != self._armed_deadline:
+            self._armed_deadline = deadline
+            self.agent.call_at(deadline, self._timer)
+
+    def _timer(self) -> None:
+        self._armed_deadline = None
+        try:
+            self.engine.handle_timer(time.monotonic())
+        except CxtpError as error:
+            self.agent.trace("cxtp_timer_error", error=str(error))
+        self.pump()
+
+
+__all__ = ["CxtpRuntime", "message_name", "flush"]

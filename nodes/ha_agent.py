@@ -1,0 +1,85 @@
+"""The HA agent: binding cache fed by Binding Updates, and the HA end of the probe stream.
+
+The HA sends its probes to the care-of address its binding cache holds for the MN, so the
+downlink resumes exactly when the HA has processed the MN's Binding Update (and the path to the
+new care-of address, through the nAR and its IPsec state, works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nodes import mobility
+from nodes.agent import Agent, main_guard
+from nodes.probe import DEFAULT_PORT, ProbeAgent
+
+
+class HomeAgent:
+    def __init__(self, agent: Agent, probe: ProbeAgent, identity: str) -> None:
+        self.agent = agent
+        self.probe = probe
+        self.identity = identity
+        self.cache = mobility.BindingCache()
+        self.decode_errors = 0
+        self.sock = mobility.mobility_socket()
+        agent.add_reader(self.sock, self._receive)
+        agent.command("binding", lambda: {"care_of": self.cache.care_of(self.identity),
+                                          "decode_errors": self.decode_errors})
+
+    def _receive(self) -> None:
+        try:
+            data, source = self.sock.recvfrom(2048)
+        except BlockingIOError:
+            return
+        try:
+            message = mobility.decode(data)
+        except mobility.MobilityDecodeError as error:
+            self.decode_errors += 1
+            self.agent.trace("mh_decode_error", source=source[0], error=str(error))
+            return
+        if not isinstance(message, mobility.BindingUpdate):
+            return
+        care_of = source[0]
+        status = self.cache.update(message, care_of)
+        self.agent.trace("bu_received", source=care_of, seq=message.sequence, identity=message.identity,
+                         status=status)
+        if status == mobility.BA_STATUS_ACCEPTED and message.identity == self.identity:
+            self.probe.peer = care_of  # the probe stream follows the binding
+        if message.acknowledge:
+            ack = mobility.BindingAck(sequence=message.sequence, status=status, lifetime_s=message.lifetime_s)
+            encoded = ack.encode()
+            self.sock.sendto(encoded, (care_of, 0))
+            self.agent.trace("ba_sent", destination=care_of, seq=message.sequence, status=status,
+                             bytes=len(encoded))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--trace", required=True)
+    parser.add_argument("--probe-out", required=True)
+    parser.add_argument("--initial-peer", required=True, help="the MN's care-of address at start")
+    parser.add_argument("--identity", default="mn@testbed")
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    arguments = parser.parse_args(argv)
+
+    def run() -> None:
+        agent = Agent("ha", arguments.control, arguments.trace)
+        probe = ProbeAgent("ha", arguments.initial_peer, arguments.port, arguments.rate, arguments.size,
+                           learn_peer=False)
+        HomeAgent(agent, probe, arguments.identity)
+        probe.start()
+        try:
+            agent.run()
+        finally:
+            probe.stop()
+            probe.write(arguments.probe_out)
+
+    return main_guard(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The Mobile Node agent: CXTP's MN role, its own IPsec state, and Mobile IPv6 binding updates.
+
+On ``attached`` (sent by the runner right after the handover primitive attached the MN to the
+new AR: the L2 trigger) the MN, depending on the method:
+
+* re-homes its own SAs and policies to (MN_n, nAR) through XFRM migrate (Tables I and III);
+* sends the CTAR to the nAR (RFC 4067 §2.5.1: always, also after a predictive transfer);
+* sends a Binding Update to the HA, retransmitted from 1 s on until the Binding Ack arrives.
+
+``predictive`` sends the CTAR to the pAR before the move (mobile-initiated predictive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from cxtp import Config
+from cxtp.engine import TRANSPORT_ICMP, MobileNode
+from cxtp.messages import normalize_address
+from cxtp.registry import Registry
+from ipsec import IpsecContext, Xfrm, capture_context, install_context, remove_context
+from nodes import ipsec_handler, mobility
+from nodes.agent import Agent, main_guard
+from nodes.cxtp_node import CxtpRuntime
+from nodes.cxtp_transport import IcmpTransport
+
+
+class MobileNodeAgent:
+    def __init__(self, agent: Agent, address: str, ha: str, identity: str, seed: int) -> None:
+        self.agent = agent
+        self.address = address
+        self.ha = ha
+        self.identity = identity
+        self.rng = random.Random(seed)
+        self.xfrm = Xfrm()
+        self.handler = ipsec_handler.MnIpsecHandler(self.xfrm, agent.trace)
+        self.registry = Registry([self.handler])
+        self.engine = MobileNode(address, self.registry, Config(), random.Random(seed + 1))
+        self.runtime = CxtpRuntime(agent, self.engine, {TRANSPORT_ICMP: IcmpTransport()})
+        self.mh = mobility.mobility_socket()
+        agent.add_reader(self.mh, self._mh_readable)
+        self.bu_sequence = self.rng.randrange(1 << 16)
+        self.bu_pending: tuple[int, float] | None = None  # (sequence, current timeout)
+        for name in ("set_key", "predictive", "attached", "provision", "clear", "status"):
+            agent.command(name, getattr(self, name))
+
+    # -- commands ----------------------------------------------------------------------------------
+    def set_key(self, key: str) -> dict:
+        self.engine.set_key(bytes.fromhex(key))
+        return {}
+
+    def predictive(self, par: str, nar: str) -> dict:
+        self.engine.request_predictive(par, nar, time.monotonic())
+        self.runtime.pump()
+        return {}
+
+    def attached(self, nar: str, par: str, new_address: str, cxtp: bool, ipsec: bool) -> dict:
+        previous = self.address
+        self.agent.trace("attached", nar=nar, par=par, previous=previous, new=new_address)
+        if cxtp:
+            self.engine.attached(nar, par, time.monotonic(), new_address=new_address)
+            self.runtime.pump()  # the CTAR leaves first: it is on the critical path
+        # The engine names the MN by its previous address; from now on that is the new one
+        # (the engine also does this itself when a transfer completes).
+        self.engine.address = normalize_address(new_address)
+        if ipsec:
+            moved = self.handler.move(previous, new_address, par, nar)
+            self.agent.trace("ipsec_moved", sas=moved)
+        self.address = new_address
+        self._send_bu(first=True)
+        return {}
+
+    def provision(self, context: str) -> dict:
+        installation = install_context(self.xfrm, IpsecContext.decode(bytes.fromhex(context)))
+        self.handler.current_ar = None
+        return {"sas": len(installation.context.sas)}
+
+    def clear(self) -> dict:
+        context = capture_context(self.xfrm, self.address)
+        remove_context(self.xfrm, context)
+        return {"removed_sas": len(context.sas)}
+
+    def status(self) -> dict:
+        return {"address": self.address, "bu_pending": self.bu_pending is not None,
+                "engine": dict(self.engine.counters), "cxtp_in_progress": self.engine.in_progress}
+
+    # -- Mobile IPv6 --------------------------------------------------------------------------------
+    def _send_bu(self, first: bool = False) -> None:
+        if first:
+            self.bu_sequence = (self.bu_sequence + 1) & 0xFFFF
+            self.bu_pending = (self.bu_sequence, mobility.INITIAL_BINDACK_TIMEOUT)
+        elif self.bu_pending is None:
+            return
+        sequence, timeout = self.bu_pending
+        update = mobility.BindingUpdate(sequence=sequence, identity=self.identity)
+        try:
+            self.mh.sendto(update.encode(), (self.ha, 0))
+            self.agent.trace("bu_sent", seq=sequence, source=self.address, retransmission=not first,
+                             bytes=len(update.encode()))
+        except OSError as error:
+            self.agent.trace("bu_send_failed", seq=sequence, error=str(error))
+        self.bu_pending = (sequence, min(timeout * 2, mobility.MAX_BINDACK_TIMEOUT))
+        self.agent.call_at(time.monotonic() + timeout, lambda s=sequence: self._bu_timeout(s))
+
+    def _bu_timeout(self, sequence: int) -> None:
+        if self.bu_pending is not None and self.bu_pending[0] == sequence:
+            self._send_bu()
+
+    def _mh_readable(self) -> None:
+        try:
+            data, source = self.mh.recvfrom(2048)
+        except BlockingIOError:
+            return
+        try:
+            message = mobility.decode(data)
+        except mobility.MobilityDecodeError as error:
+            self.agent.trace("mh_decode_error", source=source[0], error=str(error))
+            return
+        if isinstance(message, mobility.BindingAck) and self.bu_pending and message.sequence == self.bu_pending[0]:
+            self.bu_pending = None
+            self.agent.trace("ba_received", seq=message.sequence, status=message.status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--trace", required=True)
+    parser.add_argument("--address", required=True, help="the MN's care-of address at start")
+    parser.add_argument("--ha", required=True)
+    parser.add_argument("--identity", default="mn@testbed")
+    parser.add_argument("--seed", type=int, default=1)
+    arguments = parser.parse_args(argv)
+
+    def run() -> None:
+        agent = Agent("mn", arguments.control, arguments.trace)
+        MobileNodeAgent(agent, arguments.address, arguments.ha, arguments.identity, arguments.seed)
+        agent.run()
+
+    return main_guard(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
