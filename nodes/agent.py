@@ -26,6 +26,9 @@ import traceback
 from typing import Any, Callable
 
 
+AGENT_PRIORITY = 70
+
+
 class AgentError(RuntimeError):
     """A control command failed; the message goes back to the runner."""
 
@@ -112,6 +115,12 @@ class Agent:
         return {"ok": True, **(result or {})}
 
     def run(self) -> None:
+        # Protocol agents outrank the probe threads (priority 50): the measuring tool must not
+        # delay the protocol it measures on the guest's single virtual CPU.
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(AGENT_PRIORITY))
+        except (OSError, AttributeError):
+            pass
         print(f"READY {self.name} {os.getpid()}", flush=True)
         self.trace("ready", pid=os.getpid())
         while not self._stopping:

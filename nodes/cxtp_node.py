@@ -39,6 +39,8 @@ class CxtpRuntime:
             self.agent.trace("cxtp_transport_error", link=transport.kind, error=str(error))
             return
         if received is None:
+            self.agent.trace("cxtp_dropped_by_transport", link=transport.kind,
+                             counters=dict(getattr(transport, "counters", {})))
             return
         data, source = received
         self.agent.trace("cxtp_received", type=message_name(data), bytes=len(data), link=transport.kind,

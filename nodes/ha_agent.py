@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-out", required=True)
     parser.add_argument("--initial-peer", required=True, help="the MN's care-of address at start")
     parser.add_argument("--identity", default="mn@testbed")
+    parser.add_argument("--bind", default="::", help="the HA's address, the source of its probes")
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         agent = Agent("ha", arguments.control, arguments.trace)
         probe = ProbeAgent("ha", arguments.initial_peer, arguments.port, arguments.rate, arguments.size,
-                           learn_peer=False)
+                           learn_peer=False, bind_address=arguments.bind)
         HomeAgent(agent, probe, arguments.identity)
         probe.start()
         try:

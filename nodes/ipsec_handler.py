@@ -77,6 +77,14 @@ def _host(address: str) -> tuple[str, int]:
     return ipaddress.ip_address(address).compressed, 128
 
 
+def mn_bypass_policies() -> tuple[SecurityPolicy, ...]:
+    """The MN's signalling stays outside the tunnel (paper §VI-A: MIPv6 signalling is not protected
+    by it, and the CTAR must not be): ICMPv6 and the Mobility Header, both directions, any address,
+    so that they are no part of the context that moves."""
+    return tuple(SecurityPolicy(selector=Selector(proto=proto), dir=direction, priority=PRIORITY_BYPASS)
+                 for proto in (IPPROTO_ICMPV6, IPPROTO_MH) for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT))
+
+
 def _same(a: str, b: str) -> bool:
     return ipaddress.ip_address(a) == ipaddress.ip_address(b)
 

@@ -44,6 +44,7 @@ class MobileNodeAgent:
         agent.add_reader(self.mh, self._mh_readable)
         self.bu_sequence = self.rng.randrange(1 << 16)
         self.bu_pending: tuple[int, float] | None = None  # (sequence, current timeout)
+        self.bypass: list = []
         for name in ("set_key", "predictive", "attached", "provision", "clear", "status"):
             agent.command(name, getattr(self, name))
 
@@ -74,6 +75,11 @@ class MobileNodeAgent:
         return {}
 
     def provision(self, context: str) -> dict:
+        """The initial attach's SAs and policies, and the signalling bypass around them."""
+        if not self.bypass:
+            self.bypass = list(ipsec_handler.mn_bypass_policies())
+            for policy in self.bypass:
+                self.xfrm.add_policy(policy)
         installation = install_context(self.xfrm, IpsecContext.decode(bytes.fromhex(context)))
         self.handler.current_ar = None
         return {"sas": len(installation.context.sas)}
@@ -81,11 +87,15 @@ class MobileNodeAgent:
     def clear(self) -> dict:
         context = capture_context(self.xfrm, self.address)
         remove_context(self.xfrm, context)
+        for policy in self.bypass:
+            self.xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
+        self.bypass = []
         return {"removed_sas": len(context.sas)}
 
     def status(self) -> dict:
         return {"address": self.address, "bu_pending": self.bu_pending is not None,
-                "engine": dict(self.engine.counters), "cxtp_in_progress": self.engine.in_progress}
+                "engine": dict(self.engine.counters), "cxtp_in_progress": self.engine.in_progress,
+                "idle": self.bu_pending is None and not self.engine.in_progress}
 
     # -- Mobile IPv6 --------------------------------------------------------------------------------
     def _send_bu(self, first: bool = False) -> None:

@@ -43,7 +43,8 @@ def raise_priority(priority: int = 50) -> None:
 
 
 class ProbeAgent:
-    def __init__(self, role: str, peer: str, port: int, rate: float, size: int, learn_peer: bool):
+    def __init__(self, role: str, peer: str, port: int, rate: float, size: int, learn_peer: bool,
+                 bind_address: str = "::"):
         self.role = role
         self.peer = peer
         self.port = port
@@ -52,7 +53,9 @@ class ProbeAgent:
         self.learn_peer = learn_peer
         self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-        self.sock.bind(("::", port))
+        # The HA binds its own address so that its probes match the MN's traffic selectors
+        # (HA <-> MN); the MN binds nothing, so its source follows its current care-of address.
+        self.sock.bind((bind_address, port))
         self.sock.settimeout(0.2)
         self.stopping = threading.Event()
         # Columns of the traces, kept as compact arrays: 1000 probes/s for minutes is fine.

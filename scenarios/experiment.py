@@ -111,7 +111,8 @@ class Experiment:
                     "--ar-transport", ar_transport, "--seed", str(seed)], run_dir)
             self.agents[plan.HA] = AgentProcess(testbed, plan.HA, "nodes.ha_agent", [
                 "--probe-out", str(run_dir / "probe-ha.json"), "--initial-peer", self.mn_address,
-                "--identity", MN_IDENTITY, "--rate", str(probe_rate), "--size", str(probe_size)], run_dir)
+                "--identity", MN_IDENTITY, "--rate", str(probe_rate), "--size", str(probe_size),
+                "--bind", plan.HA_ADDRESS], run_dir)
             self.agents[plan.MN] = AgentProcess(testbed, plan.MN, "nodes.mn_agent", [
                 "--address", self.mn_address, "--ha", plan.HA_ADDRESS, "--identity", MN_IDENTITY,
                 "--seed", str(seed)], run_dir)
@@ -178,7 +179,18 @@ class Experiment:
                                      cxtp=method in CXTP_METHODS, ipsec=method in CXTP_METHODS)
         record["trigger_sent_ns"] = time.monotonic_ns()
         record.update(marks, method=method, mn_previous=mn_previous, mn_new=mn_new)
+        record["completed"] = self.wait_idle()
         return record
+
+    def wait_idle(self, timeout_s: float = 20.0, poll_ms: float = 20.0) -> bool:
+        """Readiness, not a sleep: poll the MN until its CXTP transaction and its binding update are
+        done (or failed, after their own retransmissions), so handovers never overlap."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.agents[plan.MN].request("status")["idle"]:
+                return True
+            _pause(poll_ms)
+        return False
 
     # -- checks after a handover (outside the measured interval) --------------------------------
     def xfrm_state(self, node: str, address: str) -> IpsecContext:

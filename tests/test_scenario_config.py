@@ -11,7 +11,7 @@ from topo import plan
 def test_defaults_are_complete():
     scenario = config.load(None)
     assert scenario.handovers >= 20
-    assert scenario.methods == ("none",)
+    assert scenario.methods == config.METHODS
     assert set(scenario.links) == set(plan.LINK_CLASSES)
     assert scenario.probe_rate >= 1000
     assert scenario.source == "built-in defaults"

@@ -158,6 +158,16 @@ class Testbed:
         for route in plan.ROUTES:
             interface = plan.LINKS_BY_NAME[route.link].interface(route.node)
             self.cmd(route.node, f"ip -6 route add {route.destination} via {route.via} dev {interface}")
+        # Link-layer addresses on the access links are known from the L2 association, as an access
+        # point's router knows its stations and a Router Advertisement's source link-layer option
+        # tells the MN its router's: no neighbour discovery on the access links, where a veth's
+        # carrier change would otherwise delay the first exchange by a 1 s NS retransmission.
+        self.access_lladdr = {}
+        for ar in plan.ACCESS_ROUTERS:
+            link = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]]
+            mn_mac = self.host(plan.MN).intf(link.interface(plan.MN)).MAC()
+            self.access_lladdr[ar] = self.host(ar).intf(link.interface(ar)).MAC()
+            self.cmd(ar, f"ip -6 neigh replace {plan.MN_COA[ar]} lladdr {mn_mac} dev {link.interface(ar)} nud permanent")
         # The MN starts detached from both access links; start() attaches it to the initial AR.
         for ar in plan.ACCESS_ROUTERS:
             interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
@@ -187,6 +197,8 @@ class Testbed:
         except Exception as error:  # the address may survive a previous attach
             if getattr(error, "code", None) != errno.EEXIST:
                 raise
+        ipr.neigh("replace", dst=plan.AR_ACCESS_ADDRESS[ar], lladdr=self.access_lladdr[ar], ifindex=index,
+                  family=10, state=0x80)  # NUD_PERMANENT: learnt at association (see _configure)
         ipr.route("replace", dst="::/0", family=10, gateway=plan.AR_ACCESS_ADDRESS[ar], oif=index)
         self.current_ar = ar
 

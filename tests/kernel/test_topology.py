@@ -4,14 +4,13 @@ and the probe's interruption follows the L2 handover delay."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import statistics
 
 import pytest
 
 from scenarios import metrics
-from scenarios import run as scenario_run
+from scenarios.experiment import Experiment, _pause
 from topo import plan
 from topo.network import LinkParams, Testbed, TopologyError
 
@@ -108,26 +107,28 @@ def test_probe_interruption_follows_l2_delay(testbed, tmp_path):
     """The interruption is the L2 delay plus a bounded re-attach cost, in each direction.
 
     No value can be below the L2 delay: nothing crosses a detached link. Bounds on the median
-    excess, from the path: uplink (MN->HA, at the HA): the attach (three netlink requests, up to
-    ~10 ms in UML), the MN resolving the AR's link-layer address (one access round trip, 4 ms),
-    one probe interval (1 ms), and scheduling noise on the guest's one virtual CPU (observed up to
-    ~25 ms): 40 ms. Downlink (at the MN): the same, plus the HA learning the new address from the
-    first uplink probe (one MN->HA path, 22 ms), the probe's way back (22 ms) and the nAR
-    resolving the MN (4 ms): 90 ms. Single values get 150 ms: a sanity bound, not a figure.
-    The difference between the 200 ms and the 50 ms medians must be 150 ms within 25 ms.
+    excess, from the path: uplink (MN->HA, at the HA): the attach (four netlink requests, up to
+    ~10 ms in UML; link-layer addresses come with the attach, so no neighbour discovery), one
+    probe interval (1 ms), and scheduling noise on the guest's one virtual CPU (observed up to
+    ~25 ms): 40 ms. Downlink (at the MN): the same, plus the HA learning the new care-of address
+    from the Binding Update (one MN->HA path, 22 ms) and the probe's way back (22 ms): 90 ms.
+    Medians, because one handover can meet a host-side stall of the guest (the host is shared);
+    single values only get a sanity bound of 1 s (a stuck handover). The difference between the
+    200 ms and the 50 ms medians must be 150 ms within 25 ms.
     """
     _ensure_at(testbed, plan.PAR)
-    schedule = [("none", 50.0)] * 4 + [("none", 200.0)] * 4
-    probes = scenario_run.start_probes(testbed, tmp_path, rate=1000, size=64)
+    experiment = Experiment(testbed, tmp_path, probe_rate=1000, probe_size=64)
+    handovers = []
     try:
-        scenario_run._pause(300)
-        handovers = scenario_run.perform_handovers(testbed, schedule, settle_ms=350,
-                                                   rng=random.Random(7), probe_interval_ms=1.0,
-                                                   progress=lambda line: None)
+        _pause(300)
+        for l2_delay in [50.0] * 5 + [200.0] * 5:
+            handovers.append(experiment.handover("none", l2_delay))
+            _pause(350)
     finally:
-        scenario_run.stop_probes(probes)
+        experiment.stop()
     rows = metrics.per_handover(handovers, json.loads((tmp_path / "probe-mn.json").read_text()),
                                 json.loads((tmp_path / "probe-ha.json").read_text()))
+    assert all(handover["completed"] for handover in handovers)
     by_delay: dict[float, dict[str, list[float]]] = {}
     for row in rows:
         for direction in ("mn_to_ha", "ha_to_mn"):
@@ -137,7 +138,7 @@ def test_probe_interruption_follows_l2_delay(testbed, tmp_path):
     for l2_delay, directions in by_delay.items():
         for direction, median_excess in (("mn_to_ha", 40), ("ha_to_mn", 90)):
             values = directions[direction]
-            assert all(l2_delay <= value <= l2_delay + 150 for value in values), (l2_delay, directions)
+            assert all(l2_delay <= value <= l2_delay + 1000 for value in values), (l2_delay, directions)
             assert statistics.median(values) <= l2_delay + median_excess, (l2_delay, directions)
     for direction in ("mn_to_ha", "ha_to_mn"):
         difference = statistics.median(by_delay[200.0][direction]) - statistics.median(by_delay[50.0][direction])
