@@ -54,6 +54,7 @@ import vici
 from vici.exception import CommandException, SessionException
 
 from nodes import netns
+from nodes.agent import AGENT_PRIORITY
 from nodes import pki as pki_module
 from nodes.radius import FreeRadius, RadiusConfig
 from topo import plan
@@ -70,6 +71,8 @@ CHARON_NODES = (plan.MN, *AR_NODES)
 CHARON_PLUGINS = ("nonce openssl kdf pem pkcs1 pkcs8 x509 pubkey revocation constraints hmac gcm "
                   "kernel-netlink socket-default vici eap-identity eap-md5 eap-mschapv2 eap-radius")
 SUN_PATH_MAX = 107
+# Real-time like the CXTP agents, so that both protocols meet the probe load on equal terms.
+DAEMON_PRIORITY = AGENT_PRIORITY
 
 
 class IkeError(RuntimeError):
@@ -405,7 +408,7 @@ class Charon:
                            SWANCTL_DIR=str(self.swanctl_dir))
         # A private mount namespace with the node's run directory on /run: charon's hard-coded
         # /var/run/charon.pid and its default VICI socket land there. `exec` keeps one PID.
-        script = f"mount --bind {shellquote(self.run_dir)} /run && exec {CHARON}"
+        script = f"mount --bind {shellquote(self.run_dir)} /run && exec chrt -f {DAEMON_PRIORITY} {CHARON}"
         with open(self.output_path, "wb") as output:
             self.process = self.host.popen(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -781,17 +784,31 @@ class IkeBaseline:
         self.attached_to.discard(ar)
 
     def wait_no_sas(self, ar: str, timeout: float = 5.0) -> None:
-        """Wait until neither the MN's nor ``ar``'s charon lists an IKE_SA between them."""
+        """Wait until neither the MN's nor ``ar``'s charon lists an IKE_SA between them and neither
+        kernel holds an XFRM state or policy for the MN's CoA at ``ar`` (charon removes an IKE_SA
+        from its list before it deletes the kernel state)."""
         name = mn_connection_name(ar)
         deadline = time.monotonic() + timeout
         while True:
             left = [node for node, ike in ((ar, AR_CONNECTION), (plan.MN, name))
                     if list(self.charons[node].session.list_sas({"ike": ike}))]
+            left += [f"{node} kernel" for node in (ar, plan.MN) if self._kernel_holds(node, ar)]
             if not left:
                 return
             if time.monotonic() > deadline:
-                raise IkeError(f"IKE_SAs to {ar} still listed on {left} after {timeout} s")
+                raise IkeError(f"SAs between the MN and {ar} still present on {left} after {timeout} s")
             time.sleep(0.02)
+
+    def _kernel_holds(self, node: str, ar: str) -> bool:
+        """Whether ``node``'s kernel has an XFRM state or policy for the MN's CoA at ``ar``."""
+        from ipsec.xfrm import Xfrm
+
+        coa = plan.MN_COA[ar]
+        with Xfrm(netns=f"/proc/{self.testbed.pid(node)}/ns/net") as xfrm:
+            if any(coa in (state.saddr, state.daddr) for state in xfrm.dump_sas()):
+                return True
+            return any(policy.dir < 3 and coa in (policy.selector.saddr, policy.selector.daddr)
+                       for policy in xfrm.dump_policies())
 
     # -- inspection (tests, reports) ----------------------------------------------------------
     def list_sas(self, node: str) -> list[dict]:

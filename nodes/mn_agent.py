@@ -45,7 +45,7 @@ class MobileNodeAgent:
         self.bu_sequence = self.rng.randrange(1 << 16)
         self.bu_pending: tuple[int, float] | None = None  # (sequence, current timeout)
         self.bypass: list = []
-        for name in ("set_key", "predictive", "attached", "provision", "clear", "status"):
+        for name in ("set_key", "predictive", "attached", "provision", "clear", "signalling_bypass", "status"):
             agent.command(name, getattr(self, name))
 
     # -- commands ----------------------------------------------------------------------------------
@@ -75,11 +75,7 @@ class MobileNodeAgent:
         return {}
 
     def provision(self, context: str) -> dict:
-        """The initial attach's SAs and policies, and the signalling bypass around them."""
-        if not self.bypass:
-            self.bypass = list(ipsec_handler.mn_bypass_policies())
-            for policy in self.bypass:
-                self.xfrm.add_policy(policy)
+        """The initial attach's SAs and policies (static SAs, paper §VI-A)."""
         installation = install_context(self.xfrm, IpsecContext.decode(bytes.fromhex(context)))
         self.handler.current_ar = None
         return {"sas": len(installation.context.sas)}
@@ -87,10 +83,19 @@ class MobileNodeAgent:
     def clear(self) -> dict:
         context = capture_context(self.xfrm, self.address)
         remove_context(self.xfrm, context)
-        for policy in self.bypass:
-            self.xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
-        self.bypass = []
         return {"removed_sas": len(context.sas)}
+
+    def signalling_bypass(self, enable: bool) -> dict:
+        """ICMPv6 and Mobile IPv6 signalling outside any tunnel (whatever installs the tunnel)."""
+        if enable and not self.bypass:
+            self.bypass = list(ipsec_handler.mn_bypass_policies())
+            for policy in self.bypass:
+                self.xfrm.add_policy(policy)
+        elif not enable:
+            for policy in self.bypass:
+                self.xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
+            self.bypass = []
+        return {"policies": len(self.bypass)}
 
     def status(self) -> dict:
         return {"address": self.address, "bu_pending": self.bu_pending is not None,

@@ -16,7 +16,9 @@ from typing import Any
 from topo import plan
 from topo.network import LinkParams
 
-METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network")
+METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", "reauth-eap", "reauth-eap-md5",
+           "reauth-psk")
+DEFAULT_METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", "reauth-eap", "reauth-psk")
 PROFILES = ("aes-cbc-sha256", "aes-gcm", "des-cbc")
 AR_TRANSPORTS = ("sctp", "tcp")
 SWEEPABLE = tuple(f"links.{link_class}.{field}" for link_class in plan.LINK_CLASSES
@@ -25,7 +27,7 @@ SWEEPABLE = tuple(f"links.{link_class}.{field}" for link_class in plan.LINK_CLAS
 DEFAULTS: dict[str, Any] = {
     "name": "default",
     "seed": 1,
-    "methods": list(METHODS),
+    "methods": list(DEFAULT_METHODS),
     "handovers": 20,
     "warmup_handovers": 2,
     "l2_delay_ms": 50.0,
@@ -34,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ms": 500.0,
     "profile": "aes-cbc-sha256",
     "ar_transport": "sctp",
-    "sweep": {"parameter": "", "values": []},
+    "sweep": {"parameter": "links.ar_aaa.delay_ms", "values": [0.0, 10.0, 20.0, 50.0], "methods": ["reauth-eap"]},
     "probe": {"rate": 1000.0, "size": 64},
     "links": {
         plan.ACCESS: {"delay_ms": 2.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
@@ -64,10 +66,19 @@ class Scenario:
     ar_transport: str
     sweep_parameter: str
     sweep_values: tuple[float, ...]
+    sweep_methods: tuple[str, ...]
     probe_rate: float
     probe_size: int
     links: dict[str, LinkParams]
     source: str  # the file it came from, or "built-in defaults"
+
+    def schedule(self) -> list[tuple[float | None, str]]:
+        """(swept value or None, method) blocks in run order: methods outside the sweep run once
+        at the base parameters, first; then each swept value with the swept methods."""
+        if not self.sweep_values:
+            return [(None, method) for method in self.methods]
+        blocks: list[tuple[float | None, str]] = [(None, m) for m in self.methods if m not in self.sweep_methods]
+        return blocks + [(value, m) for value in self.sweep_values for m in self.methods if m in self.sweep_methods]
 
     def parameters(self) -> dict[str, Any]:
         """Everything that defines the experiment, for the run record."""
@@ -77,7 +88,8 @@ class Scenario:
             "l2_delay_ms": self.l2_delay_ms, "anticipation_ms": self.anticipation_ms,
             "settle_ms": self.settle_ms, "warmup_ms": self.warmup_ms, "profile": self.profile,
             "ar_transport": self.ar_transport,
-            "sweep": {"parameter": self.sweep_parameter, "values": list(self.sweep_values)},
+            "sweep": {"parameter": self.sweep_parameter, "values": list(self.sweep_values),
+                      "methods": list(self.sweep_methods)},
             "probe": {"rate": self.probe_rate, "size": self.probe_size},
             "links": {name: dataclasses.asdict(params) for name, params in self.links.items()},
             "source": self.source,
@@ -115,6 +127,12 @@ def _integer(value: Any, where: str, minimum: int) -> int:
 
 
 def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenario:
+    if "sweep" not in data and "methods" in data:
+        # The built-in sweep concerns the EAP baseline: it follows the scenario's methods.
+        default_sweep = DEFAULTS["sweep"]
+        kept = [m for m in default_sweep["methods"] if m in data["methods"]] if isinstance(data["methods"], list) else []
+        data = {**data, "sweep": {**default_sweep, "methods": kept} if kept else
+                {"parameter": "", "values": [], "methods": []}}
     merged = _merge(DEFAULTS, data, "")
     if not isinstance(merged["name"], str) or not merged["name"] or "/" in merged["name"]:
         raise ScenarioError(f"name: must be a non-empty string without '/', got {merged['name']!r}")
@@ -137,6 +155,11 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
                          for index, value in enumerate(sweep["values"]))
     if bool(sweep["parameter"]) != bool(sweep_values):
         raise ScenarioError("sweep: give both parameter and values, or neither")
+    if not isinstance(sweep["methods"], list):
+        raise ScenarioError("sweep.methods: must be a list of methods")
+    for index, method in enumerate(sweep["methods"]):
+        if method not in methods:
+            raise ScenarioError(f"sweep.methods[{index}]: {method!r} is not one of this scenario's methods")
     links = {}
     for link_class, params in merged["links"].items():
         where = f"links.{link_class}"
@@ -159,6 +182,7 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         ar_transport=merged["ar_transport"],
         sweep_parameter=sweep["parameter"],
         sweep_values=sweep_values,
+        sweep_methods=tuple(sweep["methods"]) or (tuple(methods) if sweep_values else ()),
         settle_ms=_number(merged["settle_ms"], "settle_ms", 50, 600_000),
         warmup_ms=_number(merged["warmup_ms"], "warmup_ms", 0, 600_000),
         probe_rate=_number(merged["probe"]["rate"], "probe.rate", 1, 20_000),

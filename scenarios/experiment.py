@@ -10,6 +10,11 @@ Methods (all over the same probe stream, in one run):
                           pAR, CTD back, activation, CTAA, CTDR
 ``cxtp-network``          network-initiated by the pAR (predictive): PCTD with key material on
                           the pAR's trigger, then the MN's CTAR to the nAR activates it
+``reauth-eap``             full re-authentication: after the move, a fresh IKEv2 initiation at
+                          the nAR with EAP-MSCHAPv2 relayed by the nAR to RADIUS; then the old
+                          SAs at the pAR are removed (strongSwan and FreeRADIUS, nodes/ike.py)
+``reauth-eap-md5``         the same with EAP-MD5
+``reauth-psk``             the same with a pre-shared key and no AAA: the cheaper baseline
 ========================  ==================================================================
 
 Everything the runner does between handovers (keys, provisioning, checks) happens outside the
@@ -31,7 +36,8 @@ from nodes.agent import AgentClient
 from topo import plan
 from topo.network import Testbed
 
-METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network")
+REAUTH_METHODS = {"reauth-eap": "eap-mschapv2", "reauth-eap-md5": "eap-md5", "reauth-psk": "psk"}
+METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", *REAUTH_METHODS)
 CXTP_METHODS = ("cxtp-predictive", "cxtp-reactive", "cxtp-network")
 PREDICTIVE_METHODS = ("cxtp-predictive", "cxtp-network")
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -102,7 +108,8 @@ class Experiment:
         self.profile = profile
         self.anticipation_ms = anticipation_ms
         self.agents: dict[str, AgentProcess] = {}
-        self.ipsec_active = False
+        self.mode = "none"  # "none", "cxtp", or the auth method of the running IKE baseline
+        self.baseline = None
         try:
             for ar in plan.ACCESS_ROUTERS:
                 self.agents[ar] = AgentProcess(testbed, ar, "nodes.ar_agent", [
@@ -129,33 +136,63 @@ class Experiment:
         return plan.MN_COA[self.testbed.current_ar]
 
     def stop(self) -> None:
+        self._stop_baseline()
         for agent in reversed(list(self.agents.values())):
             agent.stop()
         self.agents.clear()
 
     # -- IPsec state between methods ------------------------------------------------------------
-    def set_ipsec(self, active: bool) -> None:
-        """Give the MN its initial tunnel at its current AR (paper Fig. 5), or remove all of it."""
+    def set_mode(self, mode: str) -> None:
+        """Put the security state the method needs in place (outside any measurement).
+
+        ``none``: no IPsec anywhere. ``cxtp``: the paper's static tunnel at the current AR
+        (Fig. 5). An auth method (``eap-mschapv2``, ``eap-md5``, ``psk``): the IKE daemons of that
+        baseline, and a first authenticated attach at the current AR. Both secure modes add the
+        operator's access policy on the ARs and the MN's signalling bypass.
+        """
+        if mode == self.mode:
+            return
         ar = self.testbed.current_ar
-        if active and not self.ipsec_active:
-            mn_side, ar_side = ipsec_handler.initial_contexts(
-                self.mn_address, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, self.profile, SPI_MN_IN, SPI_MN_OUT)
-            for router in plan.ACCESS_ROUTERS:
-                self.agents[router].request("access_policy", prefix=plan.ACCESS_PREFIX[router], enable=True)
-            self.agents[ar].request("provision", context=ar_side.encode().hex())
-            self.agents[plan.MN].request("provision", context=mn_side.encode().hex())
-        elif not active and self.ipsec_active:
+        # Leave the current mode.
+        if self.mode == "cxtp":
             self.agents[plan.MN].request("clear")
             for router in plan.ACCESS_ROUTERS:
                 self.agents[router].request("clear_mn", mn=self.mn_address)
-                self.agents[router].request("access_policy", prefix=plan.ACCESS_PREFIX[router], enable=False)
-        self.ipsec_active = active
+        elif self.mode != "none":
+            self._stop_baseline()
+        secure = mode != "none"
+        for router in plan.ACCESS_ROUTERS:
+            self.agents[router].request("access_policy", prefix=plan.ACCESS_PREFIX[router], enable=secure)
+        self.agents[plan.MN].request("signalling_bypass", enable=secure)
+        # Enter the new one.
+        if mode == "cxtp":
+            mn_side, ar_side = ipsec_handler.initial_contexts(
+                self.mn_address, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, self.profile, SPI_MN_IN, SPI_MN_OUT)
+            self.agents[ar].request("provision", context=ar_side.encode().hex())
+            self.agents[plan.MN].request("provision", context=mn_side.encode().hex())
+        elif mode != "none":
+            from nodes.ike import IkeBaseline  # strongSwan and FreeRADIUS only when asked for
+
+            self.baseline = IkeBaseline(self.testbed, self.run_dir / f"ike-{mode}", method=mode,
+                                        aaa=mode != "psk")
+            self.mode = mode  # so that a failed start is cleaned up by stop()
+            self.baseline.start()
+            self.baseline.attach(ar)
+        self.mode = mode
+
+    def set_ipsec(self, active: bool) -> None:
+        self.set_mode("cxtp" if active else "none")
+
+    def _stop_baseline(self) -> None:
+        if self.baseline is not None:
+            self.baseline.stop()
+            self.baseline = None
 
     # -- one handover -----------------------------------------------------------------------------
     def handover(self, method: str, l2_delay_ms: float) -> dict:
         if method not in METHODS:
             raise ExperimentError(f"unknown method {method!r}")
-        self.set_ipsec(method in CXTP_METHODS)
+        self.set_mode("cxtp" if method in CXTP_METHODS else REAUTH_METHODS.get(method, "none"))
         par, nar = self.testbed.current_ar, self.testbed.other_ar()
         par_address, nar_address = plan.AR_ACCESS_ADDRESS[par], plan.AR_ACCESS_ADDRESS[nar]
         mn_previous, mn_new = plan.MN_COA[par], plan.MN_COA[nar]
@@ -179,6 +216,11 @@ class Experiment:
                                      cxtp=method in CXTP_METHODS, ipsec=method in CXTP_METHODS)
         record["trigger_sent_ns"] = time.monotonic_ns()
         record.update(marks, method=method, mn_previous=mn_previous, mn_new=mn_new)
+        if method in REAUTH_METHODS:
+            # Authenticate from scratch at the nAR (a fresh IKE initiation, not a rekey), then
+            # remove the old SAs at the pAR and on the MN.
+            record["reauth"] = self.baseline.attach(nar)
+            self.baseline.detach_old(par)
         record["completed"] = self.wait_idle()
         return record
 

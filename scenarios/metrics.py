@@ -3,7 +3,8 @@
 Definitions (per handover and per direction, measured at the receiver):
 
 * the *interruption* is the longest silence at the receiver that starts with the last probe
-  received at or before the detach instant (or later) and ends before the next handover; its
+  received at or before the detach instant (or later) and ends within the handover's window
+  (which the runner closes ``settle_ms`` after the handover completed); its
   two ends are *last before* and *first after*;
 * probes older than the newest one received before the detach (delivered late from a router's
   queue, for example after a ping-pong handover) are received but do not end the silence;
@@ -97,8 +98,16 @@ def signalling(handover: dict, traces: dict[str, list[dict]], horizon_ns: float)
             entry = per_link.setdefault(link, {"messages": 0, "bytes": 0})
             entry["messages"] += 1
             entry["bytes"] += event.get("bytes", 0)
+    reauth = handover.get("reauth")
+    if reauth:
+        # Counted on the wire by the baseline (nodes/ike.py): IKE on the access link, RADIUS on
+        # the AR-AAA link, for this attach only.
+        per_link["ike"] = {"messages": reauth.get("ike_messages", 0), "bytes": reauth.get("ike_bytes", 0)}
+        if "radius_messages" in reauth:
+            per_link["radius"] = {"messages": reauth["radius_messages"], "bytes": reauth.get("radius_bytes", 0)}
     return {"ctar_to_ctaa_ms": _span_ms(ctar, ctaa), "ctd_to_ctdr_ms": _span_ms(data, ctdr),
-            "ctd_type": data["type"] if data else None, "bu_to_ba_ms": _span_ms(bu, ba), "per_link": per_link}
+            "ctd_type": data["type"] if data else None, "bu_to_ba_ms": _span_ms(bu, ba),
+            "ike_to_child_ms": reauth["elapsed_ms"] if reauth else None, "per_link": per_link}
 
 
 def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
@@ -107,8 +116,8 @@ def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
     results = []
     for position, handover in enumerate(handovers):
         following = handovers[position + 1] if position + 1 < len(handovers) else None
-        horizon = None
-        if following is not None:
+        horizon = handover.get("window_end_ns")
+        if horizon is None and following is not None:
             horizon = following.get("anticipation_start_ns") or following["detach_start_ns"]
         row = {"index": handover["index"], "method": handover.get("method", "none"),
                "from": handover["from_ar"], "to": handover["to_ar"], "l2_delay_ms": handover["l2_delay_ms"],
@@ -173,7 +182,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if signalling_rows:
             entry["signalling_ms"] = {
                 name: statistics_of(s[name] for s in signalling_rows if s.get(name) is not None)
-                for name in ("ctar_to_ctaa_ms", "ctd_to_ctdr_ms", "bu_to_ba_ms")}
+                for name in ("ctar_to_ctaa_ms", "ctd_to_ctdr_ms", "bu_to_ba_ms", "ike_to_child_ms")}
             links = sorted({link for s in signalling_rows for link in s["per_link"]})
             entry["signalling_per_link"] = {
                 link: {"messages": statistics_of(s["per_link"].get(link, {}).get("messages", 0) for s in signalling_rows),
@@ -185,3 +194,27 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             entry["tables_checked"] = len(checked)
         summary[key] = entry
     return summary
+
+
+def ratios(summary: dict[str, Any], baselines=("reauth-eap", "reauth-psk"),
+           methods=("cxtp-predictive", "cxtp-reactive", "cxtp-network")) -> list[dict[str, Any]]:
+    """Median interruption of each re-authentication group over each CXTP method, per direction,
+    from one run (a CXTP method run once at the base parameters serves every swept value)."""
+    def groups(method: str) -> list[dict]:
+        return [entry for entry in summary.values() if entry["method"] == method]
+
+    rows = []
+    for baseline in baselines:
+        for reference in groups(baseline):
+            for method in methods:
+                for entry in groups(method):
+                    if entry.get("sweep_value") not in (None, reference.get("sweep_value")):
+                        continue
+                    row = {"baseline": baseline, "sweep_value": reference.get("sweep_value"), "method": method}
+                    for direction in ("ha_to_mn", "mn_to_ha"):
+                        top = reference[direction]["interruption_ms"]
+                        bottom = entry[direction]["interruption_ms"]
+                        row[direction] = (top["median"] / bottom["median"]
+                                          if top.get("n") and bottom.get("n") and bottom["median"] > 0 else None)
+                    rows.append(row)
+    return rows

@@ -38,6 +38,7 @@ def compute(run_dir: Path) -> dict:
         "xfrm_stat_delta": record.get("xfrm_stat_delta"),
         "sweep": record["parameters"].get("sweep"),
     }
+    summary["ratios"] = metrics.ratios(summary["per_method"])
     (run_dir / "per_handover.json").write_text(json.dumps(rows, indent=2))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(run_dir, rows, summary)
@@ -67,22 +68,32 @@ def table(run_dir: Path) -> str:
             failed = f"  ({entry[direction]['failed']} failed)" if entry[direction]["failed"] else ""
             lines.append(f"{key:<22} {label:<7} {_cell(stats)} {_cell(stats, 'p95')} {_cell(stats, 'min')} "
                          f"{_cell(stats, 'max')} {stats.get('n', 0):>4} {_cell(lost, width=6, digits=0)} {extra}{failed}")
-    lines += ["", "signalling (ms, median): CTAR->CTAA at the MN, (P)CTD->CTDR at the pAR, BU->BA at the MN;"
-                  " per handover: messages/octets on the access and AR-AR links; Tables I-IV checks",
-              f"{'method':<22} {'CTAR-CTAA':>9} {'CTD-CTDR':>9} {'BU-BA':>7} {'access':>12} {'AR-AR':>12} {'tables':>8}"]
+    lines += ["", "signalling (ms, median): CTAR->CTAA at the MN, (P)CTD->CTDR at the pAR, IKE initiation to"
+                  " CHILD_SA installed, BU->BA at the MN;",
+              "messages/octets per handover: CXTP on the access and AR-AR links, IKE (access), RADIUS (AR-AAA);"
+              " Tables I-IV checks passed",
+              f"{'method':<22} {'CTAR-CTAA':>9} {'CTD-CTDR':>9} {'IKE':>7} {'BU-BA':>7} {'access':>11} {'AR-AR':>11}"
+              f" {'IKE':>11} {'RADIUS':>11} {'tables':>7}"]
     for key, entry in per_method.items():
         sig = entry.get("signalling_ms", {})
         links = entry.get("signalling_per_link", {})
 
         def link_cell(name: str) -> str:
-            if name not in links:
-                return f"{'-':>12}"
-            return f"{links[name]['messages']['median']:>4.0f}/{links[name]['bytes']['median']:<6.0f} "
+            if name not in links or not links[name]["messages"].get("median"):
+                return f"{'-':>11}"
+            return f"{links[name]['messages']['median']:>4.0f}/{links[name]['bytes']['median']:<6.0f}"
 
         tables = f"{entry['tables_ok']}/{entry['tables_checked']}" if "tables_checked" in entry else "-"
         lines.append(f"{key:<22} {_cell(sig.get('ctar_to_ctaa_ms', {}), width=9)} "
-                     f"{_cell(sig.get('ctd_to_ctdr_ms', {}), width=9)} {_cell(sig.get('bu_to_ba_ms', {}), width=7)} "
-                     f"{link_cell('access')} {link_cell('ar_ar')} {tables:>8}")
+                     f"{_cell(sig.get('ctd_to_ctdr_ms', {}), width=9)} {_cell(sig.get('ike_to_child_ms', {}), width=7)} "
+                     f"{_cell(sig.get('bu_to_ba_ms', {}), width=7)} {link_cell('access')} {link_cell('ar_ar')} "
+                     f"{link_cell('ike')} {link_cell('radius')} {tables:>7}")
+    if summary.get("ratios"):
+        lines += ["", "re-authentication / CXTP, ratio of median interruptions from this run (HA->MN, MN->HA)"]
+        for row in summary["ratios"]:
+            at = f"@{row['sweep_value']:g}" if row["sweep_value"] is not None else ""
+            cells = " ".join(f"{row[d]:>6.2f}" if row[d] is not None else f"{'-':>6}" for d, _ in DIRECTIONS)
+            lines.append(f"  {row['baseline'] + at:<22} / {row['method']:<16} {cells}")
     errors = {node: {k: v for k, v in delta.items() if "Error" in k or "No" in k}
               for node, delta in (summary.get("xfrm_stat_delta") or {}).items()}
     errors = {node: delta for node, delta in errors.items() if delta}
@@ -122,16 +133,22 @@ def plot(run_dir: Path, rows: list[dict], summary: dict) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
     for axis, (direction, label) in zip(axes, DIRECTIONS):
         for method in methods:
-            points = sorted((entry["sweep_value"], entry[direction]["interruption_ms"]["median"])
+            points = sorted(((entry["sweep_value"], entry[direction]["interruption_ms"]["median"])
                             for entry in summary["per_method"].values()
-                            if entry["method"] == method and entry[direction]["interruption_ms"].get("n"))
-            if points:
-                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+                             if entry["method"] == method and entry[direction]["interruption_ms"].get("n")),
+                            key=lambda p: (p[0] is not None, p[0] or 0))
+            if len(points) == 1 and points[0][0] is None:
+                axis.axhline(points[0][1], linestyle="--", linewidth=1, label=f"{method} (not swept)",
+                             color=f"C{methods.index(method)}")
+            elif points:
+                points = [p for p in points if p[0] is not None]
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method,
+                          color=f"C{methods.index(method)}")
         axis.set_xlabel(sweep["parameter"])
         axis.set_ylabel("median interruption (ms)")
         axis.set_title(label)
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(run_dir / f"interruption_vs_{sweep['parameter'].replace('.', '_')}.png", dpi=100)
     plt.close(figure)

@@ -73,8 +73,8 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     probe.raise_priority(60)  # the handover steps are timed by this thread
     started = time.monotonic()
     handovers: list[dict] = []
-    sweep_values = list(scenario.sweep_values) or [None]
-    total = len(sweep_values) * len(scenario.methods) * (scenario.handovers + scenario.warmup_handovers)
+    schedule = scenario.schedule()
+    total = len(schedule) * (scenario.handovers + scenario.warmup_handovers)
     with Testbed(scenario.links, initial_ar=plan.PAR) as testbed:
         warm_up_crypto(testbed, scenario.profile)
         progress(f"network up in {time.monotonic() - started:.1f} s; starting agents")
@@ -83,29 +83,32 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
         try:
             stats_before = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
             _pause(scenario.warmup_ms)
-            done = 0
-            for value in sweep_values:
-                l2_delay = _apply_sweep(testbed, scenario, value)
-                for method in scenario.methods:
-                    for index in range(scenario.warmup_handovers + scenario.handovers):
-                        # A random offset within one probe interval keeps handover instants from
-                        # locking to the probe schedule; it comes from the scenario's seed.
-                        _pause(rng.uniform(0, 1000 / scenario.probe_rate))
-                        handover = experiment.handover(method, l2_delay)
-                        handover["warmup"] = index < scenario.warmup_handovers
-                        handover["sweep_value"] = value
-                        _pause(scenario.settle_ms)
-                        if method in CXTP_METHODS:
-                            _check(experiment, handover)
-                        handover["index"] = len(handovers) + 1
-                        handovers.append(handover)
-                        done += 1
-                        problems = handover.get("tables_check")
-                        progress(f"[{done:>3}/{total}] {method:<16} {handover['from_ar']}->{handover['to_ar']}"
-                                 + (f" {scenario.sweep_parameter}={value:g}" if value is not None else "")
-                                 + (" (warm-up)" if handover["warmup"] else "")
-                                 + ("" if problems is None else " tables ok" if not problems else
-                                    f" TABLES DIFFER: {problems[0]}"))
+            applied: object = "unset"
+            for value, method in schedule:
+                if value != applied:
+                    l2_delay = _apply_sweep(testbed, scenario, value)
+                    applied = value
+                for index in range(scenario.warmup_handovers + scenario.handovers):
+                    # A random offset within one probe interval keeps handover instants from
+                    # locking to the probe schedule; it comes from the scenario's seed.
+                    _pause(rng.uniform(0, 1000 / scenario.probe_rate))
+                    handover = experiment.handover(method, l2_delay)
+                    handover.update(warmup=index < scenario.warmup_handovers, sweep_value=value,
+                                    index=len(handovers) + 1)
+                    _pause(scenario.settle_ms)
+                    # The handover's measurement window ends here: what the runner does next
+                    # (a check, a change of method or of a swept parameter) is not its doing.
+                    handover["window_end_ns"] = time.monotonic_ns()
+                    if method in CXTP_METHODS:
+                        _check(experiment, handover)
+                    handovers.append(handover)
+                    problems = handover.get("tables_check")
+                    progress(f"[{len(handovers):>3}/{total}] {method:<16} {handover['from_ar']}->{handover['to_ar']}"
+                             + (f" {scenario.sweep_parameter}={value:g}" if value is not None else "")
+                             + (" (warm-up)" if handover["warmup"] else "")
+                             + ("" if handover["completed"] else " INCOMPLETE")
+                             + ("" if problems is None else " tables ok" if not problems else
+                                f" TABLES DIFFER: {problems[0]}"))
             stats_after = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
         finally:
             experiment.stop()

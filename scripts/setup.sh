@@ -14,7 +14,9 @@ fi
 # snapshot without mnexec); user-mode-linux gives a kernel with ESP, netem, SCTP and ip6tnl when
 # the host's lacks them.
 PACKAGES=(mininet user-mode-linux iproute2 tcpdump iputils-ping procps kmod util-linux net-tools
-          python3 python3-venv ethtool make git)
+          python3 python3-venv ethtool make git
+          strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins
+          libcharon-extauth-plugins libstrongswan-standard-plugins freeradius freeradius-utils)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -11,7 +11,7 @@ from topo import plan
 def test_defaults_are_complete():
     scenario = config.load(None)
     assert scenario.handovers >= 20
-    assert scenario.methods == config.METHODS
+    assert scenario.methods == config.DEFAULT_METHODS
     assert set(scenario.links) == set(plan.LINK_CLASSES)
     assert scenario.probe_rate >= 1000
     assert scenario.source == "built-in defaults"
@@ -64,3 +64,20 @@ def test_shipped_scenarios_load():
 
     for path in sorted(Path(config.__file__).parent.glob("*.toml")):
         assert config.load(path).name
+
+
+def test_default_schedule_sweeps_only_the_eap_baseline():
+    schedule = config.load(None).schedule()
+    assert [m for v, m in schedule if v is None] == ["none", "cxtp-predictive", "cxtp-reactive", "cxtp-network",
+                                                      "reauth-psk"]
+    assert [(v, m) for v, m in schedule if v is not None] == [(v, "reauth-eap") for v in (0, 10, 20, 50)]
+
+
+def test_built_in_sweep_follows_the_methods_of_a_file(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('methods = ["none", "cxtp-reactive"]\n')
+    scenario = config.load(path)
+    assert scenario.sweep_parameter == "" and scenario.schedule() == [(None, "none"), (None, "cxtp-reactive")]
+    path.write_text('methods = ["none"]\n[sweep]\nparameter = "links.ar_ar.delay_ms"\nvalues = [1, 2]\nmethods = ["reauth-eap"]\n')
+    with pytest.raises(config.ScenarioError, match=r"sweep.methods\[0\]"):
+        config.load(path)
