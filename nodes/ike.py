@@ -54,7 +54,7 @@ import vici
 from vici.exception import CommandException, SessionException
 
 from nodes import netns
-from nodes.agent import AGENT_PRIORITY
+from nodes.agent import AGENT_NICE
 from nodes import pki as pki_module
 from nodes.radius import FreeRadius, RadiusConfig
 from topo import plan
@@ -71,8 +71,7 @@ CHARON_NODES = (plan.MN, *AR_NODES)
 CHARON_PLUGINS = ("nonce openssl kdf pem pkcs1 pkcs8 x509 pubkey revocation constraints hmac gcm "
                   "kernel-netlink socket-default vici eap-identity eap-md5 eap-mschapv2 eap-radius")
 SUN_PATH_MAX = 107
-# Real-time like the CXTP agents, so that both protocols meet the probe load on equal terms.
-DAEMON_PRIORITY = AGENT_PRIORITY
+VICI_REQUEST_TIMEOUT_S = 60.0
 
 
 class IkeError(RuntimeError):
@@ -408,7 +407,7 @@ class Charon:
                            SWANCTL_DIR=str(self.swanctl_dir))
         # A private mount namespace with the node's run directory on /run: charon's hard-coded
         # /var/run/charon.pid and its default VICI socket land there. `exec` keeps one PID.
-        script = f"mount --bind {shellquote(self.run_dir)} /run && exec chrt -f {DAEMON_PRIORITY} {CHARON}"
+        script = f"mount --bind {shellquote(self.run_dir)} /run && exec nice -n {AGENT_NICE} {CHARON}"
         with open(self.output_path, "wb") as output:
             self.process = self.host.popen(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -500,7 +499,9 @@ def open_session(path: Path) -> vici.Session:
     except OSError:
         sock.close()
         raise
-    sock.settimeout(None)
+    # A hung charon must fail the run, not freeze it: no request (initiate included, whose own
+    # timeout is 30 s) waits longer than this.
+    sock.settimeout(VICI_REQUEST_TIMEOUT_S)
     return vici.Session(sock)
 
 

@@ -22,11 +22,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from nodes.agent import AGENT_PRIORITY
+from nodes.agent import AGENT_NICE
 
 FREERADIUS = "/usr/sbin/freeradius"
-# Real-time like the CXTP agents, so that both protocols meet the probe load on equal terms.
-DAEMON_PRIORITY = AGENT_PRIORITY
 RADIUS_AUTH_PORT = 1812
 
 # Our method names -> FreeRADIUS EAP-Type values and eap sub-module names.
@@ -217,7 +215,7 @@ class FreeRadius:
             self.log_path.unlink()
         with open(self.output_path, "wb") as output:
             # -f: foreground (we own the process), -d: our configuration, -n: radiusd.conf.
-            self.process = self.host.popen(["chrt", "-f", str(DAEMON_PRIORITY), FREERADIUS, "-f", "-d", str(confdir),
+            self.process = self.host.popen(["nice", "-n", str(AGENT_NICE), FREERADIUS, "-f", "-d", str(confdir),
                                             "-n", "radiusd"],
                                            stdin=subprocess.DEVNULL, stdout=output,
                                            stderr=subprocess.STDOUT)

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from nodes import ipsec_handler, probe
+from nodes import ipsec_handler
+from nodes.agent import raise_agent_priority
 from scenarios import checks, config, record, report
 from scenarios.experiment import CXTP_METHODS, SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
 from topo import plan
@@ -70,7 +71,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     run_record["run_id"] = run_id
     (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
     rng = random.Random(scenario.seed)
-    probe.raise_priority(60)  # the handover steps are timed by this thread
+    raise_agent_priority()  # the runner times the handover steps: as the agents, ahead of the rest
     started = time.monotonic()
     handovers: list[dict] = []
     schedule = scenario.schedule()

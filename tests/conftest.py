@@ -39,14 +39,19 @@ def _kernel_available() -> tuple[bool, str]:
     return _kernel_ok, _kernel_reason
 
 
+def kernel_unavailable(reason: str) -> None:
+    """Skip a kernel test outside CI; under CI a kernel test that cannot run is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"kernel test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("kernel") is None:
         return
     available, reason = _kernel_available()
     if not available:
-        if os.environ.get("CI"):
-            pytest.fail(f"kernel test cannot run in CI: {reason}")
-        pytest.skip(reason)
+        kernel_unavailable(reason)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -22,6 +22,8 @@ from dataclasses import replace
 
 import pytest
 
+from conftest import kernel_unavailable
+
 from ipsec import (
     Algorithm,
     IpsecContext,
@@ -94,7 +96,7 @@ def esp_available() -> bool:
 @pytest.fixture(scope="session")
 def kernel_with_esp():
     if not esp_available():
-        pytest.skip("needs root and a kernel with ESP (run inside the UML guest)")
+        kernel_unavailable("needs root and a kernel with ESP (run inside the UML guest)")
 
 
 @pytest.fixture
