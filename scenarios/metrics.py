@@ -26,11 +26,19 @@ class MetricsError(ValueError):
     """A trace is too short or inconsistent to measure a handover from."""
 
 
+def _by_arrival(trace: dict) -> tuple[list[tuple[int, int]], list[int]]:
+    """(arrival, seq) sorted by arrival, and the arrivals alone; computed once per trace."""
+    cached = trace.get("_by_arrival")
+    if cached is None:
+        received = trace["received"]
+        rows = sorted(zip(received["rx_ns"], received["seq"]))
+        cached = trace["_by_arrival"] = (rows, [row[0] for row in rows])
+    return cached
+
+
 def interruption(receiver_trace: dict, detach_ns: int, horizon_ns: int | None = None) -> dict[str, Any]:
     """Measure one direction of one handover from the receiver's trace."""
-    received = receiver_trace["received"]
-    rows = sorted(zip(received["rx_ns"], received["seq"]))  # by arrival
-    arrivals = [row[0] for row in rows]
+    rows, arrivals = _by_arrival(receiver_trace)
     start = bisect.bisect_right(arrivals, detach_ns) - 1
     if start < 0:
         raise MetricsError("no probe was received before the handover")
