@@ -27,15 +27,46 @@ from nodes.cxtp_node import CxtpRuntime
 from nodes.cxtp_transport import IcmpTransport, SctpTransport, TcpTransport
 
 
+class PeerAddressTransport:
+    """The AR-AR transport, reaching each peer AR at its address on the AR-AR link.
+
+    The CXTP engines name ARs by the addresses MNs know (their access addresses, RFC 4067
+    §2.5.1); between ARs CXTP runs between their AR-AR link addresses, where the ESP that
+    protects it is set up (RFC 4067 §6.2). This is the neighbour table that CARD (RFC 4066) or
+    configuration would give an AR.
+    """
+
+    def __init__(self, inner, peers: dict[str, str]) -> None:
+        self.inner = inner
+        self.peers = peers
+        self.kind = inner.kind
+        self.counters = inner.counters
+
+    def send(self, data: bytes, destination: str) -> None:
+        self.inner.send(data, self.peers.get(destination, destination))
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def recv(self):
+        return self.inner.recv()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class AccessRouterAgent:
-    def __init__(self, agent: Agent, address: str, access_interface: str, ar_transport: str, seed: int) -> None:
+    def __init__(self, agent: Agent, address: str, access_interface: str, ar_transport: str, seed: int,
+                 link_address: str = "::", peers: dict[str, str] | None = None) -> None:
         self.agent = agent
         self.address = address
         self.xfrm = Xfrm()
         self.handler = ipsec_handler.ArIpsecHandler(self.xfrm, address, agent.trace)
         self.engine = AccessRouter(address, Registry([self.handler]), Config(), random.Random(seed))
-        ar_link = SctpTransport() if ar_transport == "sctp" else TcpTransport()
-        transports = {TRANSPORT_ICMP: IcmpTransport(interface=access_interface), TRANSPORT_AR: ar_link}
+        ar_link = (SctpTransport(bind_address=link_address) if ar_transport == "sctp"
+                   else TcpTransport(bind_address=link_address))
+        transports = {TRANSPORT_ICMP: IcmpTransport(interface=access_interface),
+                      TRANSPORT_AR: PeerAddressTransport(ar_link, peers or {})}
         self.runtime = CxtpRuntime(agent, self.engine, transports)
         self.static_policies: list = []
         for name in ("set_mn_key", "trigger_predictive", "trigger_reactive", "provision", "access_policy",
@@ -93,12 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-interface", required=True)
     parser.add_argument("--ar-transport", choices=("sctp", "tcp"), default="sctp")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--link-address", default="::", help="the AR's address for CXTP with other ARs")
+    parser.add_argument("--peer", action="append", default=[], metavar="ACCESS=LINK",
+                        help="another AR: the address MNs know it by, and its AR-AR link address")
     arguments = parser.parse_args(argv)
+    peers = dict(item.split("=", 1) for item in arguments.peer)
 
     def run() -> None:
         agent = Agent(arguments.name, arguments.control, arguments.trace)
         AccessRouterAgent(agent, arguments.address, arguments.access_interface, arguments.ar_transport,
-                          arguments.seed)
+                          arguments.seed, arguments.link_address, peers)
         agent.run()
 
     return main_guard(run)

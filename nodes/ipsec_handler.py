@@ -47,7 +47,13 @@ from ipsec import (
     remove_context,
     rewrite_for_nar,
 )
-from ipsec.xfrm_messages import XFRM_POLICY_BLOCK, XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT
+from ipsec.xfrm_messages import (
+    XFRM_MODE_TRANSPORT,
+    XFRM_POLICY_BLOCK,
+    XFRM_POLICY_FWD,
+    XFRM_POLICY_IN,
+    XFRM_POLICY_OUT,
+)
 
 # CTAA/CTDR status codes of the IPsec context type (RFC 4067 §2.3 leaves them to the type).
 STATUS_OK = 0x00
@@ -61,7 +67,7 @@ PRIORITY_BYPASS = 10
 PRIORITY_TUNNEL = 1000
 PRIORITY_BLOCK = 0x7FFFF000  # below the priorities charon computes for its own policies
 
-IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_MH = 17, 58, 135
+IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMPV6, IPPROTO_MH = 6, 17, 132, 58, 135
 
 # Algorithm profiles for the initial attach: a modern default and the paper's des-cbc.
 PROFILES = {
@@ -73,8 +79,28 @@ PROFILES = {
 }
 
 
-def _host(address: str) -> tuple[str, int]:
-    return ipaddress.ip_address(address).compressed, 128
+def ar_ar_contexts(ar_a: str, ar_b: str, profile: str, spi_a_to_b: int = 0x5091A,
+                   spi_b_to_a: int = 0x5091B) -> tuple[IpsecContext, IpsecContext]:
+    """ESP in transport mode between two ARs for CXTP over SCTP and TCP (RFC 4067 §6.2: ARs MUST
+    protect CXTP with ESP, non-null encryption and authentication; the SAs are set up in advance
+    so that no handover waits for a key exchange). Returns (ar_a's context, ar_b's context)."""
+    a_to_b = SecurityAssociation(daddr=ar_b, saddr=ar_a, spi=spi_a_to_b, mode=XFRM_MODE_TRANSPORT,
+                                 algorithms=PROFILES[profile]())
+    b_to_a = SecurityAssociation(daddr=ar_a, saddr=ar_b, spi=spi_b_to_a, mode=XFRM_MODE_TRANSPORT,
+                                 algorithms=PROFILES[profile]())
+    transport = (Template(daddr="::", saddr="::", mode=XFRM_MODE_TRANSPORT),)
+
+    def policies(local: str, remote: str) -> tuple[SecurityPolicy, ...]:
+        result = []
+        for proto in (IPPROTO_SCTP, IPPROTO_TCP):
+            out = Selector(saddr=local, daddr=remote, prefixlen_s=128, prefixlen_d=128, proto=proto)
+            into = Selector(saddr=remote, daddr=local, prefixlen_s=128, prefixlen_d=128, proto=proto)
+            result += [SecurityPolicy(selector=out, dir=XFRM_POLICY_OUT, templates=transport, priority=PRIORITY_TUNNEL),
+                       SecurityPolicy(selector=into, dir=XFRM_POLICY_IN, templates=transport, priority=PRIORITY_TUNNEL)]
+        return tuple(result)
+
+    return (IpsecContext(sas=(a_to_b, b_to_a), policies=policies(ar_a, ar_b)),
+            IpsecContext(sas=(a_to_b, b_to_a), policies=policies(ar_b, ar_a)))
 
 
 def mn_bypass_policies() -> tuple[SecurityPolicy, ...]:

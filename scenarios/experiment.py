@@ -112,10 +112,18 @@ class Experiment:
         self.baseline = None
         try:
             for ar in plan.ACCESS_ROUTERS:
+                peers = [f"--peer={plan.AR_ACCESS_ADDRESS[other]}={plan.AR_LINK_ADDRESS[other]}"
+                         for other in plan.ACCESS_ROUTERS if other != ar]
                 self.agents[ar] = AgentProcess(testbed, ar, "nodes.ar_agent", [
                     "--name", ar, "--address", plan.AR_ACCESS_ADDRESS[ar],
                     "--access-interface", plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(ar),
-                    "--ar-transport", ar_transport, "--seed", str(seed)], run_dir)
+                    "--ar-transport", ar_transport, "--seed", str(seed),
+                    "--link-address", plan.AR_LINK_ADDRESS[ar], *peers], run_dir)
+            # CXTP between the ARs travels in ESP, set up before any handover (RFC 4067 §6.2).
+            par_side, nar_side = ipsec_handler.ar_ar_contexts(
+                plan.AR_LINK_ADDRESS[plan.PAR], plan.AR_LINK_ADDRESS[plan.NAR], profile)
+            self.agents[plan.PAR].request("provision", context=par_side.encode().hex())
+            self.agents[plan.NAR].request("provision", context=nar_side.encode().hex())
             self.agents[plan.HA] = AgentProcess(testbed, plan.HA, "nodes.ha_agent", [
                 "--probe-out", str(run_dir / "probe-ha.json"), "--initial-peer", self.mn_address,
                 "--identity", MN_IDENTITY, "--rate", str(probe_rate), "--size", str(probe_size),

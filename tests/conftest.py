@@ -39,6 +39,14 @@ def _kernel_available() -> tuple[bool, str]:
     return _kernel_ok, _kernel_reason
 
 
+def pytest_sessionstart(session) -> None:
+    # The tests drive handovers as the scenario runner does: at the agents' priority, so that
+    # their own steps are not delayed behind the probe streams on the guest's one CPU.
+    from nodes.agent import raise_agent_priority
+
+    raise_agent_priority()
+
+
 def kernel_unavailable(reason: str) -> None:
     """Skip a kernel test outside CI; under CI a kernel test that cannot run is a failure."""
     if os.environ.get("CI"):

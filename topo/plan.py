@@ -67,6 +67,8 @@ ACCESS_LINK = {PAR: "mn-par", NAR: "mn-nar"}
 MN_COA = {PAR: "2001:db8:1::100", NAR: "2001:db8:2::100"}
 AR_ACCESS_ADDRESS = {PAR: "2001:db8:1::1", NAR: "2001:db8:2::1"}
 ACCESS_PREFIX = {PAR: "2001:db8:1::/64", NAR: "2001:db8:2::/64"}
+# Each AR's address on the AR-AR link: CXTP between the ARs runs between these, in ESP.
+AR_LINK_ADDRESS = {PAR: "2001:db8:12::1", NAR: "2001:db8:12::2"}
 HA_ADDRESS = "2001:db8:3::1"
 AAA_ADDRESS = "2001:db8:4::1"
 LOOPBACK_ADDRESSES = {HA: HA_ADDRESS, AAA: AAA_ADDRESS}

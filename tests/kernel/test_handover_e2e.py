@@ -8,6 +8,10 @@ import json
 import subprocess
 
 import pytest
+# Imported before any traffic starts: loading scapy takes seconds in the guest, many more once the
+# probe streams keep its one CPU busy.
+from scapy.layers.inet6 import IPv6
+from scapy.utils import rdpcap
 
 from scenarios import checks, metrics
 from scenarios.experiment import CXTP_METHODS, SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
@@ -65,16 +69,26 @@ def test_access_link_carries_only_esp_for_the_protected_flow(experiment, tmp_pat
     testbed = experiment.testbed
     interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[testbed.current_ar]].interface(plan.MN)
     capture = tmp_path / "access.pcap"
-    output = testbed.cmd(plan.MN, f"timeout 2 tcpdump -n -i {interface} -w {capture} -c 400 -Q out 2>&1",
-                         check=False)
-    from scapy.all import rdpcap
-    from scapy.layers.inet6 import IPv6
-
+    tcpdump = testbed.host(plan.MN).popen(["tcpdump", "-U", "-n", "-i", interface, "-w", str(capture), "-c", "600"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output = tcpdump.communicate(timeout=30)[0].decode(errors="replace")
+    finally:
+        if tcpdump.poll() is None:
+            tcpdump.kill()
+            tcpdump.wait()
+    mn_address = experiment.mn_address
     packets = [packet for packet in rdpcap(str(capture)) if IPv6 in packet]
-    assert len(packets) > 100, output
-    protocols = {packet[IPv6].nh for packet in packets}
-    assert 50 in protocols  # ESP
-    assert 17 not in protocols, "a UDP probe left the MN in clear"
+    sent = [packet for packet in packets if packet[IPv6].src == mn_address]
+    received = [packet for packet in packets if packet[IPv6].dst == mn_address]
+    assert len(sent) > 100 and len(received) > 100, output
+    sent_protocols = [packet[IPv6].nh for packet in sent]
+    assert 50 in sent_protocols and 17 not in sent_protocols, "a UDP probe left the MN in clear"
+    # Inbound, the kernel hands each decapsulated packet to the capture again, as if received
+    # on the interface: every clear UDP packet seen must follow an ESP packet that carried it.
+    received_protocols = [packet[IPv6].nh for packet in received]
+    assert 50 in received_protocols
+    assert received_protocols.count(17) <= received_protocols.count(50)
 
 
 def test_none_handover_has_no_ipsec_state(experiment):
@@ -82,3 +96,15 @@ def test_none_handover_has_no_ipsec_state(experiment):
     assert record["completed"]
     for node in (plan.MN, plan.PAR, plan.NAR):
         assert experiment.xfrm_state(node, record["mn_new"]).sas == ()
+
+
+def test_cxtp_between_the_ars_travels_in_esp(experiment):
+    """RFC 4067 §6.2: CXTP between ARs is protected by ESP (transport mode, set up in advance)."""
+    par_link, nar_link = plan.AR_LINK_ADDRESS[plan.PAR], plan.AR_LINK_ADDRESS[plan.NAR]
+    before = {sa.spi: sa.current.packets for sa in experiment.xfrm_state(plan.NAR, nar_link).sas}
+    record = experiment.handover("cxtp-reactive", l2_delay_ms=20.0)
+    assert record["completed"]
+    after = {sa.spi: sa.current.packets for sa in experiment.xfrm_state(plan.NAR, nar_link).sas}
+    assert len(after) == 2
+    # CT-Req and CTDR left the nAR, the CTD arrived: both SAs carried SCTP packets.
+    assert all(after[spi] > before.get(spi, 0) for spi in after), (before, after)
