@@ -16,8 +16,8 @@ from typing import Any
 from topo import plan
 from topo.network import LinkParams
 
-METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", "reauth-eap", "reauth-eap-md5",
-           "reauth-psk")
+METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", "cxtp-reactive-ike", "reauth-eap",
+           "reauth-eap-md5", "reauth-psk")
 DEFAULT_METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", "reauth-eap", "reauth-psk")
 PROFILES = ("aes-cbc-sha256", "aes-gcm", "des-cbc")
 AR_TRANSPORTS = ("sctp", "tcp")

@@ -10,6 +10,9 @@ Methods (all over the same probe stream, in one run):
                           pAR, CTD back, activation, CTAA, CTDR
 ``cxtp-network``          network-initiated by the pAR (predictive): PCTD with key material on
                           the pAR's trigger, then the MN's CTAR to the nAR activates it
+``cxtp-reactive-ike``      ``cxtp-reactive`` starting from SAs that IKEv2 (PSK) negotiated at the
+                          pAR instead of static ones: the kernel SAs and policies move, the IKE
+                          SA itself stays behind at the pAR (moving it is a later step)
 ``reauth-eap``             full re-authentication: after the move, a fresh IKEv2 initiation at
                           the nAR with EAP-MSCHAPv2 relayed by the nAR to RADIUS; then the old
                           SAs at the pAR are removed (strongSwan and FreeRADIUS, nodes/ike.py)
@@ -37,8 +40,13 @@ from topo import plan
 from topo.network import Testbed
 
 REAUTH_METHODS = {"reauth-eap": "eap-mschapv2", "reauth-eap-md5": "eap-md5", "reauth-psk": "psk"}
-METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", *REAUTH_METHODS)
-CXTP_METHODS = ("cxtp-predictive", "cxtp-reactive", "cxtp-network")
+CXTP_METHODS = ("cxtp-predictive", "cxtp-reactive", "cxtp-network", "cxtp-reactive-ike")
+METHODS = ("none", *CXTP_METHODS, *REAUTH_METHODS)
+# How each method's IPsec state starts, for the run record.
+METHOD_NOTES = {
+    "cxtp-reactive-ike": "SAs and policies negotiated by IKEv2 (PSK, strongSwan) at the pAR; CXTP moves "
+                         "the kernel SAs and policies; the IKE SA stays behind at the pAR and is not moved",
+}
 PREDICTIVE_METHODS = ("cxtp-predictive", "cxtp-network")
 REPOSITORY = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 90.0
@@ -150,23 +158,32 @@ class Experiment:
         self.agents.clear()
 
     # -- IPsec state between methods ------------------------------------------------------------
+    @staticmethod
+    def mode_of(method: str) -> str:
+        if method == "cxtp-reactive-ike":
+            return "cxtp-ike"
+        if method in CXTP_METHODS:
+            return "cxtp"
+        return REAUTH_METHODS.get(method, "none")
+
     def set_mode(self, mode: str) -> None:
         """Put the security state the method needs in place (outside any measurement).
 
         ``none``: no IPsec anywhere. ``cxtp``: the paper's static tunnel at the current AR
         (Fig. 5). An auth method (``eap-mschapv2``, ``eap-md5``, ``psk``): the IKE daemons of that
-        baseline, and a first authenticated attach at the current AR. Both secure modes add the
+        baseline, and a first authenticated attach at the current AR. ``cxtp-ike``: the PSK
+        baseline's attach at the current AR, whose SAs CXTP then moves. Every secure mode adds the
         operator's access policy on the ARs and the MN's signalling bypass.
         """
         if mode == self.mode:
             return
         ar = self.testbed.current_ar
         # Leave the current mode.
-        if self.mode == "cxtp":
+        if self.mode in ("cxtp", "cxtp-ike"):
             self.agents[plan.MN].request("clear")
             for router in plan.ACCESS_ROUTERS:
                 self.agents[router].request("clear_mn", mn=self.mn_address)
-        elif self.mode != "none":
+        if self.mode not in ("none", "cxtp"):
             self._stop_baseline()
         secure = mode != "none"
         for router in plan.ACCESS_ROUTERS:
@@ -181,8 +198,9 @@ class Experiment:
         elif mode != "none":
             from nodes.ike import IkeBaseline  # strongSwan and FreeRADIUS only when asked for
 
-            self.baseline = IkeBaseline(self.testbed, self.run_dir / f"ike-{mode}", method=mode,
-                                        aaa=mode != "psk")
+            auth = "psk" if mode == "cxtp-ike" else mode
+            self.baseline = IkeBaseline(self.testbed, self.run_dir / f"ike-{mode}", method=auth,
+                                        aaa=auth != "psk")
             self.mode = mode  # so that a failed start is cleaned up by stop()
             self.baseline.start()
             self.baseline.attach(ar)
@@ -200,17 +218,23 @@ class Experiment:
     def handover(self, method: str, l2_delay_ms: float) -> dict:
         if method not in METHODS:
             raise ExperimentError(f"unknown method {method!r}")
-        self.set_mode("cxtp" if method in CXTP_METHODS else REAUTH_METHODS.get(method, "none"))
+        self.set_mode(self.mode_of(method))
         par, nar = self.testbed.current_ar, self.testbed.other_ar()
         par_address, nar_address = plan.AR_ACCESS_ADDRESS[par], plan.AR_ACCESS_ADDRESS[nar]
         mn_previous, mn_new = plan.MN_COA[par], plan.MN_COA[nar]
         if method in CXTP_METHODS:
+            # The SPIs the MN uses before the move, for the Tables I-IV check after it (IKE picks
+            # them at random; the static SAs use the paper's).
+            spi = {sa.daddr: sa.spi for sa in self.xfrm_state(plan.MN, mn_previous).sas}
+            marks_spi = {"spi_mn_in": spi.get(mn_previous), "spi_mn_out": spi.get(par_address)}
             # A fresh CXTP key for this transaction, shared by the MN and its current AR: RFC 4067
             # leaves key establishment open and forbids reuse (§6.3). Given out of band, unmeasured.
             key = os.urandom(20).hex()
             self.agents[plan.MN].request("set_key", key=key)
             self.agents[par].request("set_mn_key", mn=mn_previous, key=key)
-        marks = {"anticipation_start_ns": None}
+        marks = {"anticipation_start_ns": None, **(marks_spi if method in CXTP_METHODS else {})}
+        if method in METHOD_NOTES:
+            marks["note"] = METHOD_NOTES[method]
         if method == "cxtp-predictive":
             marks["anticipation_start_ns"] = time.monotonic_ns()
             self.agents[plan.MN].request("predictive", par=par_address, nar=nar_address)

@@ -23,7 +23,7 @@ from pathlib import Path
 from nodes import ipsec_handler
 from nodes.agent import raise_agent_priority
 from scenarios import checks, config, record, report
-from scenarios.experiment import CXTP_METHODS, SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
+from scenarios.experiment import CXTP_METHODS, METHOD_NOTES, SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
 from topo import plan
 from topo.network import Testbed
 
@@ -59,7 +59,7 @@ def _check(experiment: Experiment, record: dict) -> None:
     problems = checks.check_tables(
         experiment.xfrm_state(plan.MN, record["mn_new"]), experiment.xfrm_state(nar, record["mn_new"]),
         experiment.xfrm_state(par, record["mn_previous"]), record["mn_new"], plan.AR_ACCESS_ADDRESS[nar],
-        plan.HA_ADDRESS, SPI_MN_IN, SPI_MN_OUT)
+        plan.HA_ADDRESS, record.get("spi_mn_in") or SPI_MN_IN, record.get("spi_mn_out") or SPI_MN_OUT)
     record["tables_check"] = problems
 
 
@@ -69,6 +69,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     run_dir.mkdir(parents=True, exist_ok=False)
     run_record = record.new_record(scenario.parameters())
     run_record["run_id"] = run_id
+    run_record["method_notes"] = {method: METHOD_NOTES[method] for method in scenario.methods if method in METHOD_NOTES}
     (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
     rng = random.Random(scenario.seed)
     raise_agent_priority()  # the runner times the handover steps: as the agents, ahead of the rest
