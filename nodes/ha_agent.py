@@ -29,18 +29,16 @@ class HomeAgent:
 
     def _receive(self) -> None:
         try:
-            data, source = self.sock.recvfrom(2048)
-        except BlockingIOError:
-            return
-        try:
-            message = mobility.decode(data)
+            received = mobility.receive(self.sock)
         except mobility.MobilityDecodeError as error:
             self.decode_errors += 1
-            self.agent.trace("mh_decode_error", source=source[0], error=str(error))
+            self.agent.trace("mh_decode_error", source=error.source, error=str(error))
             return
+        if received is None:
+            return
+        message, care_of = received
         if not isinstance(message, mobility.BindingUpdate):
             return
-        care_of = source[0]
         status = self.cache.update(message, care_of)
         self.agent.trace("bu_received", source=care_of, seq=message.sequence, identity=message.identity,
                          status=status)

@@ -184,6 +184,12 @@ def _child(local_ts: str, remote_ts: str) -> dict[str, Any]:
     }
 
 
+# Options both ends share: no MOBIKE (a handover is a new IKE_SA at the new AR, never an update of
+# the old one), no DPD, rekeying or re-authentication timers inside a run.
+COMMON_CONNECTION_OPTIONS = {"version": "2", "proposals": [IKE_PROPOSAL], "mobike": "no", "fragmentation": "yes",
+                             "dpd_delay": "0", "rekey_time": "0", "reauth_time": "0"}
+
+
 def mn_connection_name(ar: str) -> str:
     return f"to-{ar}"
 
@@ -199,17 +205,10 @@ def mn_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None) ->
         local = {"auth": "psk", "id": MN_IDENTITY}
         remote = {"auth": "psk", "id": ar}
     return {
-        "version": "2",
+        **COMMON_CONNECTION_OPTIONS,
+        # The static local address keeps charon from "roaming" the old IKE_SA.
         "local_addrs": [plan.MN_COA[ar]],
         "remote_addrs": [plan.AR_ACCESS_ADDRESS[ar]],
-        "proposals": [IKE_PROPOSAL],
-        # No MOBIKE: a handover is a new IKE_SA at the new AR, never an update of the old one;
-        # the static local address also keeps charon from "roaming" the old IKE_SA.
-        "mobike": "no",
-        "fragmentation": "yes",
-        "dpd_delay": "0",
-        "rekey_time": "0",
-        "reauth_time": "0",
         "keyingtries": "1",
         "local-1": local,
         "remote-1": remote,
@@ -229,15 +228,9 @@ def ar_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None) ->
         local = {"auth": "psk", "id": ar}
         remote = {"auth": "psk", "id": MN_IDENTITY}
     return {
-        "version": "2",
+        **COMMON_CONNECTION_OPTIONS,
         "local_addrs": [plan.AR_ACCESS_ADDRESS[ar]],
         "remote_addrs": [plan.ACCESS_PREFIX[ar]],
-        "proposals": [IKE_PROPOSAL],
-        "mobike": "no",
-        "fragmentation": "yes",
-        "dpd_delay": "0",
-        "rekey_time": "0",
-        "reauth_time": "0",
         "unique": "never",
         "local-1": local,
         "remote-1": remote,

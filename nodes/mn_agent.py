@@ -45,6 +45,7 @@ class MobileNodeAgent:
         self.bu_sequence = self.rng.randrange(1 << 16)
         self.bu_pending: tuple[int, float] | None = None  # (sequence, current timeout)
         self.bypass: list = []
+        self.mh_decode_errors = 0
         for name in ("set_key", "predictive", "attached", "provision", "clear", "signalling_bypass", "status"):
             agent.command(name, getattr(self, name))
 
@@ -100,6 +101,7 @@ class MobileNodeAgent:
     def status(self) -> dict:
         return {"address": self.address, "bu_pending": self.bu_pending is not None,
                 "engine": dict(self.engine.counters), "cxtp_in_progress": self.engine.in_progress,
+                "mh_decode_errors": self.mh_decode_errors,
                 "idle": self.bu_pending is None and not self.engine.in_progress}
 
     # -- Mobile IPv6 --------------------------------------------------------------------------------
@@ -126,14 +128,14 @@ class MobileNodeAgent:
 
     def _mh_readable(self) -> None:
         try:
-            data, source = self.mh.recvfrom(2048)
-        except BlockingIOError:
-            return
-        try:
-            message = mobility.decode(data)
+            received = mobility.receive(self.mh)
         except mobility.MobilityDecodeError as error:
-            self.agent.trace("mh_decode_error", source=source[0], error=str(error))
+            self.mh_decode_errors += 1
+            self.agent.trace("mh_decode_error", source=error.source, error=str(error))
             return
+        if received is None:
+            return
+        message, _source = received
         if isinstance(message, mobility.BindingAck) and self.bu_pending and message.sequence == self.bu_pending[0]:
             self.bu_pending = None
             self.agent.trace("ba_received", seq=message.sequence, status=message.status)

@@ -35,6 +35,8 @@ LIFETIME_UNIT_S = 4  # RFC 6275 §6.1.7: lifetime in units of 4 seconds
 class MobilityDecodeError(ValueError):
     """A Mobility Header that is not a well-formed BU or BA."""
 
+    source: str | None = None
+
 
 @dataclasses.dataclass(frozen=True)
 class BindingUpdate:
@@ -57,7 +59,8 @@ class BindingAck:
     lifetime_s: int = 600
 
     def encode(self) -> bytes:
-        return bytes(MIP6MH_BA(status=self.status, seq=self.sequence, mhtime=self.lifetime_s // LIFETIME_UNIT_S))
+        return bytes(MIP6MH_BA(status=self.status, flags=0, seq=self.sequence,
+                               mhtime=self.lifetime_s // LIFETIME_UNIT_S))
 
 
 def decode(data: bytes) -> BindingUpdate | BindingAck:
@@ -85,6 +88,21 @@ def decode(data: bytes) -> BindingUpdate | BindingAck:
     except Exception as error:  # scapy raises a variety of errors on truncated input
         raise MobilityDecodeError(f"malformed mobility header: {error}") from None
     raise MobilityDecodeError(f"unsupported mobility header type {mh_type}")
+
+
+def receive(sock: socket.socket) -> tuple[BindingUpdate | BindingAck, str] | None:
+    """The next message on a raw MH socket with its source; None when nothing is waiting.
+
+    A malformed message raises :class:`MobilityDecodeError` whose ``source`` names the sender."""
+    try:
+        data, source = sock.recvfrom(2048)
+    except BlockingIOError:
+        return None
+    try:
+        return decode(data), source[0]
+    except MobilityDecodeError as error:
+        error.source = source[0]
+        raise
 
 
 def mobility_socket() -> socket.socket:
