@@ -28,6 +28,8 @@ from array import array
 MAGIC = b"TBPR"
 HEADER = struct.Struct("!4sIQ")
 DEFAULT_PORT = 40000
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # <asm-generic/socket.h>
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 
 
 def raise_priority(priority: int = 50) -> None:
@@ -57,6 +59,8 @@ class ProbeAgent:
         # (HA <-> MN); the MN binds nothing, so its source follows its current care-of address.
         self.sock.bind((bind_address, port))
         self.sock.settimeout(0.2)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.realtime_offset_ns = time.time_ns() - time.monotonic_ns()
         self.stopping = threading.Event()
         # Columns of the traces, kept as compact arrays: 1000 probes/s for minutes is fine.
         self.sent_seq, self.sent_ns, self.sent_ok = array("I"), array("Q"), array("B")
@@ -77,9 +81,12 @@ class ProbeAgent:
             stamp = time.monotonic_ns()
             ok = 1
             try:
-                self.sock.sendto(HEADER.pack(MAGIC, sequence, stamp) + self.padding, (self.peer, self.port))
+                # Never wait for buffer space: a probe that cannot leave now is a lost probe, and
+                # a blocked sender would stop the schedule that losses are counted against.
+                self.sock.sendto(HEADER.pack(MAGIC, sequence, stamp) + self.padding, socket.MSG_DONTWAIT,
+                                 (self.peer, self.port))
             except OSError:
-                ok = 0  # no route while detached: the probe is lost at the sender
+                ok = 0  # no route while detached, or no buffer: the probe is lost at the sender
             self.sent_seq.append(sequence)
             self.sent_ns.append(stamp)
             self.sent_ok.append(ok)
@@ -91,12 +98,12 @@ class ProbeAgent:
         raise_priority()
         while not self.stopping.is_set():
             try:
-                data, source = self.sock.recvfrom(2048)
+                data, ancillary, _flags, source = self.sock.recvmsg(2048, socket.CMSG_SPACE(16))
             except socket.timeout:
                 continue
             except OSError:
                 continue
-            arrival = time.monotonic_ns()
+            arrival = self._arrival(ancillary)
             if len(data) < HEADER.size or data[:4] != MAGIC:
                 self.decode_errors += 1
                 continue
@@ -107,6 +114,19 @@ class ProbeAgent:
             if self.learn_peer and source[0] != self.peer:
                 self.peer = source[0]
                 self.peer_changes.append((arrival, source[0]))
+
+    def _arrival(self, ancillary) -> int:
+        """The kernel's receive time of the packet, on the monotonic clock.
+
+        SO_TIMESTAMPNS stamps packets as they arrive (CLOCK_REALTIME), so a receive thread that
+        the guest schedules late does not shift the figures; the realtime-monotonic offset was
+        taken at start (nothing steps the guest's clock during a run).
+        """
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(value) >= 16:
+                seconds, nanoseconds = struct.unpack("@qq", value[:16])
+                return seconds * 1_000_000_000 + nanoseconds - self.realtime_offset_ns
+        return time.monotonic_ns()
 
     def start(self) -> None:
         """Start the sender and receiver threads (for embedding in another agent's process)."""
