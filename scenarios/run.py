@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from nodes import ipsec_handler, probe
+from nodes import ipsec_handler
+from nodes.agent import raise_agent_priority
 from scenarios import checks, config, record, report
 from scenarios.experiment import CXTP_METHODS, METHOD_NOTES, SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
 from topo import plan
@@ -71,10 +72,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     run_record["method_notes"] = {method: METHOD_NOTES[method] for method in scenario.methods if method in METHOD_NOTES}
     (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
     rng = random.Random(scenario.seed)
-    # The runner times the handover steps (the L2 delay, the attach): real-time, above the probe
-    # threads, so that a loaded guest does not stretch the emulated L2 handover. It only sleeps
-    # and makes netlink and control-socket requests; the agents and daemons stay at nice -10.
-    probe.raise_priority(60)
+    raise_agent_priority()  # the runner times the handover steps: as the agents, ahead of the rest
     started = time.monotonic()
     handovers: list[dict] = []
     schedule = scenario.schedule()
