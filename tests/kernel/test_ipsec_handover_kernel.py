@@ -22,8 +22,6 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import kernel_unavailable
-
 from ipsec import (
     Algorithm,
     IpsecContext,
@@ -72,31 +70,6 @@ def run(*args: str, check: bool = True) -> str:
 
 def ip(ns: str, *args: str) -> str:
     return run("ip", "-n", ns, *args)
-
-
-def esp_available() -> bool:
-    import os
-
-    if os.geteuid() != 0:
-        return False
-    name = f"ipsec-probe-{uuid.uuid4().hex[:8]}"
-    run("ip", "netns", "add", name)
-    try:
-        ok = True
-        for enc, _ in ALGORITHMS.values():  # also warms the crypto templates up
-            ok = ok and subprocess.run(
-                ["ip", "-n", name, "xfrm", "state", "add", "src", PAR, "dst", MN_P, "proto", "esp",
-                 "spi", "0x100", "mode", "tunnel", *enc], capture_output=True).returncode == 0
-            run("ip", "-n", name, "xfrm", "state", "flush")
-        return ok
-    finally:
-        run("ip", "netns", "del", name)
-
-
-@pytest.fixture(scope="session")
-def kernel_with_esp():
-    if not esp_available():
-        kernel_unavailable("needs root and a kernel with ESP (run inside the UML guest)")
 
 
 @pytest.fixture

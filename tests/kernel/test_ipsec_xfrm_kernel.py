@@ -8,15 +8,12 @@ Every test works in its own, uniquely named network namespace.
 from __future__ import annotations
 
 import errno
-import os
 import re
 import subprocess
 import time
 import uuid
 
 import pytest
-
-from conftest import kernel_unavailable
 
 from ipsec import (
     Algorithm,
@@ -54,36 +51,6 @@ def run(*args: str, check: bool = True) -> str:
     if check and result.returncode:
         raise AssertionError(f"{' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-def esp_available() -> bool:
-    if os.geteuid() != 0:
-        return False
-    name = f"ipsec-probe-{uuid.uuid4().hex[:8]}"
-    run("ip", "netns", "add", name)
-    try:
-        # Also warms up the crypto templates (6-12 s the first time in a guest).
-        ok = True
-        for algorithm in (
-            ["enc", "cbc(aes)", ENC_KEY, "auth-trunc", "hmac(sha256)", AUTH_KEY, "128"],
-            ["aead", "rfc4106(gcm(aes))", GCM_KEY, "128"],
-        ):
-            result = subprocess.run(
-                ["ip", "-n", name, "xfrm", "state", "add", "src", A, "dst", B, "proto", "esp",
-                 "spi", "0x100", "mode", "tunnel", *algorithm],
-                capture_output=True,
-            )
-            ok = ok and result.returncode == 0
-            run("ip", "-n", name, "xfrm", "state", "flush")
-        return ok
-    finally:
-        run("ip", "netns", "del", name)
-
-
-@pytest.fixture(scope="session")
-def kernel_with_esp():
-    if not esp_available():
-        kernel_unavailable("needs root and a kernel with ESP (run inside the UML guest)")
 
 
 @pytest.fixture

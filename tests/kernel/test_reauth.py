@@ -26,7 +26,7 @@ MN_PASSWORD = "mn-password-1"
 
 
 @pytest.fixture(scope="module")
-def testbed(xfrm_warmup):
+def testbed(kernel_with_esp):
     links = {
         plan.ACCESS: LinkParams(delay_ms=1.0),
         plan.AR_AR: LinkParams(delay_ms=2.0),
