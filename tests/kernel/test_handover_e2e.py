@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 # Imported before any traffic starts: loading scapy takes seconds in the guest, many more once the
@@ -37,6 +38,16 @@ def experiment(tmp_path_factory):
             experiment.stop()
 
 
+def _wait_released(experiment: Experiment, par: str, mn_previous: str, timeout_s: float = 2.0) -> None:
+    """The MN is done once its CTAA arrived; the pAR releases after the CTDR, a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        context = experiment.xfrm_state(par, mn_previous)
+        if not context.sas and not context.policies:
+            return
+        _pause(20)
+
+
 def _sa_packets(experiment: Experiment, node: str, address: str) -> dict[int, int]:
     return {sa.spi: sa.current.packets for sa in experiment.xfrm_state(node, address).sas}
 
@@ -47,6 +58,7 @@ def test_cxtp_handover_restores_protected_traffic_through_the_nar(experiment, me
     assert record["completed"], "the MN's CTAR or binding update never completed"
     par, nar = record["from_ar"], record["to_ar"]
     mn_new = record["mn_new"]
+    _wait_released(experiment, par, record["mn_previous"])
     # Tables I-IV, and nothing of the MN left on the pAR.
     problems = checks.check_tables(
         experiment.xfrm_state(plan.MN, mn_new), experiment.xfrm_state(nar, mn_new),
@@ -117,6 +129,7 @@ def test_cxtp_moves_sas_that_ike_negotiated(experiment):
     assert record["completed"] and "IKE SA stays behind" in record["note"]
     assert record["spi_mn_in"] not in (None, SPI_MN_IN)  # chosen by IKE, not the static ones
     par, nar, mn_new = record["from_ar"], record["to_ar"], record["mn_new"]
+    _wait_released(experiment, par, record["mn_previous"])
     problems = checks.check_tables(
         experiment.xfrm_state(plan.MN, mn_new), experiment.xfrm_state(nar, mn_new),
         experiment.xfrm_state(par, record["mn_previous"]), mn_new, plan.AR_ACCESS_ADDRESS[nar],
