@@ -4,26 +4,23 @@ Knows XFRM netlink and the SAD/SPD; knows nothing of CXTP (the registration
 of the IPsec context type with CXTP lives in ``nodes/``).
 """
 
+from .addresses import AF_INET, AF_INET6, normalise_address, same_address
 from .context import (
-    AF_INET,
-    AF_INET6,
     IPSEC_CONTEXT_FPT,
     IPSEC_CONTEXT_VERSION,
     MAX_CONTEXT_DATA,
     Algorithm,
     IpsecContext,
-    LifetimeConfig,
-    LifetimeCurrent,
-    Mark,
     ReplayState,
     SecurityAssociation,
     SecurityPolicy,
-    Selector,
     SpiChange,
-    Template,
     decode_spi_changes,
     encode_spi_changes,
 )
+
+# values made from the kernel's declarations (ipsec/layout.py)
+from .context import LifetimeConfig, LifetimeCurrent, Mark, Selector, Template
 from .errors import ContextDecodeError, IpsecError, XfrmError
 from .rewrite import (
     DEFAULT_OSEQ_MARGIN,

@@ -12,20 +12,26 @@ is learnt again on the nAR (PMTU discovery), as for any new path.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from .addresses import AF_INET, AF_INET6
 from .errors import ContextDecodeError
+from .layout import Member, Record, attribute, bind, raw_fields, text_fields, xfrm_value
 from .xfrm_messages import (
     IPPROTO_ESP,
     XFRM_INF,
     XFRM_MODE_TUNNEL,
     XFRM_POLICY_ALLOW,
+    XFRMA_REPLAY_ESN_MAX,
+    xfrm_lifetime_cfg,
+    xfrm_lifetime_cur,
+    xfrm_mark,
+    xfrm_selector,
+    xfrm_user_tmpl,
+    xfrm_userpolicy_info,
+    xfrm_usersa_info,
 )
-
-AF_INET = 2
-AF_INET6 = 10
 
 #: CXTP Feature Profile Type for the IPsec context.  IANA's registry (Expert
 #: Review) holds only 0x0001; 0x8001 is far from it, in the upper half that
@@ -41,74 +47,67 @@ MAX_CONTEXT_DATA = 2036
 ALGORITHM_KINDS = ("crypt", "auth", "auth_trunc", "aead", "comp")
 
 
-# --- addresses ------------------------------------------------------------------
-
-
-def address_to_bytes(address: str) -> bytes:
-    """Text address -> the 16 octets of an ``xfrm_address_t``."""
-    parsed = ipaddress.ip_address(address)
-    return parsed.packed.ljust(16, b"\0")
-
-
-def address_from_bytes(raw: bytes, family: int) -> str:
-    """The 16 octets of an ``xfrm_address_t`` -> text, per ``family``."""
-    if family == AF_INET:
-        return str(ipaddress.IPv4Address(bytes(raw[:4])))
-    return ipaddress.IPv6Address(bytes(raw[:16])).compressed
-
-
-def wildcard_for(family: int) -> str:
-    return "0.0.0.0" if family == AF_INET else "::"
-
-
 # --- values ------------------------------------------------------------------------
+#
+# Selector, LifetimeConfig, LifetimeCurrent, Template and Mark are made from
+# their declarations in xfrm_messages.py (layout.xfrm_value): their fields are
+# the C members, in the order given, addresses as text.
 
 
-@dataclass(frozen=True)
+@xfrm_value(xfrm_selector, family=AF_INET6)
 class Selector:
-    """``struct xfrm_selector``: which packets a policy (or SA) applies to."""
+    """``struct xfrm_selector``: which packets a policy (or SA) applies to.
 
-    daddr: str = "::"
-    saddr: str = "::"
-    dport: int = 0
-    dport_mask: int = 0
-    sport: int = 0
-    sport_mask: int = 0
-    family: int = AF_INET6
-    prefixlen_d: int = 0
-    prefixlen_s: int = 0
-    proto: int = 0
-    ifindex: int = 0
-    user: int = 0
+    Fields: the members of ``xfrm_selector`` in declaration order (daddr,
+    saddr, dport, ..., ifindex, user).
+    """
 
 
-@dataclass(frozen=True)
+@xfrm_value(
+    xfrm_lifetime_cfg,
+    soft_byte_limit=XFRM_INF,
+    hard_byte_limit=XFRM_INF,
+    soft_packet_limit=XFRM_INF,
+    hard_packet_limit=XFRM_INF,
+)
 class LifetimeConfig:
-    """``struct xfrm_lifetime_cfg``; XFRM_INF / 0 seconds mean no limit."""
-
-    soft_byte_limit: int = XFRM_INF
-    hard_byte_limit: int = XFRM_INF
-    soft_packet_limit: int = XFRM_INF
-    hard_packet_limit: int = XFRM_INF
-    soft_add_expires_seconds: int = 0
-    hard_add_expires_seconds: int = 0
-    soft_use_expires_seconds: int = 0
-    hard_use_expires_seconds: int = 0
+    """``struct xfrm_lifetime_cfg``; XFRM_INF bytes/packets and 0 seconds mean no limit."""
 
 
-@dataclass(frozen=True)
+@xfrm_value(xfrm_lifetime_cur)
 class LifetimeCurrent:
-    """``struct xfrm_lifetime_cur``: what the SA has used so far.
+    """``struct xfrm_lifetime_cur``: what the SA has used so far (bytes,
+    packets, add_time, use_time).
 
     ``add_time`` / ``use_time`` are the holder's wall-clock seconds; together
     with ``IpsecContext.captured_at`` (same clock) they give ages that do not
     depend on the receiver's clock.
     """
 
-    bytes: int = 0
-    packets: int = 0
-    add_time: int = 0
-    use_time: int = 0
+
+@xfrm_value(
+    xfrm_user_tmpl,
+    largest_first=True,
+    required=("daddr", "saddr"),
+    proto=IPPROTO_ESP,
+    family=AF_INET6,
+    mode=XFRM_MODE_TUNNEL,
+    aalgos=0xFFFFFFFF,
+    ealgos=0xFFFFFFFF,
+    calgos=0xFFFFFFFF,
+)
+class Template:
+    """``struct xfrm_user_tmpl``: the SA a policy asks for.
+
+    Fields: its members, ``id`` flattened (daddr, spi, proto), largest first:
+    daddr, saddr, spi, reqid, aalgos, ealgos, calgos, family, proto, mode,
+    share, optional.
+    """
+
+
+@xfrm_value(xfrm_mark, renames={"v": "value", "m": "mask"})
+class Mark:
+    """``struct xfrm_mark`` (XFRMA_MARK): value and mask."""
 
 
 @dataclass(frozen=True)
@@ -143,17 +142,12 @@ class ReplayState:
 
 
 @dataclass(frozen=True)
-class Mark:
-    value: int = 0
-    mask: int = 0
-
-
-@dataclass(frozen=True)
 class SecurityAssociation:
     """One XFRM state, with everything needed to install it elsewhere.
 
     ``flags`` is ``xfrm_usersa_info.flags`` (XFRM_STATE_*), ``extra_flags``
     XFRMA_SA_EXTRA_FLAGS.  Path MTU is not XFRM state (see module doc).
+    Where the kernel keeps each field: ``SA_MEMBERS``, ``SA_ATTRIBUTES``.
     """
 
     daddr: str
@@ -173,33 +167,13 @@ class SecurityAssociation:
     mark: Mark | None = None
     if_id: int = 0
 
-    @property
-    def key(self) -> tuple[str, int, int]:
-        """(daddr, SPI, proto): what the kernel keeps unique."""
-        return (self.daddr, self.spi, self.proto)
-
-
-@dataclass(frozen=True)
-class Template:
-    """``struct xfrm_user_tmpl``: the SA a policy asks for."""
-
-    daddr: str
-    saddr: str
-    spi: int = 0
-    proto: int = IPPROTO_ESP
-    family: int = AF_INET6
-    reqid: int = 0
-    mode: int = XFRM_MODE_TUNNEL
-    share: int = 0
-    optional: int = 0
-    aalgos: int = 0xFFFFFFFF
-    ealgos: int = 0xFFFFFFFF
-    calgos: int = 0xFFFFFFFF
-
 
 @dataclass(frozen=True)
 class SecurityPolicy:
-    """One SPD entry (``xfrm_userpolicy_info`` + XFRMA_TMPL)."""
+    """One SPD entry (``xfrm_userpolicy_info`` + XFRMA_TMPL).
+
+    Where the kernel keeps each field: ``POLICY_MEMBERS``, ``IF_ID``.
+    """
 
     selector: Selector
     dir: int
@@ -222,17 +196,76 @@ class SpiChange:
     new_spi: int
 
 
-# --- wire layout -------------------------------------------------------------------
+# --- where the kernel keeps the SA and policy fields ----------------------------------
+#
+# ``selector`` / ``lifetime`` / ``current`` are the ``sel`` / ``lft`` /
+# ``curlft`` members; algorithms, replay state and templates have attributes
+# of their own (xfrm.py).
 
-_HEADER = struct.Struct(">BBBBQI")  # version, flags, #SA, #policy, captured_at, reserved
-_SELECTOR = struct.Struct(">16s16sHHHHHBBB3xiI")  # 56
-_LIFETIME_CFG = struct.Struct(">8Q")  # 64
-_LIFETIME_CUR = struct.Struct(">4Q")  # 32
-_SA_FIXED = struct.Struct(">HHBBBBIIIIII16s16s")  # 64
-_REPLAY_FIXED = struct.Struct(">QQIBBH")  # 24
-_ALGORITHM_FIXED = struct.Struct(">BBHI")  # 8
-_POLICY_FIXED = struct.Struct(">HBBBBBBIIIII")  # 28
-_TEMPLATE = struct.Struct(">16s16sIIIIIHBBBB2x")  # 60
+#: Scalar SecurityAssociation fields kept in ``xfrm_usersa_info``.
+SA_MEMBERS = bind(
+    xfrm_usersa_info, "saddr", "family", "mode", "reqid", "flags",
+    daddr="id.daddr", spi="id.spi", proto="id.proto",
+)
+#: SecurityAssociation fields kept in attributes of their own, sent when non-zero.
+SA_ATTRIBUTES = (attribute(xfrm_usersa_info, "XFRMA_SA_EXTRA_FLAGS", "extra_flags"),)
+#: Scalar SecurityPolicy fields kept in ``xfrm_userpolicy_info``.
+POLICY_MEMBERS = bind(xfrm_userpolicy_info, "dir", "action", "flags", "share", "priority", "index")
+#: ``if_id`` of SAs and policies (XFRMA_IF_ID), sent when non-zero.
+IF_ID = attribute(xfrm_usersa_info, "XFRMA_IF_ID", "if_id")
+
+
+# --- wire layout -------------------------------------------------------------------
+#
+# Every record is built from the members above: their C types, in network byte
+# order.  The selector, lifetimes and template are their structures laid out
+# in their values' field order (C alignment, padded to 4); the SA and policy
+# records open with a head that lists its fields in wire order.
+
+
+def _pick(fields, *names: str) -> list[Member]:
+    by_name = {m.name: m for m in fields}
+    return [by_name[name] for name in names]
+
+
+_SA_FIELDS = (*SA_MEMBERS, *SA_ATTRIBUTES, IF_ID)
+_POLICY_FIELDS = (*POLICY_MEMBERS, IF_ID)
+_MARK = [replace(m, name=f"mark_{m.name}") for m in Mark.xfrm_members]  # mark_value, mark_mask
+
+_HEADER = Record(
+    [("version", "B"), ("flags", "B"), ("sa_count", "B"), ("policy_count", "B"),
+     ("captured_at", "Q"), ("reserved", "I")]
+)  # 16
+_SELECTOR = Record.aligned(Selector.xfrm_members)  # 56
+_LIFETIME_CFG = Record.aligned(LifetimeConfig.xfrm_members)  # 64
+_LIFETIME_CUR = Record.aligned(LifetimeCurrent.xfrm_members)  # 32
+_TEMPLATE = Record.aligned(Template.xfrm_members)  # 60
+_SA_HEAD = Record(
+    [
+        ("length", "H"),
+        *_pick(_SA_FIELDS, "family", "proto", "mode", "flags"),
+        ("algorithm_count", "B"),
+        *_pick(_SA_FIELDS, "spi", "reqid", "extra_flags", "if_id"),
+        *_MARK,
+        *_pick(_SA_FIELDS, "daddr", "saddr"),
+    ]
+)  # 64
+# The replay part and the algorithms are the context's own (64-bit sequence
+# numbers, ESN or not); so is the record flags octet.
+_REPLAY = Record(
+    [("oseq", "Q"), ("seq", "Q"), ("window", "I"), ("record_flags", "B"), ("reserved", "B"), ("words", "H")]
+)  # 24
+_ALGORITHM = Record([("kind", "B"), ("name_length", "B"), ("key_length", "H"), ("bits", "I")])  # 8
+_POLICY_HEAD = Record(
+    [
+        ("length", "H"),
+        *_pick(_POLICY_FIELDS, "dir", "action", "flags", "share"),
+        ("template_count", "B"),
+        ("has_mark", "B"),
+        *_pick(_POLICY_FIELDS, "priority", "index", "if_id"),
+        *_MARK,
+    ]
+)  # 28
 _SPI_CHANGE = struct.Struct(">II")
 
 # The SA record's "record flags" octet (inside its replay part).
@@ -244,150 +277,74 @@ def _pad4(length: int) -> int:
     return (4 - length % 4) % 4
 
 
-def _encode_selector(sel: Selector) -> bytes:
-    return _SELECTOR.pack(
-        address_to_bytes(sel.daddr),
-        address_to_bytes(sel.saddr),
-        sel.dport,
-        sel.dport_mask,
-        sel.sport,
-        sel.sport_mask,
-        sel.family,
-        sel.prefixlen_d,
-        sel.prefixlen_s,
-        sel.proto,
-        sel.ifindex,
-        sel.user,
-    )
-
-
-def _decode_selector(data: bytes, offset: int) -> tuple[Selector, int]:
-    (daddr, saddr, dport, dmask, sport, smask, family, pld, pls, proto, ifindex, user) = (
-        _SELECTOR.unpack_from(data, offset)
-    )
-    _check_family(family, allow_unspec=True)
-    sel = Selector(
-        daddr=address_from_bytes(daddr, family),
-        saddr=address_from_bytes(saddr, family),
-        dport=dport,
-        dport_mask=dmask,
-        sport=sport,
-        sport_mask=smask,
-        family=family,
-        prefixlen_d=pld,
-        prefixlen_s=pls,
-        proto=proto,
-        ifindex=ifindex,
-        user=user,
-    )
-    return sel, offset + _SELECTOR.size
-
-
 def _check_family(family: int, allow_unspec: bool = False) -> None:
     if family not in (AF_INET, AF_INET6) and not (allow_unspec and family == 0):
         raise ContextDecodeError(f"unknown address family {family}")
 
 
-def _lifetime_cfg_tuple(lft: LifetimeConfig) -> tuple[int, ...]:
-    return (
-        lft.soft_byte_limit,
-        lft.hard_byte_limit,
-        lft.soft_packet_limit,
-        lft.hard_packet_limit,
-        lft.soft_add_expires_seconds,
-        lft.hard_add_expires_seconds,
-        lft.soft_use_expires_seconds,
-        lft.hard_use_expires_seconds,
-    )
+def _pack(record: Record, value) -> bytes:
+    return record.pack(raw_fields(value, type(value).xfrm_members))
+
+
+def _unpack(record: Record, cls, data: bytes, offset: int):
+    """A value without addresses (the lifetimes)."""
+    return cls(**record.unpack_from(data, offset)), offset + record.size
+
+
+def _unpack_family(record: Record, cls, data: bytes, offset: int, allow_unspec: bool):
+    """A value whose addresses follow its own ``family`` (checked first)."""
+    raw = record.unpack_from(data, offset)
+    _check_family(raw["family"], allow_unspec)
+    return cls(**text_fields(cls.xfrm_members, raw, raw["family"])), offset + record.size
+
+
+def _mark_fields(mark: Mark | None) -> dict:
+    """mark_value, mark_mask (0 without a mark)."""
+    return {f"mark_{name}": v for name, v in raw_fields(mark or Mark(), Mark.xfrm_members).items()}
 
 
 def _encode_sa(sa: SecurityAssociation) -> bytes:
-    mark = sa.mark or Mark()
     body = bytearray()
-    body += _encode_selector(sa.selector)
-    body += _LIFETIME_CFG.pack(*_lifetime_cfg_tuple(sa.lifetime))
-    cur = sa.current
-    body += _LIFETIME_CUR.pack(cur.bytes, cur.packets, cur.add_time, cur.use_time)
+    body += _pack(_SELECTOR, sa.selector)
+    body += _pack(_LIFETIME_CFG, sa.lifetime)
+    body += _pack(_LIFETIME_CUR, sa.current)
     replay = sa.replay
-    replay_flags = (_RECORD_FLAG_ESN_ATTR if replay.esn_attr else 0) | (
+    record_flags = (_RECORD_FLAG_ESN_ATTR if replay.esn_attr else 0) | (
         _RECORD_FLAG_HAS_MARK if sa.mark is not None else 0
     )
-    body += _REPLAY_FIXED.pack(
-        replay.oseq, replay.seq, replay.window, replay_flags, 0, len(replay.bitmap)
+    body += _REPLAY.pack(
+        {"oseq": replay.oseq, "seq": replay.seq, "window": replay.window,
+         "record_flags": record_flags, "reserved": 0, "words": len(replay.bitmap)}
     )
     body += struct.pack(f">{len(replay.bitmap)}I", *replay.bitmap)
     for algorithm in sa.algorithms:
         name = algorithm.name.encode("ascii")
         if len(name) > 63:
             raise ValueError(f"algorithm name too long: {algorithm.name!r}")
-        body += _ALGORITHM_FIXED.pack(
-            ALGORITHM_KINDS.index(algorithm.kind), len(name), len(algorithm.key), algorithm.bits
+        body += _ALGORITHM.pack(
+            {"kind": ALGORITHM_KINDS.index(algorithm.kind), "name_length": len(name),
+             "key_length": len(algorithm.key), "bits": algorithm.bits}
         )
         tail = name + algorithm.key
         body += tail + b"\0" * _pad4(len(tail))
-    fixed = _SA_FIXED.pack(
-        _SA_FIXED.size + len(body),
-        sa.family,
-        sa.proto,
-        sa.mode,
-        sa.flags,
-        len(sa.algorithms),
-        sa.spi,
-        sa.reqid,
-        sa.extra_flags,
-        sa.if_id,
-        mark.value,
-        mark.mask,
-        address_to_bytes(sa.daddr),
-        address_to_bytes(sa.saddr),
+    head = _SA_HEAD.pack(
+        {**raw_fields(sa, _SA_FIELDS), **_mark_fields(sa.mark),
+         "length": _SA_HEAD.size + len(body), "algorithm_count": len(sa.algorithms)}
     )
-    return fixed + bytes(body)
+    return head + bytes(body)
 
 
-def _decode_sa(data: bytes, offset: int) -> tuple[SecurityAssociation, int]:
-    (
-        length,
-        family,
-        proto,
-        mode,
-        flags,
-        algorithm_count,
-        spi,
-        reqid,
-        extra_flags,
-        if_id,
-        mark_value,
-        mark_mask,
-        daddr,
-        saddr,
-    ) = _SA_FIXED.unpack_from(data, offset)
-    end = offset + length
-    if length < _SA_FIXED.size or end > len(data):
-        raise ContextDecodeError(f"SA record length {length} out of bounds")
-    _check_family(family)
-    pos = offset + _SA_FIXED.size
-    selector, pos = _decode_selector(data, pos)
-    lifetime = LifetimeConfig(*_LIFETIME_CFG.unpack_from(data, pos))
-    pos += _LIFETIME_CFG.size
-    current = LifetimeCurrent(*_LIFETIME_CUR.unpack_from(data, pos))
-    pos += _LIFETIME_CUR.size
-    oseq, seq, window, replay_flags, _reserved, words = _REPLAY_FIXED.unpack_from(data, pos)
-    pos += _REPLAY_FIXED.size
-    if replay_flags & ~(_RECORD_FLAG_ESN_ATTR | _RECORD_FLAG_HAS_MARK):
-        raise ContextDecodeError(f"unknown replay flags {replay_flags:#x}")
-    if words * 32 > 4096:
-        raise ContextDecodeError(f"replay bitmap of {words} words exceeds XFRMA_REPLAY_ESN_MAX")
-    bitmap = struct.unpack_from(f">{words}I", data, pos)
-    pos += 4 * words
+def _decode_algorithms(data: bytes, pos: int, count: int, end: int) -> tuple[list[Algorithm], int]:
     algorithms = []
-    for _ in range(algorithm_count):
-        kind, name_len, key_len, bits = _ALGORITHM_FIXED.unpack_from(data, pos)
-        pos += _ALGORITHM_FIXED.size
+    for _ in range(count):
+        head = _ALGORITHM.unpack_from(data, pos)
+        pos += _ALGORITHM.size
+        kind, name_len = head["kind"], head["name_length"]
         if kind >= len(ALGORITHM_KINDS):
             raise ContextDecodeError(f"unknown algorithm kind {kind}")
         if name_len == 0 or name_len > 63:
             raise ContextDecodeError(f"bad algorithm name length {name_len}")
-        tail_len = name_len + key_len
+        tail_len = name_len + head["key_length"]
         if pos + tail_len > end:
             raise ContextDecodeError("algorithm runs past its SA record")
         name = bytes(data[pos : pos + name_len]).decode("ascii")
@@ -395,132 +352,87 @@ def _decode_sa(data: bytes, offset: int) -> tuple[SecurityAssociation, int]:
             raise ContextDecodeError("algorithm name is not printable")
         key = bytes(data[pos + name_len : pos + tail_len])
         pos += tail_len + _pad4(tail_len)
-        algorithms.append(Algorithm(ALGORITHM_KINDS[kind], name, key, bits))
+        algorithms.append(Algorithm(ALGORITHM_KINDS[kind], name, key, head["bits"]))
+    return algorithms, pos
+
+
+def _decode_sa(data: bytes, offset: int) -> tuple[SecurityAssociation, int]:
+    head = _SA_HEAD.unpack_from(data, offset)
+    length, family = head["length"], head["family"]
+    end = offset + length
+    if length < _SA_HEAD.size or end > len(data):
+        raise ContextDecodeError(f"SA record length {length} out of bounds")
+    _check_family(family)
+    pos = offset + _SA_HEAD.size
+    selector, pos = _unpack_family(_SELECTOR, Selector, data, pos, allow_unspec=True)
+    lifetime, pos = _unpack(_LIFETIME_CFG, LifetimeConfig, data, pos)
+    current, pos = _unpack(_LIFETIME_CUR, LifetimeCurrent, data, pos)
+    replay = _REPLAY.unpack_from(data, pos)
+    pos += _REPLAY.size
+    record_flags, words = replay["record_flags"], replay["words"]
+    if record_flags & ~(_RECORD_FLAG_ESN_ATTR | _RECORD_FLAG_HAS_MARK):
+        raise ContextDecodeError(f"unknown replay flags {record_flags:#x}")
+    if words * 32 > XFRMA_REPLAY_ESN_MAX:
+        raise ContextDecodeError(f"replay bitmap of {words} words exceeds XFRMA_REPLAY_ESN_MAX")
+    bitmap = struct.unpack_from(f">{words}I", data, pos)
+    pos += 4 * words
+    algorithms, pos = _decode_algorithms(data, pos, head["algorithm_count"], end)
     if pos != end:
         raise ContextDecodeError(f"SA record length {length} does not match its content")
+    has_mark = bool(record_flags & _RECORD_FLAG_HAS_MARK)
+    if not has_mark and (head["mark_value"] or head["mark_mask"]):
+        raise ContextDecodeError("mark values without the mark flag")
     sa = SecurityAssociation(
-        daddr=address_from_bytes(daddr, family),
-        saddr=address_from_bytes(saddr, family),
-        spi=spi,
-        proto=proto,
-        family=family,
-        mode=mode,
-        reqid=reqid,
+        **text_fields(_SA_FIELDS, head, family),
         algorithms=tuple(algorithms),
         selector=selector,
         lifetime=lifetime,
         current=current,
-        replay=ReplayState(oseq, seq, tuple(bitmap), window, bool(replay_flags & 1)),
-        flags=flags,
-        extra_flags=extra_flags,
-        mark=Mark(mark_value, mark_mask) if replay_flags & (_RECORD_FLAG_HAS_MARK) else None,
-        if_id=if_id,
+        replay=ReplayState(replay["oseq"], replay["seq"], tuple(bitmap), replay["window"],
+                           bool(record_flags & _RECORD_FLAG_ESN_ATTR)),
+        mark=Mark(head["mark_value"], head["mark_mask"]) if has_mark else None,
     )
-    if sa.mark is None and (mark_value or mark_mask):
-        raise ContextDecodeError("mark values without the mark flag")
     return sa, end
 
 
 def _encode_policy(policy: SecurityPolicy) -> bytes:
-    mark = policy.mark or Mark()
     body = bytearray()
-    body += _encode_selector(policy.selector)
-    body += _LIFETIME_CFG.pack(*_lifetime_cfg_tuple(policy.lifetime))
+    body += _pack(_SELECTOR, policy.selector)
+    body += _pack(_LIFETIME_CFG, policy.lifetime)
     for tmpl in policy.templates:
-        body += _TEMPLATE.pack(
-            address_to_bytes(tmpl.daddr),
-            address_to_bytes(tmpl.saddr),
-            tmpl.spi,
-            tmpl.reqid,
-            tmpl.aalgos,
-            tmpl.ealgos,
-            tmpl.calgos,
-            tmpl.family,
-            tmpl.proto,
-            tmpl.mode,
-            tmpl.share,
-            tmpl.optional,
-        )
-    fixed = _POLICY_FIXED.pack(
-        _POLICY_FIXED.size + len(body),
-        policy.dir,
-        policy.action,
-        policy.flags,
-        policy.share,
-        len(policy.templates),
-        1 if policy.mark is not None else 0,
-        policy.priority,
-        policy.index,
-        policy.if_id,
-        mark.value,
-        mark.mask,
+        body += _pack(_TEMPLATE, tmpl)
+    head = _POLICY_HEAD.pack(
+        {**raw_fields(policy, _POLICY_FIELDS), **_mark_fields(policy.mark),
+         "length": _POLICY_HEAD.size + len(body), "template_count": len(policy.templates),
+         "has_mark": 1 if policy.mark is not None else 0}
     )
-    return fixed + bytes(body)
+    return head + bytes(body)
 
 
 def _decode_policy(data: bytes, offset: int) -> tuple[SecurityPolicy, int]:
-    (
-        length,
-        direction,
-        action,
-        flags,
-        share,
-        template_count,
-        has_mark,
-        priority,
-        index,
-        if_id,
-        mark_value,
-        mark_mask,
-    ) = _POLICY_FIXED.unpack_from(data, offset)
+    head = _POLICY_HEAD.unpack_from(data, offset)
+    length, template_count, has_mark = head["length"], head["template_count"], head["has_mark"]
     end = offset + length
-    expected = _POLICY_FIXED.size + _SELECTOR.size + _LIFETIME_CFG.size
-    expected += template_count * _TEMPLATE.size
+    expected = _POLICY_HEAD.size + _SELECTOR.size + _LIFETIME_CFG.size + template_count * _TEMPLATE.size
     if length != expected or end > len(data):
         raise ContextDecodeError(f"policy record length {length}, expected {expected}")
-    if direction > 2 or action > 1 or has_mark > 1:
+    if head["dir"] > 2 or head["action"] > 1 or has_mark > 1:
         raise ContextDecodeError("policy direction, action or mark flag out of range")
-    if not has_mark and (mark_value or mark_mask):
+    if not has_mark and (head["mark_value"] or head["mark_mask"]):
         raise ContextDecodeError("mark values without the mark flag")
-    pos = offset + _POLICY_FIXED.size
-    selector, pos = _decode_selector(data, pos)
-    lifetime = LifetimeConfig(*_LIFETIME_CFG.unpack_from(data, pos))
-    pos += _LIFETIME_CFG.size
+    pos = offset + _POLICY_HEAD.size
+    selector, pos = _unpack_family(_SELECTOR, Selector, data, pos, allow_unspec=True)
+    lifetime, pos = _unpack(_LIFETIME_CFG, LifetimeConfig, data, pos)
     templates = []
     for _ in range(template_count):
-        (daddr, saddr, spi, reqid, aalgos, ealgos, calgos, family, proto, mode, tshare, optional) = (
-            _TEMPLATE.unpack_from(data, pos)
-        )
-        pos += _TEMPLATE.size
-        _check_family(family)
-        templates.append(
-            Template(
-                daddr=address_from_bytes(daddr, family),
-                saddr=address_from_bytes(saddr, family),
-                spi=spi,
-                proto=proto,
-                family=family,
-                reqid=reqid,
-                mode=mode,
-                share=tshare,
-                optional=optional,
-                aalgos=aalgos,
-                ealgos=ealgos,
-                calgos=calgos,
-            )
-        )
+        template, pos = _unpack_family(_TEMPLATE, Template, data, pos, allow_unspec=False)
+        templates.append(template)
     policy = SecurityPolicy(
+        **text_fields(_POLICY_FIELDS, head, AF_INET6),
         selector=selector,
-        dir=direction,
         templates=tuple(templates),
-        action=action,
-        priority=priority,
-        index=index,
-        flags=flags,
-        share=share,
         lifetime=lifetime,
-        mark=Mark(mark_value, mark_mask) if has_mark else None,
-        if_id=if_id,
+        mark=Mark(head["mark_value"], head["mark_mask"]) if has_mark else None,
     )
     return policy, end
 
@@ -545,7 +457,10 @@ class IpsecContext:
         if len(self.sas) > 255 or len(self.policies) > 255:
             raise ValueError("at most 255 SAs and 255 policies per context")
         parts = [
-            _HEADER.pack(self.version, 0, len(self.sas), len(self.policies), self.captured_at, 0)
+            _HEADER.pack(
+                {"version": self.version, "flags": 0, "sa_count": len(self.sas),
+                 "policy_count": len(self.policies), "captured_at": self.captured_at, "reserved": 0}
+            )
         ]
         parts += [_encode_sa(sa) for sa in self.sas]
         parts += [_encode_policy(policy) for policy in self.policies]
@@ -565,24 +480,24 @@ class IpsecContext:
     def _decode(cls, data: bytes) -> "IpsecContext":
         if len(data) < _HEADER.size:
             raise ContextDecodeError(f"IPsec context too short ({len(data)} octets)")
-        version, flags, sa_count, policy_count, captured_at, reserved = _HEADER.unpack_from(data)
-        if version != IPSEC_CONTEXT_VERSION:
-            raise ContextDecodeError(f"unsupported IPsec context version {version}")
-        if flags or reserved:
+        header = _HEADER.unpack_from(data)
+        if header["version"] != IPSEC_CONTEXT_VERSION:
+            raise ContextDecodeError(f"unsupported IPsec context version {header['version']}")
+        if header["flags"] or header["reserved"]:
             raise ContextDecodeError("reserved header bits set")
         pos = _HEADER.size
         sas = []
-        for _ in range(sa_count):
+        for _ in range(header["sa_count"]):
             sa, pos = _decode_sa(data, pos)
             sas.append(sa)
         policies = []
-        for _ in range(policy_count):
+        for _ in range(header["policy_count"]):
             policy, pos = _decode_policy(data, pos)
             policies.append(policy)
         trailer = data[pos:]
         if len(trailer) > 7 or trailer.strip(b"\0"):
             raise ContextDecodeError(f"{len(trailer)} unexpected octets after the context")
-        return cls(tuple(sas), tuple(policies), version, captured_at)
+        return cls(tuple(sas), tuple(policies), header["version"], header["captured_at"])
 
 
 def encode_spi_changes(changes) -> bytes:

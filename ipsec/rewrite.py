@@ -10,12 +10,11 @@ SA selectors, policy selectors (inner header) and templates (outer header)
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
 
+from .addresses import normalise_address
 from .context import (
     IpsecContext,
-    LifetimeConfig,
     LifetimeCurrent,
     SecurityAssociation,
     SecurityPolicy,
@@ -32,19 +31,15 @@ from .xfrm_messages import XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_STATE_ESN
 DEFAULT_OSEQ_MARGIN = 65536
 
 
-def _normalise(address: str) -> str:
-    return ipaddress.ip_address(address).compressed
-
-
 class AddressMap:
     """Old address -> new address, comparing addresses, not spellings."""
 
     def __init__(self, pairs: dict[str, str]) -> None:
-        self._map = {_normalise(old): _normalise(new) for old, new in pairs.items()}
+        self._map = {normalise_address(old): normalise_address(new) for old, new in pairs.items()}
 
     def __call__(self, address: str) -> str:
         try:
-            return self._map.get(_normalise(address), address)
+            return self._map.get(normalise_address(address), address)
         except ValueError:
             return address
 
@@ -112,11 +107,11 @@ def rewrite_for_nar(
     assigns its own); a ``fwd`` policy is added for every ``in`` policy.
     """
     addresses = AddressMap({mn_prev: mn_new, par: nar})
-    par_address = _normalise(par)
+    par_address = normalise_address(par)
     sas = []
     for sa in ctx.sas:
         moved = rewrite_sa(sa, addresses)
-        if _normalise(sa.saddr) == par_address:
+        if normalise_address(sa.saddr) == par_address:
             moved = advance_oseq(moved, oseq_margin)
         sas.append(moved)
     policies = [replace(rewrite_policy(p, addresses), index=0) for p in ctx.policies]
@@ -138,11 +133,11 @@ def rewrite_for_mn(
     """
     addresses = AddressMap({mn_prev: mn_new, par: nar})
     new_spi = {change.old_spi: change.new_spi for change in spi_changes}
-    nar_address = _normalise(nar)
+    nar_address = normalise_address(nar)
     sas = []
     for sa in ctx.sas:
         moved = rewrite_sa(sa, addresses)
-        if _normalise(moved.daddr) == nar_address and moved.spi in new_spi:
+        if normalise_address(moved.daddr) == nar_address and moved.spi in new_spi:
             moved = replace(moved, spi=new_spi[moved.spi])
         sas.append(moved)
     policies = []
@@ -150,7 +145,7 @@ def rewrite_for_mn(
         moved = rewrite_policy(policy, addresses)
         templates = tuple(
             replace(t, spi=new_spi[t.spi])
-            if t.spi in new_spi and _normalise(t.daddr) == nar_address
+            if t.spi in new_spi and normalise_address(t.daddr) == nar_address
             else t
             for t in moved.templates
         )
@@ -197,10 +192,3 @@ def carry_lifetime(sa: SecurityAssociation, captured_at: int, now: int) -> Secur
         use_time=now if cur.use_time else 0,
     )
     return replace(sa, lifetime=lifetime, current=current)
-
-
-def remaining_lifetime(lifetime: LifetimeConfig, current: LifetimeCurrent, now: int) -> int | None:
-    """Seconds until the hard add-expiry fires, or None if there is none."""
-    if not lifetime.hard_add_expires_seconds:
-        return None
-    return lifetime.hard_add_expires_seconds - (now - current.add_time)

@@ -8,10 +8,12 @@ The CXTP glue in ``nodes/`` calls them; nothing here knows CXTP.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 
+from .addresses import normalise_address, same_address
 from .context import IpsecContext, SecurityAssociation, SecurityPolicy, SpiChange
 from .errors import IpsecError, XfrmError
 from .rewrite import (
@@ -25,57 +27,56 @@ from .xfrm import Migration, Xfrm
 from .xfrm_messages import XFRM_POLICY_IN
 
 
-def _same(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False
-
-
-def _normalise(address: str) -> str:
-    return ipaddress.ip_address(address).compressed
-
-
-def _policy_concerns(policy: SecurityPolicy, address: str) -> bool:
-    sel = policy.selector
-    if _same(sel.saddr, address) or _same(sel.daddr, address):
-        return True
-    return any(_same(t.saddr, address) or _same(t.daddr, address) for t in policy.templates)
+def _policy_addresses(policy: SecurityPolicy) -> set[str]:
+    """The addresses a policy names: its selector's and its templates'
+    (canonical text, as read from the kernel)."""
+    ends = {policy.selector.saddr, policy.selector.daddr}
+    for tmpl in policy.templates:
+        ends |= {tmpl.saddr, tmpl.daddr}
+    return ends
 
 
 def _now(now: int | None) -> int:
     return int(time.time()) if now is None else now
 
 
-def capture_context(xfrm: Xfrm, mn_address: str, now: int | None = None) -> IpsecContext:
-    """The SAs to and from ``mn_address`` and the policies that mention it.
+def capture_context(
+    xfrm: Xfrm, mn_addresses: str | Iterable[str], now: int | None = None
+) -> IpsecContext:
+    """Everything of one MN: its SAs and the policies that mention it.
 
-    SAs come from two kernel-filtered dumps (XFRMA_ADDRESS_FILTER) with keys,
-    replay state and used lifetime; ``captured_at`` is this node's clock.
+    ``mn_addresses`` is the MN's address, or several (all its care-of
+    addresses): the context holds the SAs whose source or destination is one
+    of them and the policies whose selector or a template names one of them,
+    each once.  SAs come from kernel-filtered dumps (XFRMA_ADDRESS_FILTER)
+    with keys, replay state and used lifetime; ``captured_at`` is this
+    node's clock.
     """
-    sas = xfrm.dump_sas(daddr=mn_address) + xfrm.dump_sas(saddr=mn_address)
-    policies = [p for p in xfrm.dump_policies(mentioning=mn_address) if _policy_concerns(p, mn_address)]
-    return IpsecContext(tuple(sas), tuple(policies), captured_at=_now(now))
+    if isinstance(mn_addresses, str):
+        mn_addresses = (mn_addresses,)
+    wanted = {normalise_address(a): a for a in mn_addresses}
+    sas: list[SecurityAssociation] = []
+    for address in wanted:
+        sas += xfrm.dump_sas(daddr=address) + xfrm.dump_sas(saddr=address)
+    policies = [
+        p for p in xfrm.dump_policies(mentioning=tuple(wanted)) if _policy_addresses(p) & wanted.keys()
+    ]
+    return IpsecContext(tuple(dict.fromkeys(sas)), tuple(policies), captured_at=_now(now))
 
 
 def capture_contexts(
     xfrm: Xfrm, mn_addresses, now: int | None = None
 ) -> dict[str, IpsecContext]:
     """Many MNs at once: one SA dump and one policy dump for all of them."""
-    wanted = {ipaddress.ip_address(a).compressed: a for a in mn_addresses}
+    wanted = {normalise_address(a): a for a in mn_addresses}
     sas: dict[str, list] = {a: [] for a in wanted}
     policies: dict[str, list] = {a: [] for a in wanted}
     for sa in xfrm.dump_sas():
-        for end in {sa.daddr, sa.saddr}:
-            if end in sas:
-                sas[end].append(sa)
+        for end in {sa.daddr, sa.saddr} & wanted.keys():
+            sas[end].append(sa)
     for policy in xfrm.dump_policies():
-        ends = {policy.selector.saddr, policy.selector.daddr}
-        for tmpl in policy.templates:
-            ends |= {tmpl.saddr, tmpl.daddr}
-        for end in ends:
-            if end in policies:
-                policies[end].append(policy)
+        for end in _policy_addresses(policy) & wanted.keys():
+            policies[end].append(policy)
     captured_at = _now(now)
     return {
         wanted[a]: IpsecContext(tuple(sas[a]), tuple(policies[a]), captured_at=captured_at)
@@ -95,7 +96,7 @@ def _inbound_destinations(ctx: IpsecContext) -> set[str]:
     """Destinations of SAs this node receives on: the outer destination of
     its ``in`` policies' templates.  Only there may it pick a new SPI."""
     return {
-        ipaddress.ip_address(t.daddr).compressed
+        normalise_address(t.daddr)
         for p in ctx.policies
         if p.dir == XFRM_POLICY_IN
         for t in p.templates
@@ -110,35 +111,85 @@ def _delete_quietly(action, *args) -> None:
             raise
 
 
-def install_context(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> Installation:
+def _delete_sa(xfrm: Xfrm, sa: SecurityAssociation) -> None:
+    _delete_quietly(xfrm.delete_sa, sa.daddr, sa.spi, sa.proto, sa.mark)
+
+
+def _delete_policy(xfrm: Xfrm, policy: SecurityPolicy) -> None:
+    _delete_quietly(xfrm.delete_policy, policy.selector, policy.dir, policy.mark, policy.if_id)
+
+
+_Undo = list[Callable[[], None]]
+
+
+def _install_sa(
+    xfrm: Xfrm, sa: SecurityAssociation, inbound: bool, replace_existing: bool, undo: _Undo
+) -> SecurityAssociation:
+    """Add ``sa``.  On EEXIST, with ``replace_existing``, replace the SA there
+    if it is the same one (an outbound SA: the MN chose its SPI; an inbound
+    one: from the same source); otherwise, if ``sa`` is inbound, give it a
+    fresh SPI.  Each step that changed the kernel leaves its undo in ``undo``."""
+    try:
+        xfrm.add_sa(sa)
+    except XfrmError as error:
+        if error.errno != errno.EEXIST or not (replace_existing or inbound):
+            raise
+        existing = xfrm.get_sa(sa.daddr, sa.spi, sa.proto, sa.mark) if replace_existing else None
+        if existing is None or (inbound and not same_address(existing.saddr, sa.saddr)):
+            # SPI collision on an inbound SA with another peer's: the receiver
+            # chooses the SPI.
+            new_spi = xfrm.allocate_spi(sa.daddr, sa.saddr, sa.proto, sa.mode, sa.reqid, mark=sa.mark)
+            sa = replace(sa, spi=new_spi)
+            undo.append(partial(_delete_sa, xfrm, sa))  # the larval SA must go if the update fails
+            xfrm.update_sa(sa)
+            return sa
+        # The same SA, left from before.  Keys and reqid cannot be updated in
+        # place (UPDSA keeps them): delete, then add.
+        xfrm.delete_sa(existing.daddr, existing.spi, existing.proto, existing.mark)
+        undo.append(partial(xfrm.add_sa, existing))
+        xfrm.add_sa(sa)
+    undo.append(partial(_delete_sa, xfrm, sa))
+    return sa
+
+
+def _install_policy(xfrm: Xfrm, policy: SecurityPolicy, replace_existing: bool, undo: _Undo) -> None:
+    try:
+        xfrm.add_policy(policy)
+    except XfrmError as error:
+        if error.errno != errno.EEXIST or not replace_existing:
+            raise
+        existing = xfrm.get_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
+        xfrm.update_policy(policy)
+        undo.append(partial(xfrm.update_policy, existing))
+        return
+    undo.append(partial(_delete_policy, xfrm, policy))
+
+
+def install_context(
+    xfrm: Xfrm, ctx: IpsecContext, now: int | None = None, *, replace_existing: bool = False
+) -> Installation:
     """Install a (rewritten) context on the nAR: all of it or nothing.
 
     SAs go in with their replay state and reduced lifetimes (``carry_lifetime``);
-    an inbound SA whose SPI is taken gets a fresh one from XFRM_MSG_ALLOCSPI
-    and is reported in ``spi_changes``.  If any step fails, what was added is
-    removed again and the XfrmError is raised.
+    an inbound SA whose SPI another peer holds gets a fresh one from
+    XFRM_MSG_ALLOCSPI and is reported in ``spi_changes``.  With
+    ``replace_existing``, SAs (same daddr, SPI, proto; for an inbound SA also
+    the same source) and policies (same selector, dir, mark, if_id) already in
+    the kernel are replaced instead of failing with EEXIST.  If any step
+    fails, what was added is removed, what was replaced is restored, and the
+    XfrmError is raised.
     """
     now = _now(now)
     inbound = _inbound_destinations(ctx)
-    added_sas: list[SecurityAssociation] = []
-    added_policies: list[SecurityPolicy] = []
-    changes: list[SpiChange] = []
+    undo: _Undo = []
+    sas: list[SecurityAssociation] = []
+    policies: list[SecurityPolicy] = []
     try:
         for original in ctx.sas:
             sa = carry_lifetime(original, ctx.captured_at, now)
-            try:
-                xfrm.add_sa(sa)
-                added_sas.append(sa)
-                continue
-            except XfrmError as error:
-                if error.errno != errno.EEXIST or _normalise(sa.daddr) not in inbound:
-                    raise
-            # SPI collision on an inbound SA: the receiver chooses the SPI.
-            new_spi = xfrm.allocate_spi(sa.daddr, sa.saddr, sa.proto, sa.mode, sa.reqid, mark=sa.mark)
-            sa = replace(sa, spi=new_spi)
-            added_sas.append(sa)  # the larval SA must go if the update fails
-            xfrm.update_sa(sa)
-            changes.append(SpiChange(original.spi, new_spi))
+            is_inbound = normalise_address(sa.daddr) in inbound
+            sas.append(_install_sa(xfrm, sa, is_inbound, replace_existing, undo))
+        changes = tuple(SpiChange(o.spi, s.spi) for o, s in zip(ctx.sas, sas) if o.spi != s.spi)
         new_spi = {c.old_spi: c.new_spi for c in changes}
         for policy in ctx.policies:
             policy = replace(
@@ -149,26 +200,26 @@ def install_context(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> In
                     for t in policy.templates
                 ),
             )
-            xfrm.add_policy(policy)
-            added_policies.append(policy)
-    except XfrmError:
-        _roll_back(xfrm, added_sas, added_policies)
+            _install_policy(xfrm, policy, replace_existing, undo)
+            policies.append(policy)
+    except XfrmError as error:
+        for step in reversed(undo):
+            try:
+                step()
+            except XfrmError as failure:
+                error.add_note(f"rollback step failed: {failure}")
         raise
-    installed = replace(ctx, sas=tuple(added_sas), policies=tuple(added_policies))
-    return Installation(installed, tuple(changes))
-
-
-def _roll_back(xfrm: Xfrm, sas, policies) -> None:
-    for policy in reversed(policies):
-        _delete_quietly(xfrm.delete_policy, policy.selector, policy.dir, policy.mark, policy.if_id)
-    for sa in reversed(sas):
-        _delete_quietly(xfrm.delete_sa, sa.daddr, sa.spi, sa.proto, sa.mark)
+    installed = replace(ctx, sas=tuple(sas), policies=tuple(policies))
+    return Installation(installed, changes)
 
 
 def remove_context(xfrm: Xfrm, ctx: IpsecContext) -> None:
     """Delete the context's policies, then its SAs (pAR side, after the nAR
     confirmed).  Entries already gone are not an error."""
-    _roll_back(xfrm, ctx.sas, ctx.policies)
+    for policy in reversed(ctx.policies):
+        _delete_policy(xfrm, policy)
+    for sa in reversed(ctx.sas):
+        _delete_sa(xfrm, sa)
 
 
 # --- the MN side ---------------------------------------------------------------------

@@ -16,13 +16,17 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import replace
 
 from pyroute2.netns import setns
 
+from .addresses import AF_INET6, address_to_bytes, family_of
 from .context import (
-    AF_INET,
-    AF_INET6,
+    IF_ID,
+    POLICY_MEMBERS,
+    SA_ATTRIBUTES,
+    SA_MEMBERS,
     Algorithm,
     LifetimeConfig,
     LifetimeCurrent,
@@ -32,10 +36,9 @@ from .context import (
     SecurityPolicy,
     Selector,
     Template,
-    address_from_bytes,
-    address_to_bytes,
 )
 from .errors import XfrmError
+from .layout import from_struct, nest, raw_fields, text_fields, to_struct, unnest, xfrm_value
 from .xfrm_messages import (
     IPPROTO_ESP,
     NETLINK_XFRM,
@@ -58,9 +61,9 @@ from .xfrm_messages import (
     XFRM_MSG_NEWSA,
     XFRM_MSG_UPDPOLICY,
     XFRM_MSG_UPDSA,
-    XFRM_STATE_ESN,
     _xfrm_body,
     xfrm_aevent_id,
+    xfrm_user_migrate,
     xfrm_userpolicy_id,
     xfrm_userpolicy_info,
     xfrm_usersa_id_msg,
@@ -74,8 +77,6 @@ NLM_F_ROOT = 0x100
 NLM_F_MATCH = 0x200
 NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
 NLM_F_REPLACE = 0x100
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
 NLM_F_ACK_TLVS = 0x200
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -93,66 +94,35 @@ class xfrm_dump_request(_xfrm_body):
     fields = ()
 
 
-@dataclass(frozen=True)
+@xfrm_value(
+    xfrm_user_migrate,
+    required=("old_daddr", "old_saddr", "new_daddr", "new_saddr"),
+    proto=IPPROTO_ESP,
+    mode=XFRM_MODE_TUNNEL,
+    old_family=AF_INET6,
+    new_family=AF_INET6,
+)
 class Migration:
-    """One ``struct xfrm_user_migrate``: old SA/template addresses -> new."""
-
-    old_daddr: str
-    old_saddr: str
-    new_daddr: str
-    new_saddr: str
-    proto: int = IPPROTO_ESP
-    mode: int = XFRM_MODE_TUNNEL
-    reqid: int = 0
-    old_family: int = AF_INET6
-    new_family: int = AF_INET6
-
-
-def _family_of(address: str) -> int:
-    return AF_INET6 if ":" in address else AF_INET
+    """One ``struct xfrm_user_migrate``: old SA/template addresses -> new
+    (old_daddr, old_saddr, new_daddr, new_saddr, proto, mode, reqid,
+    old_family, new_family)."""
 
 
 # --- value <-> message dict ------------------------------------------------------
+#
+# The structures' values convert with layout.to_struct / from_struct; the SA
+# and policy fields with the bindings of context.py (SA_MEMBERS, ...).  Only
+# what has no structure of its own in the kernel is written out here:
+# algorithms, replay state, templates and the optional attributes.
 
-
-def _selector_to_dict(sel: Selector) -> dict:
-    return {
-        "daddr": address_to_bytes(sel.daddr),
-        "saddr": address_to_bytes(sel.saddr),
-        "dport": sel.dport,
-        "dport_mask": sel.dport_mask,
-        "sport": sel.sport,
-        "sport_mask": sel.sport_mask,
-        "family": sel.family,
-        "prefixlen_d": sel.prefixlen_d,
-        "prefixlen_s": sel.prefixlen_s,
-        "proto": sel.proto,
-        "ifindex": sel.ifindex,
-        "user": sel.user,
-    }
-
-
-def _selector_from_dict(raw: dict, fallback_family: int) -> Selector:
-    family = raw["family"]
-    address_family = family or fallback_family
-    return Selector(
-        daddr=address_from_bytes(raw["daddr"], address_family),
-        saddr=address_from_bytes(raw["saddr"], address_family),
-        dport=raw["dport"],
-        dport_mask=raw["dport_mask"],
-        sport=raw["sport"],
-        sport_mask=raw["sport_mask"],
-        family=family,
-        prefixlen_d=raw["prefixlen_d"],
-        prefixlen_s=raw["prefixlen_s"],
-        proto=raw["proto"],
-        ifindex=raw["ifindex"],
-        user=raw["user"],
-    )
-
-
-def _lifetime_cfg_to_dict(lft: LifetimeConfig) -> dict:
-    return dict(lft.__dict__)
+_ALGORITHM_ATTRIBUTES = {
+    "aead": "XFRMA_ALG_AEAD",
+    "crypt": "XFRMA_ALG_CRYPT",
+    "auth_trunc": "XFRMA_ALG_AUTH_TRUNC",
+    "auth": "XFRMA_ALG_AUTH",
+    "comp": "XFRMA_ALG_COMP",
+}  # in the order an SA's algorithms are read back
+_ALGORITHM_BITS = {"auth_trunc": "alg_trunc_len", "aead": "alg_icv_len"}
 
 
 def _algorithm_attribute(algorithm: Algorithm) -> tuple[str, dict]:
@@ -161,21 +131,24 @@ def _algorithm_attribute(algorithm: Algorithm) -> tuple[str, dict]:
         "alg_key_len": 8 * len(algorithm.key),
         "alg_key": algorithm.key,
     }
-    if algorithm.kind == "auth_trunc":
-        head["alg_trunc_len"] = algorithm.bits
-        return "XFRMA_ALG_AUTH_TRUNC", head
-    if algorithm.kind == "aead":
-        head["alg_icv_len"] = algorithm.bits
-        return "XFRMA_ALG_AEAD", head
-    names = {"crypt": "XFRMA_ALG_CRYPT", "auth": "XFRMA_ALG_AUTH", "comp": "XFRMA_ALG_COMP"}
-    return names[algorithm.kind], head
+    if algorithm.kind in _ALGORITHM_BITS:
+        head[_ALGORITHM_BITS[algorithm.kind]] = algorithm.bits
+    return _ALGORITHM_ATTRIBUTES[algorithm.kind], head
 
 
-def _algorithm_from_attribute(kind: str, raw: dict) -> Algorithm:
-    key = raw["alg_key"][: (raw["alg_key_len"] + 7) // 8]
-    name = raw["alg_name"].split(b"\0", 1)[0].decode("ascii")
-    bits = raw.get("alg_trunc_len", raw.get("alg_icv_len", 0))
-    return Algorithm(kind, name, bytes(key), bits)
+def _algorithms_from_message(msg) -> tuple[Algorithm, ...]:
+    algorithms = []
+    for kind, attribute in _ALGORITHM_ATTRIBUTES.items():
+        raw = msg.get_attr(attribute)
+        # The kernel reports an auth algorithm twice (AUTH and AUTH_TRUNC);
+        # AUTH_TRUNC is the complete one.
+        if raw is None or (kind == "auth" and msg.get_attr("XFRMA_ALG_AUTH_TRUNC") is not None):
+            continue
+        key = raw["alg_key"][: (raw["alg_key_len"] + 7) // 8]
+        name = raw["alg_name"].split(b"\0", 1)[0].decode("ascii")
+        bits = raw[_ALGORITHM_BITS[kind]] if kind in _ALGORITHM_BITS else 0
+        algorithms.append(Algorithm(kind, name, bytes(key), bits))
+    return tuple(algorithms)
 
 
 def _replay_attribute(replay: ReplayState) -> tuple[str, dict]:
@@ -213,29 +186,43 @@ def _replay_from_message(msg, legacy_window: int) -> ReplayState:
     return ReplayState(legacy["oseq"], legacy["seq"], (legacy["bitmap"],), legacy_window, False)
 
 
-def _current_to_dict(cur: LifetimeCurrent) -> dict:
-    return {
-        "bytes": cur.bytes,
-        "packets": cur.packets,
-        "add_time": cur.add_time,
-        "use_time": cur.use_time,
-    }
+def _mark_attrs(mark: Mark | None) -> list:
+    return [("XFRMA_MARK", to_struct(mark))] if mark is not None else []
+
+
+def _optional_attrs(mark: Mark | None, if_id: int, value=None, scalars=()) -> list:
+    """The ``scalars`` of ``value`` that are non-zero, then the mark and the
+    if_id, if set: the optional attributes of SAs, policies and requests."""
+    attrs = [(m.path[0], getattr(value, m.name)) for m in scalars if getattr(value, m.name)]
+    attrs += _mark_attrs(mark)
+    if if_id:
+        attrs.append((IF_ID.path[0], if_id))
+    return attrs
+
+
+def _optional_fields(msg, scalars=()) -> dict:
+    """The reverse of ``_optional_attrs``: field -> value (0 / None when absent)."""
+    fields = {m.name: msg.get_attr(m.path[0]) or 0 for m in (*scalars, IF_ID)}
+    mark = msg.get_attr("XFRMA_MARK")
+    fields["mark"] = from_struct(Mark, mark) if mark is not None else None
+    return fields
+
+
+def _put(msg, fields, value) -> None:
+    """Set the members ``fields`` (Members) of message ``msg`` from ``value``."""
+    for key, nested in nest(fields, raw_fields(value, fields)).items():
+        msg[key] = nested
 
 
 def sa_to_message(sa: SecurityAssociation, message_class=xfrm_usersa_info, carry_current=True):
     """The NEWSA/UPDSA body for ``sa``: keys, replay state and, when
     ``carry_current``, the used lifetime (XFRMA_LTIME_VAL)."""
     msg = message_class()
-    msg["sel"] = _selector_to_dict(sa.selector)
-    msg["id"] = {"daddr": address_to_bytes(sa.daddr), "spi": sa.spi, "proto": sa.proto}
-    msg["saddr"] = address_to_bytes(sa.saddr)
-    msg["lft"] = _lifetime_cfg_to_dict(sa.lifetime)
-    msg["curlft"] = _current_to_dict(sa.current)
-    msg["reqid"] = sa.reqid
-    msg["family"] = sa.family
-    msg["mode"] = sa.mode
+    msg["sel"] = to_struct(sa.selector)
+    _put(msg, SA_MEMBERS, sa)
+    msg["lft"] = to_struct(sa.lifetime)
+    msg["curlft"] = to_struct(sa.current)
     msg["replay_window"] = 0 if sa.replay.esn_attr else sa.replay.window
-    msg["flags"] = sa.flags
     attrs = [_algorithm_attribute(algorithm) for algorithm in sa.algorithms]
     attrs.append(_replay_attribute(sa.replay))
     if carry_current and sa.current != LifetimeCurrent():
@@ -244,132 +231,47 @@ def sa_to_message(sa: SecurityAssociation, message_class=xfrm_usersa_info, carry
             # add_time 0 in XFRMA_LTIME_VAL would overwrite the kernel's stamp
             # and make every add-expiry fire at once.
             current = replace(current, add_time=int(time.time()))
-        attrs.append(("XFRMA_LTIME_VAL", _current_to_dict(current)))
-    if sa.extra_flags:
-        attrs.append(("XFRMA_SA_EXTRA_FLAGS", sa.extra_flags))
-    if sa.mark is not None:
-        attrs.append(("XFRMA_MARK", {"v": sa.mark.value, "m": sa.mark.mask}))
-    if sa.if_id:
-        attrs.append(("XFRMA_IF_ID", sa.if_id))
-    msg["attrs"] = attrs
+        attrs.append(("XFRMA_LTIME_VAL", to_struct(current)))
+    msg["attrs"] = attrs + _optional_attrs(sa.mark, sa.if_id, sa, SA_ATTRIBUTES)
     return msg
 
 
 def sa_from_message(msg) -> SecurityAssociation:
     family = msg["family"]
-    algorithms = []
-    auth_trunc = msg.get_attr("XFRMA_ALG_AUTH_TRUNC")
-    for kind, attribute in (
-        ("aead", "XFRMA_ALG_AEAD"),
-        ("crypt", "XFRMA_ALG_CRYPT"),
-        ("auth_trunc", "XFRMA_ALG_AUTH_TRUNC"),
-        ("auth", "XFRMA_ALG_AUTH"),
-        ("comp", "XFRMA_ALG_COMP"),
-    ):
-        raw = msg.get_attr(attribute)
-        # The kernel reports an auth algorithm twice (AUTH and AUTH_TRUNC);
-        # AUTH_TRUNC is the complete one.
-        if raw is None or (kind == "auth" and auth_trunc is not None):
-            continue
-        algorithms.append(_algorithm_from_attribute(kind, raw))
-    mark = msg.get_attr("XFRMA_MARK")
-    curlft = msg["curlft"]
     return SecurityAssociation(
-        daddr=address_from_bytes(msg["id"]["daddr"], family),
-        saddr=address_from_bytes(msg["saddr"], family),
-        spi=msg["id"]["spi"],
-        proto=msg["id"]["proto"],
-        family=family,
-        mode=msg["mode"],
-        reqid=msg["reqid"],
-        algorithms=tuple(algorithms),
-        selector=_selector_from_dict(msg["sel"], family),
-        lifetime=LifetimeConfig(**msg["lft"]),
-        current=LifetimeCurrent(**curlft),
+        **text_fields(SA_MEMBERS, unnest(SA_MEMBERS, msg), family),
+        algorithms=_algorithms_from_message(msg),
+        selector=from_struct(Selector, msg["sel"], msg["sel"]["family"] or family),
+        lifetime=from_struct(LifetimeConfig, msg["lft"]),
+        current=from_struct(LifetimeCurrent, msg["curlft"]),
         replay=_replay_from_message(msg, msg["replay_window"]),
-        flags=msg["flags"],
-        extra_flags=msg.get_attr("XFRMA_SA_EXTRA_FLAGS") or 0,
-        mark=Mark(mark["v"], mark["m"]) if mark is not None else None,
-        if_id=msg.get_attr("XFRMA_IF_ID") or 0,
-    )
-
-
-def _template_to_dict(tmpl: Template) -> dict:
-    return {
-        "id": {"daddr": address_to_bytes(tmpl.daddr), "spi": tmpl.spi, "proto": tmpl.proto},
-        "family": tmpl.family,
-        "saddr": address_to_bytes(tmpl.saddr),
-        "reqid": tmpl.reqid,
-        "mode": tmpl.mode,
-        "share": tmpl.share,
-        "optional": tmpl.optional,
-        "aalgos": tmpl.aalgos,
-        "ealgos": tmpl.ealgos,
-        "calgos": tmpl.calgos,
-    }
-
-
-def _template_from_dict(raw: dict) -> Template:
-    family = raw["family"]
-    return Template(
-        daddr=address_from_bytes(raw["id"]["daddr"], family),
-        saddr=address_from_bytes(raw["saddr"], family),
-        spi=raw["id"]["spi"],
-        proto=raw["id"]["proto"],
-        family=family,
-        reqid=raw["reqid"],
-        mode=raw["mode"],
-        share=raw["share"],
-        optional=raw["optional"],
-        aalgos=raw["aalgos"],
-        ealgos=raw["ealgos"],
-        calgos=raw["calgos"],
+        **_optional_fields(msg, SA_ATTRIBUTES),
     )
 
 
 def policy_to_message(policy: SecurityPolicy):
     msg = xfrm_userpolicy_info()
-    msg["sel"] = _selector_to_dict(policy.selector)
-    msg["lft"] = _lifetime_cfg_to_dict(policy.lifetime)
+    msg["sel"] = to_struct(policy.selector)
+    msg["lft"] = to_struct(policy.lifetime)
     msg["curlft"] = {}
-    msg["priority"] = policy.priority
-    msg["index"] = policy.index
-    msg["dir"] = policy.dir
-    msg["action"] = policy.action
-    msg["flags"] = policy.flags
-    msg["share"] = policy.share
+    _put(msg, POLICY_MEMBERS, policy)
     attrs = []
     if policy.templates:
-        attrs.append(("XFRMA_TMPL", [_template_to_dict(t) for t in policy.templates]))
-    if policy.mark is not None:
-        attrs.append(("XFRMA_MARK", {"v": policy.mark.value, "m": policy.mark.mask}))
-    if policy.if_id:
-        attrs.append(("XFRMA_IF_ID", policy.if_id))
-    msg["attrs"] = attrs
+        attrs.append(("XFRMA_TMPL", [to_struct(t) for t in policy.templates]))
+    msg["attrs"] = attrs + _optional_attrs(policy.mark, policy.if_id)
     return msg
 
 
 def policy_from_message(msg) -> SecurityPolicy:
-    mark = msg.get_attr("XFRMA_MARK")
-    templates = msg.get_attr("XFRMA_TMPL") or []
-    sel_family = msg["sel"]["family"] or (templates[0]["family"] if templates else AF_INET6)
+    templates = [from_struct(Template, t, t["family"] or AF_INET6) for t in msg.get_attr("XFRMA_TMPL") or ()]
+    sel_family = msg["sel"]["family"] or (templates[0].family if templates else AF_INET6)
     return SecurityPolicy(
-        selector=_selector_from_dict(msg["sel"], sel_family),
-        dir=msg["dir"],
-        templates=tuple(_template_from_dict(t) for t in templates),
-        action=msg["action"],
-        priority=msg["priority"],
-        index=msg["index"],
-        flags=msg["flags"],
-        share=msg["share"],
-        lifetime=LifetimeConfig(**msg["lft"]),
-        mark=Mark(mark["v"], mark["m"]) if mark is not None else None,
-        if_id=msg.get_attr("XFRMA_IF_ID") or 0,
+        **unnest(POLICY_MEMBERS, msg),
+        selector=from_struct(Selector, msg["sel"], sel_family),
+        templates=tuple(templates),
+        lifetime=from_struct(LifetimeConfig, msg["lft"]),
+        **_optional_fields(msg),
     )
-
-
-def _mark_attrs(mark: Mark | None) -> list:
-    return [("XFRMA_MARK", {"v": mark.value, "m": mark.mask})] if mark is not None else []
 
 
 # --- the socket ----------------------------------------------------------------------
@@ -438,12 +340,17 @@ class Xfrm:
         return self._sequence
 
     def _request(
-        self, msg_type: int, body, flags: int = 0, dump: bool = False, prefilter: bytes | None = None
+        self,
+        msg_type: int,
+        body,
+        flags: int = 0,
+        dump: bool = False,
+        prefilter: tuple[bytes, ...] | None = None,
     ) -> list:
         """Send one request; return the decoded reply bodies (a dump's, or
         GET's single answer).  An error reply raises XfrmError.  With
-        ``prefilter``, dump replies whose raw bytes do not contain it are
-        skipped without decoding (decoding is what costs in a big dump)."""
+        ``prefilter``, dump replies whose raw bytes contain none of its byte
+        strings are skipped without decoding (decoding is what costs in a big dump)."""
         operation = XFRM_MSG_NAMES.get(msg_type, str(msg_type))
         flags |= NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
         sequence = self._send(msg_type, body, flags)
@@ -467,7 +374,7 @@ class Xfrm:
                         return replies
                     raise XfrmError(-code, operation, _extack_message(chunk, reply_flags))
                 body_class = XFRM_BODY_BY_TYPE.get(reply_type)
-                if body_class is None or (prefilter is not None and prefilter not in chunk):
+                if body_class is None or (prefilter is not None and not any(p in chunk for p in prefilter)):
                     continue
                 reply = body_class(chunk)
                 reply.decode()
@@ -492,7 +399,7 @@ class Xfrm:
         msg = xfrm_usersa_id_msg()
         msg["daddr"] = address_to_bytes(daddr)
         msg["spi"] = spi
-        msg["family"] = _family_of(daddr)
+        msg["family"] = family_of(daddr)
         msg["proto"] = proto
         msg["attrs"] = _mark_attrs(mark)
         return msg
@@ -519,7 +426,7 @@ class Xfrm:
         request = xfrm_dump_request()
         attrs = []
         if saddr is not None or daddr is not None:
-            family = _family_of(saddr or daddr)
+            family = family_of(saddr or daddr)
             full = 128 if family == AF_INET6 else 32
             attrs.append(
                 (
@@ -554,7 +461,7 @@ class Xfrm:
         (daddr, proto) and holds it in a larval SA until XFRM_MSG_UPDSA
         fills it in (or it times out after XFRM_ACQ_EXPIRES)."""
         msg = xfrm_userspi_info()
-        family = _family_of(daddr)
+        family = family_of(daddr)
         msg["info"] = {
             "sel": {"family": family},
             "id": {"daddr": address_to_bytes(daddr), "proto": proto},
@@ -590,7 +497,7 @@ class Xfrm:
         lifetime = reply.get_attr("XFRMA_LTIME_VAL")
         return (
             _replay_from_message(reply, sa.replay.window),
-            LifetimeCurrent(**lifetime) if lifetime else LifetimeCurrent(),
+            from_struct(LifetimeCurrent, lifetime) if lifetime else LifetimeCurrent(),
         )
 
     def set_replay(
@@ -604,7 +511,7 @@ class Xfrm:
         msg = self._aevent_id(sa, XFRM_AE_RVAL | (XFRM_AE_LVAL if current else 0))
         attrs = [_replay_attribute(replay)]
         if current is not None:
-            attrs.append(("XFRMA_LTIME_VAL", _current_to_dict(current)))
+            attrs.append(("XFRMA_LTIME_VAL", to_struct(current)))
         msg["attrs"] = attrs + _mark_attrs(sa.mark)
         self._request(XFRM_MSG_NEWAE, msg, flags=NLM_F_REPLACE)
 
@@ -625,13 +532,10 @@ class Xfrm:
 
     def _userpolicy_id(self, selector: Selector, direction: int, mark, if_id: int, index: int = 0):
         msg = xfrm_userpolicy_id()
-        msg["sel"] = _selector_to_dict(selector)
+        msg["sel"] = to_struct(selector)
         msg["index"] = index
         msg["dir"] = direction
-        attrs = _mark_attrs(mark)
-        if if_id:
-            attrs.append(("XFRMA_IF_ID", if_id))
-        msg["attrs"] = attrs
+        msg["attrs"] = _optional_attrs(mark, if_id)
         return msg
 
     def get_policy(
@@ -647,12 +551,15 @@ class Xfrm:
     ) -> None:
         self._request(XFRM_MSG_DELPOLICY, self._userpolicy_id(selector, direction, mark, if_id))
 
-    def dump_policies(self, mentioning: str | None = None) -> list[SecurityPolicy]:
-        """All policies; with ``mentioning``, only those whose raw message
-        contains that address (a superset of those naming it; filter after)."""
+    def dump_policies(self, mentioning: str | Iterable[str] | None = None) -> list[SecurityPolicy]:
+        """All policies; with ``mentioning`` (an address or several), only
+        those whose raw message contains one of them (a superset of those
+        naming it; filter after)."""
         request = xfrm_dump_request()
         request["attrs"] = []
-        prefilter = address_to_bytes(mentioning) if mentioning else None
+        if isinstance(mentioning, str):
+            mentioning = (mentioning,)
+        prefilter = None if mentioning is None else tuple(address_to_bytes(a) for a in mentioning)
         replies = self._request(XFRM_MSG_GETPOLICY, request, dump=True, prefilter=prefilter)
         return [policy_from_message(reply) for reply in replies]
 
@@ -673,20 +580,7 @@ class Xfrm:
         to new addresses in one kernel step (SPI, keys, replay state and used
         lifetime kept; the old SAs are gone when it returns)."""
         msg = self._userpolicy_id(selector, direction, None, 0)
-        entries = [
-            {
-                "old_daddr": address_to_bytes(m.old_daddr),
-                "old_saddr": address_to_bytes(m.old_saddr),
-                "new_daddr": address_to_bytes(m.new_daddr),
-                "new_saddr": address_to_bytes(m.new_saddr),
-                "proto": m.proto,
-                "mode": m.mode,
-                "reqid": m.reqid,
-                "old_family": m.old_family,
-                "new_family": m.new_family,
-            }
-            for m in migrations
-        ]
+        entries = [to_struct(migration) for migration in migrations]
         msg["attrs"] = [("XFRMA_MIGRATE", entries)]
         self._request(XFRM_MSG_MIGRATE, msg)
 
@@ -706,7 +600,3 @@ def _extack_message(chunk: bytes, flags: int) -> str:
             return chunk[offset + 4 : offset + length].split(b"\0", 1)[0].decode(errors="replace")
         offset += (length + 3) & ~3
     return ""
-
-
-def sa_state_esn(sa: SecurityAssociation) -> bool:
-    return bool(sa.flags & XFRM_STATE_ESN)

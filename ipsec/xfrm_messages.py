@@ -12,6 +12,10 @@ checked against the kernel's ``sizeof`` values in ``tests/test_ipsec_xfrm_layout
 (x86_64: xfrm_selector 56, xfrm_usersa_info 224, xfrm_userpolicy_info 168,
 xfrm_user_tmpl 64).  Unprefixed formats are host byte order (``__u32``);
 ``>`` formats are the header's ``__be16`` / ``__be32``.
+
+These declarations are the only place a member is spelled: the values of
+``context.py``, their netlink dicts and the IPsec context's records are
+derived from them (``layout.py``).
 """
 
 from __future__ import annotations
@@ -89,51 +93,48 @@ IPPROTO_ESP = 50
 IPPROTO_AH = 51
 IPPROTO_COMP = 108
 
-# enum xfrm_attr_type_t, in order
-XFRMA_NAMES = (
-    "XFRMA_UNSPEC",
-    "XFRMA_ALG_AUTH",
-    "XFRMA_ALG_CRYPT",
-    "XFRMA_ALG_COMP",
-    "XFRMA_ENCAP",
-    "XFRMA_TMPL",
-    "XFRMA_SA",
-    "XFRMA_POLICY",
-    "XFRMA_SEC_CTX",
-    "XFRMA_LTIME_VAL",
-    "XFRMA_REPLAY_VAL",
-    "XFRMA_REPLAY_THRESH",
-    "XFRMA_ETIMER_THRESH",
-    "XFRMA_SRCADDR",
-    "XFRMA_COADDR",
-    "XFRMA_LASTUSED",
-    "XFRMA_POLICY_TYPE",
-    "XFRMA_MIGRATE",
-    "XFRMA_ALG_AEAD",
-    "XFRMA_KMADDRESS",
-    "XFRMA_ALG_AUTH_TRUNC",
-    "XFRMA_MARK",
-    "XFRMA_TFCPAD",
-    "XFRMA_REPLAY_ESN_VAL",
-    "XFRMA_SA_EXTRA_FLAGS",
-    "XFRMA_PROTO",
-    "XFRMA_ADDRESS_FILTER",
-    "XFRMA_PAD",
-    "XFRMA_OFFLOAD_DEV",
-    "XFRMA_SET_MARK",
-    "XFRMA_SET_MARK_MASK",
-    "XFRMA_IF_ID",
-    "XFRMA_MTIMER_THRESH",
-    "XFRMA_SA_DIR",
-)
-for _number, _name in enumerate(XFRMA_NAMES):
-    globals()[_name] = _number
+# enum xfrm_attr_type_t
+XFRMA_UNSPEC = 0
+XFRMA_ALG_AUTH = 1
+XFRMA_ALG_CRYPT = 2
+XFRMA_ALG_COMP = 3
+XFRMA_ENCAP = 4
+XFRMA_TMPL = 5
+XFRMA_SA = 6
+XFRMA_POLICY = 7
+XFRMA_SEC_CTX = 8
+XFRMA_LTIME_VAL = 9
+XFRMA_REPLAY_VAL = 10
+XFRMA_REPLAY_THRESH = 11
+XFRMA_ETIMER_THRESH = 12
+XFRMA_SRCADDR = 13
+XFRMA_COADDR = 14
+XFRMA_LASTUSED = 15
+XFRMA_POLICY_TYPE = 16
+XFRMA_MIGRATE = 17
+XFRMA_ALG_AEAD = 18
+XFRMA_KMADDRESS = 19
+XFRMA_ALG_AUTH_TRUNC = 20
+XFRMA_MARK = 21
+XFRMA_TFCPAD = 22
+XFRMA_REPLAY_ESN_VAL = 23
+XFRMA_SA_EXTRA_FLAGS = 24
+XFRMA_PROTO = 25
+XFRMA_ADDRESS_FILTER = 26
+XFRMA_PAD = 27
+XFRMA_OFFLOAD_DEV = 28
+XFRMA_SET_MARK = 29
+XFRMA_SET_MARK_MASK = 30
+XFRMA_IF_ID = 31
+XFRMA_MTIMER_THRESH = 32
+XFRMA_SA_DIR = 33
 
 
 # --- embeddable C structures -------------------------------------------------
 
 
-def _is_padding(name: str) -> bool:
+def is_padding(name: str) -> bool:
+    """Whether a declared member is explicit C padding (``__padN``)."""
     return name.startswith("__pad")
 
 
@@ -163,7 +164,7 @@ class _embeddable:
                 value[name], offset = fmt.decode_from(data, offset)
                 continue
             size = struct.calcsize(fmt)
-            if not _is_padding(name):
+            if not is_padding(name):
                 unpacked = struct.unpack_from(fmt, data, offset)
                 value[name] = unpacked[0] if len(unpacked) == 1 else unpacked
             offset += size
@@ -179,20 +180,10 @@ class _embeddable:
             size = struct.calcsize(fmt)
             if len(data) < offset + size:
                 data.extend(b"\0" * (offset + size - len(data)))
-            if not _is_padding(name):
+            if not is_padding(name):
                 struct.pack_into(fmt, data, offset, value.get(name) or _zero(fmt))
             offset += size
         return offset
-
-    @classmethod
-    def pack(cls, value) -> bytes:
-        data = bytearray()
-        cls.encode_into(data, 0, value)
-        return bytes(data)
-
-    @classmethod
-    def unpack(cls, data) -> dict:
-        return cls.decode_from(data, 0)[0]
 
 
 def _zero(fmt: str):
@@ -381,7 +372,7 @@ class _fixed_head_with_tail(nla):
         head = self.fields[:-1]
         for name, fmt in head:
             unpacked = struct.unpack_from(fmt, self.data, offset)
-            if not _is_padding(name):
+            if not is_padding(name):
                 self[name] = unpacked[0] if len(unpacked) == 1 else unpacked
             offset += struct.calcsize(fmt)
         end = self.offset + self.length
@@ -478,40 +469,40 @@ class _xfrm_attributes:
     __slots__ = ()
     prefix = "XFRMA_"
     nla_map = (
-        ("XFRMA_UNSPEC", "none"),
-        ("XFRMA_ALG_AUTH", "xfrm_algo"),
-        ("XFRMA_ALG_CRYPT", "xfrm_algo"),
-        ("XFRMA_ALG_COMP", "xfrm_algo"),
-        ("XFRMA_ENCAP", "xfrm_encap_tmpl"),
-        ("XFRMA_TMPL", "xfrma_tmpl"),
-        ("XFRMA_SA", "hex"),
-        ("XFRMA_POLICY", "hex"),
-        ("XFRMA_SEC_CTX", "hex"),
-        ("XFRMA_LTIME_VAL", "xfrm_lifetime_cur"),
-        ("XFRMA_REPLAY_VAL", "xfrm_replay_state"),
-        ("XFRMA_REPLAY_THRESH", "uint32"),
-        ("XFRMA_ETIMER_THRESH", "uint32"),
-        ("XFRMA_SRCADDR", "xfrma_address"),
-        ("XFRMA_COADDR", "xfrma_address"),
-        ("XFRMA_LASTUSED", "uint64"),
-        ("XFRMA_POLICY_TYPE", "xfrm_userpolicy_type"),
-        ("XFRMA_MIGRATE", "xfrma_migrate"),
-        ("XFRMA_ALG_AEAD", "xfrm_algo_aead"),
-        ("XFRMA_KMADDRESS", "xfrm_user_kmaddress"),
-        ("XFRMA_ALG_AUTH_TRUNC", "xfrm_algo_auth"),
-        ("XFRMA_MARK", "xfrm_mark"),
-        ("XFRMA_TFCPAD", "uint32"),
-        ("XFRMA_REPLAY_ESN_VAL", "xfrm_replay_state_esn"),
-        ("XFRMA_SA_EXTRA_FLAGS", "uint32"),
-        ("XFRMA_PROTO", "uint8"),
-        ("XFRMA_ADDRESS_FILTER", "xfrm_address_filter"),
-        ("XFRMA_PAD", "hex"),
-        ("XFRMA_OFFLOAD_DEV", "hex"),
-        ("XFRMA_SET_MARK", "uint32"),
-        ("XFRMA_SET_MARK_MASK", "uint32"),
-        ("XFRMA_IF_ID", "uint32"),
-        ("XFRMA_MTIMER_THRESH", "uint32"),
-        ("XFRMA_SA_DIR", "uint8"),
+        (XFRMA_UNSPEC, "XFRMA_UNSPEC", "none"),
+        (XFRMA_ALG_AUTH, "XFRMA_ALG_AUTH", "xfrm_algo"),
+        (XFRMA_ALG_CRYPT, "XFRMA_ALG_CRYPT", "xfrm_algo"),
+        (XFRMA_ALG_COMP, "XFRMA_ALG_COMP", "xfrm_algo"),
+        (XFRMA_ENCAP, "XFRMA_ENCAP", "xfrm_encap_tmpl"),
+        (XFRMA_TMPL, "XFRMA_TMPL", "xfrma_tmpl"),
+        (XFRMA_SA, "XFRMA_SA", "hex"),
+        (XFRMA_POLICY, "XFRMA_POLICY", "hex"),
+        (XFRMA_SEC_CTX, "XFRMA_SEC_CTX", "hex"),
+        (XFRMA_LTIME_VAL, "XFRMA_LTIME_VAL", "xfrm_lifetime_cur"),
+        (XFRMA_REPLAY_VAL, "XFRMA_REPLAY_VAL", "xfrm_replay_state"),
+        (XFRMA_REPLAY_THRESH, "XFRMA_REPLAY_THRESH", "uint32"),
+        (XFRMA_ETIMER_THRESH, "XFRMA_ETIMER_THRESH", "uint32"),
+        (XFRMA_SRCADDR, "XFRMA_SRCADDR", "xfrma_address"),
+        (XFRMA_COADDR, "XFRMA_COADDR", "xfrma_address"),
+        (XFRMA_LASTUSED, "XFRMA_LASTUSED", "uint64"),
+        (XFRMA_POLICY_TYPE, "XFRMA_POLICY_TYPE", "xfrm_userpolicy_type"),
+        (XFRMA_MIGRATE, "XFRMA_MIGRATE", "xfrma_migrate"),
+        (XFRMA_ALG_AEAD, "XFRMA_ALG_AEAD", "xfrm_algo_aead"),
+        (XFRMA_KMADDRESS, "XFRMA_KMADDRESS", "xfrm_user_kmaddress"),
+        (XFRMA_ALG_AUTH_TRUNC, "XFRMA_ALG_AUTH_TRUNC", "xfrm_algo_auth"),
+        (XFRMA_MARK, "XFRMA_MARK", "xfrm_mark"),
+        (XFRMA_TFCPAD, "XFRMA_TFCPAD", "uint32"),
+        (XFRMA_REPLAY_ESN_VAL, "XFRMA_REPLAY_ESN_VAL", "xfrm_replay_state_esn"),
+        (XFRMA_SA_EXTRA_FLAGS, "XFRMA_SA_EXTRA_FLAGS", "uint32"),
+        (XFRMA_PROTO, "XFRMA_PROTO", "uint8"),
+        (XFRMA_ADDRESS_FILTER, "XFRMA_ADDRESS_FILTER", "xfrm_address_filter"),
+        (XFRMA_PAD, "XFRMA_PAD", "hex"),
+        (XFRMA_OFFLOAD_DEV, "XFRMA_OFFLOAD_DEV", "hex"),
+        (XFRMA_SET_MARK, "XFRMA_SET_MARK", "uint32"),
+        (XFRMA_SET_MARK_MASK, "XFRMA_SET_MARK_MASK", "uint32"),
+        (XFRMA_IF_ID, "XFRMA_IF_ID", "uint32"),
+        (XFRMA_MTIMER_THRESH, "XFRMA_MTIMER_THRESH", "uint32"),
+        (XFRMA_SA_DIR, "XFRMA_SA_DIR", "uint8"),
     )
     xfrm_algo = xfrm_algo
     xfrm_algo_auth = xfrm_algo_auth

@@ -14,8 +14,6 @@ import hashlib
 import random
 import struct
 
-import pytest
-
 from ipsec import (
     AF_INET,
     AF_INET6,
@@ -139,8 +137,8 @@ def random_contexts(count: int = 300, seed: int = 8001):
 
     def template():
         family = rng.choice((AF_INET, AF_INET6))
-        return Template(address(family), address(family), u(32), u(8), family, u(32), u(8), u(8), u(8),
-                        u(32), u(32), u(32))
+        return Template(daddr=address(family), saddr=address(family), spi=u(32), proto=u(8), family=family,
+                        reqid=u(32), mode=u(8), share=u(8), optional=u(8), aalgos=u(32), ealgos=u(32), calgos=u(32))
 
     def policy():
         templates = tuple(template() for _ in range(rng.randrange(0, 4)))

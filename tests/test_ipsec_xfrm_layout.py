@@ -4,11 +4,25 @@ message encoding, without a kernel."""
 from __future__ import annotations
 
 import struct
+from dataclasses import fields
 
 import pytest
+from pyroute2.netlink import nla
 
-from ipsec import Algorithm, ReplayState, SecurityAssociation, SecurityPolicy, Selector, Template
+from ipsec import (
+    Algorithm,
+    LifetimeConfig,
+    LifetimeCurrent,
+    Mark,
+    Migration,
+    ReplayState,
+    SecurityAssociation,
+    SecurityPolicy,
+    Selector,
+    Template,
+)
 from ipsec import xfrm_messages as xm
+from ipsec.layout import Record, from_struct, members, to_struct, xfrm_value
 from ipsec.xfrm import policy_from_message, policy_to_message, sa_from_message, sa_to_message
 
 
@@ -112,3 +126,58 @@ def test_policy_message_round_trip_without_kernel():
     back = xm.xfrm_userpolicy_info(bytes(msg.data))
     back.decode()
     assert policy_from_message(back) == policy
+
+
+def test_attribute_constants_are_module_constants_numbered_as_the_map():
+    numbers = [entry[0] for entry in xm.xfrm_usersa_info.nla_map]
+    assert numbers == list(range(len(numbers)))  # enum xfrm_attr_type_t, no gap
+    for number, name, _kind in xm.xfrm_usersa_info.nla_map:
+        assert getattr(xm, name) == number, name
+    assert xm.XFRMA_SA_DIR == 33
+    source = open(xm.__file__).read()
+    assert "globals()[" not in source
+
+
+@pytest.mark.parametrize(
+    "value, declaration",
+    [(Selector, xm.xfrm_selector), (LifetimeConfig, xm.xfrm_lifetime_cfg), (LifetimeCurrent, xm.xfrm_lifetime_cur),
+     (Template, xm.xfrm_user_tmpl), (Mark, xm.xfrm_mark), (Migration, xm.xfrm_user_migrate)],
+)
+def test_values_have_one_field_per_declared_member(value, declaration):
+    declared = {m.path for m in members(declaration) if not m.name.startswith("reserved")}
+    assert {m.path for m in value.xfrm_members} == declared
+    assert [f.name for f in fields(value)] == [m.name for m in value.xfrm_members]
+
+
+def test_a_member_added_to_a_declaration_reaches_value_netlink_and_record():
+    class xfrm_toy(nla, xm._embeddable):
+        fields = (*xm.xfrm_lifetime_cur.fields, ("later", "I"), ("__pad0", "4x"))
+
+    @xfrm_value(xfrm_toy, later=7)
+    class Toy:
+        pass
+
+    value = Toy(bytes=1, packets=2, add_time=3, use_time=4)
+    assert value.later == 7
+    raw = bytearray()
+    xfrm_toy.encode_into(raw, 0, to_struct(value))
+    assert len(raw) == 40 and struct.unpack_from("=I", raw, 32) == (7,)
+    assert from_struct(Toy, xfrm_toy.decode_from(raw)[0]) == value
+    record = Record.aligned(Toy.xfrm_members)
+    assert record.size == 36 and record.names[-1] == "later"
+
+
+def test_context_records_have_the_documented_sizes():
+    from ipsec import context
+
+    sizes = {name: getattr(context, name).size for name in (
+        "_HEADER", "_SA_HEAD", "_SELECTOR", "_LIFETIME_CFG", "_LIFETIME_CUR", "_REPLAY", "_ALGORITHM",
+        "_POLICY_HEAD", "_TEMPLATE")}
+    assert sizes == {"_HEADER": 16, "_SA_HEAD": 64, "_SELECTOR": 56, "_LIFETIME_CFG": 64, "_LIFETIME_CUR": 32,
+                     "_REPLAY": 24, "_ALGORITHM": 8, "_POLICY_HEAD": 28, "_TEMPLATE": 60}
+
+
+def test_template_fields_are_largest_first():
+    assert [f.name for f in fields(Template)] == [
+        "daddr", "saddr", "spi", "reqid", "aalgos", "ealgos", "calgos", "family", "proto", "mode", "share",
+        "optional"]

@@ -203,8 +203,15 @@ def _icmp6_type(packet):
     return None
 
 
-@pytest.mark.parametrize("algorithms, spi_collision", [("cbc-hmac", False), ("gcm", True)])
-def test_context_moves_and_esp_flows_without_replay_errors(namespaces, tmp_path, algorithms, spi_collision):
+@pytest.mark.parametrize(
+    "algorithms, spi_collision, replace_existing",
+    [("cbc-hmac", False, False), ("gcm", True, False), ("gcm", True, True)],
+)
+def test_context_moves_and_esp_flows_without_replay_errors(
+    namespaces, tmp_path, algorithms, spi_collision, replace_existing
+):
+    """With ``replace_existing`` too, another peer's SA on the nAR is never
+    replaced: the colliding inbound SA still gets a fresh SPI."""
     ns = namespaces
     build_network(ns)
     ip_xfrm_tunnel(ns["mn"], algorithms, "mn")
@@ -223,7 +230,9 @@ def test_context_moves_and_esp_flows_without_replay_errors(namespaces, tmp_path,
         mn_before = capture_context(mn, MN_P)
         ctx = capture_context(par, MN_P)
         wire = ctx.encode()  # what travels in the CDB
-        installation = install_context(nar, rewrite_for_nar(IpsecContext.decode(wire), MN_P, MN_N, PAR, NAR))
+        installation = install_context(
+            nar, rewrite_for_nar(IpsecContext.decode(wire), MN_P, MN_N, PAR, NAR), replace_existing=replace_existing
+        )
         remove_context(par, ctx)
         if spi_collision:
             (change,) = installation.spi_changes
@@ -354,3 +363,59 @@ def test_install_that_fails_half_way_leaves_nothing(namespaces, failure):
             assert caught.value.errno == errno.EEXIST
         assert (nar.dump_sas(), nar.dump_policies()) == existing
         assert (par.dump_sas(), par.dump_policies()) == par_before  # pAR keeps everything
+
+
+def _kernel_state(xfrm: Xfrm):
+    """The SAD and SPD, in an order that does not depend on the kernel's hash chains."""
+    return (
+        sorted(xfrm.dump_sas(), key=lambda s: (s.daddr, s.spi)),
+        sorted(xfrm.dump_policies(), key=lambda p: (p.dir, p.index)),
+    )
+
+
+def test_install_with_replace_existing_replaces_and_is_all_or_nothing(namespaces):
+    par_ns, nar_ns = _two_routers(namespaces)
+    with Xfrm(par_ns) as par, Xfrm(nar_ns) as nar:
+        ctx = rewrite_for_nar(_api_context(par, aged_seconds=100, hard=3600, bytes_used=700), MN_P, MN_N, PAR, NAR)
+        install_context(nar, ctx)
+        with pytest.raises(XfrmError) as caught:
+            install_context(nar, ctx)
+        assert caught.value.errno == errno.EEXIST
+
+        # The same SAs and policies with other keys, sequence numbers and priority replace them.
+        keys = (Algorithm("crypt", "cbc(aes)", b"\x07" * 16), Algorithm("auth_trunc", "hmac(sha256)", b"\x08" * 32, 128))
+        newer = replace(
+            ctx,
+            sas=tuple(replace(sa, algorithms=keys, replay=replace(sa.replay, oseq=4000, seq=3000)) for sa in ctx.sas),
+            policies=tuple(replace(p, priority=77) for p in ctx.policies),
+        )
+        installation = install_context(nar, newer, replace_existing=True)
+        assert installation.spi_changes == ()
+        sas, policies = _kernel_state(nar)
+        assert len(sas) == 2 and {(s.algorithms, s.replay.oseq, s.replay.seq) for s in sas} == {(keys, 4000, 3000)}
+        assert len(policies) == len(newer.policies) and {p.priority for p in policies} == {77}
+        before = _kernel_state(nar)
+
+        # A failure half-way (the last policy is refused) restores what was replaced.
+        broken = replace(ctx, policies=(*ctx.policies, replace(ctx.policies[0], action=7)))
+        with pytest.raises(XfrmError) as caught:
+            install_context(nar, broken, replace_existing=True)
+        assert caught.value.errno == errno.EINVAL
+        assert _kernel_state(nar) == before
+
+
+def test_capture_context_of_several_care_of_addresses(namespaces):
+    par_ns, _ = _two_routers(namespaces)
+    second = "2001:db8:1::20"
+    with Xfrm(par_ns) as par:
+        _api_context(par)
+        keys = (Algorithm("aead", "rfc4106(gcm(aes))", bytes(20), 128),)
+        par.add_sa(SecurityAssociation(second, PAR, 0x3003, reqid=3, algorithms=keys))
+        par.add_sa(SecurityAssociation(PAR, "2001:db8:1::99", 0x4004, reqid=4, algorithms=keys))  # another MN
+        tunnel = Selector(daddr=HA, saddr=HA, prefixlen_d=128, prefixlen_s=128)
+        par.add_policy(SecurityPolicy(tunnel, XFRM_POLICY_OUT, (Template(second, PAR, reqid=3),)))
+        one = capture_context(par, MN_P)
+        both = capture_context(par, ["2001:0db8:0001::0010", second])
+    assert {s.spi for s in one.sas} == {SPI_MN_IN, SPI_MN_OUT} and len(one.policies) == 2
+    assert {s.spi for s in both.sas} == {SPI_MN_IN, SPI_MN_OUT, 0x3003}
+    assert len(both.policies) == 3
