@@ -40,9 +40,13 @@ class Capture:
 
     def __init__(self, testbed: Testbed, node: str, interface: str, path: Path) -> None:
         self.path = path
-        # -Z root: Debian's tcpdump would drop to user tcpdump before opening the file
+        # -Z root: Debian's tcpdump would drop to user tcpdump before opening the file. Packets are
+        # taken from the kernel at once (--immediate-mode, a large buffer) but written in blocks
+        # (no -U): in the guest every write to the shared file system is a host system call, and a
+        # writer that falls behind makes the kernel drop packets. SIGTERM flushes the file.
         self.process = testbed.host(node).popen(
-            ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0", "-i", interface, "-w", str(path)],
+            ["tcpdump", "-n", "--immediate-mode", "-B", "8192", "-Z", "root", "-s", "0", "-i", interface,
+             "-w", str(path), "not udp"],  # the probes' clear copies that tunnel decapsulation re-injects
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         line = self.process.stderr.readline().decode(errors="replace")  # readiness: "listening on ..."
         if "listening on" not in line:
@@ -78,7 +82,7 @@ def evidence(tmp_path_factory):
     records, captures, exports = [], {}, []
     with Testbed(links) as testbed:
         warm_up_crypto(testbed, "aes-cbc-sha256")
-        experiment = Experiment(testbed, directory / "run", probe_rate=200.0,
+        experiment = Experiment(testbed, directory / "run", probe_rate=50.0,
                                 timers=config.load(None).cxtp_timers(testbed.link_params))
         try:
             # The static tunnel of the first attach, then its SAs (and the ARs' CXTP SAs) exported.
@@ -144,7 +148,8 @@ def test_every_esp_packet_decrypts_with_a_good_icv(evidence):
     for name, capture in captures.items():
         rows = tshark_rows(profile, capture, "esp", "frame.number", "esp.spi", "esp.icv_good", "esp.icv_bad",
                            "esp.protocol")
-        assert len(rows) > 10, f"{name}: only {len(rows)} ESP packets"
+        # the access links carry the probe stream; the AR-AR link only the SCTP association's packets
+        assert len(rows) >= (4 if name == "ar-ar" else 20), f"{name}: only {len(rows)} ESP packets"
         bad = [row for row in rows if row["esp.icv_good"] != "1" or row["esp.icv_bad"] != "0"
                or not row["esp.protocol"]]
         assert bad == [], f"{name}: {len(bad)} of {len(rows)} ESP packets not decrypted with a good ICV: {bad[:5]}"
