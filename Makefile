@@ -9,7 +9,7 @@ RUN ?=
 CMD ?= true
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-pure test-kernel run-scenario report kernel-run probe bench clean
+.PHONY: setup test test-pure test-kernel run-scenario run-scenario-loaded report kernel-run probe bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,8 +26,14 @@ test-pure: setup
 test-kernel: setup
 	$(KERNEL_RUN) $(PY) -m pytest -q tests/kernel $(PYTEST_ARGS)
 
+# The scenario file is checked on the host first: a bad field costs one line, not a guest boot.
 run-scenario: setup
+	$(PY) -m scenarios.config $(SCENARIO)
 	$(KERNEL_RUN) $(PY) -m scenarios.run $(if $(SCENARIO),--scenario $(SCENARIO))
+
+# The main job while every core of the host is kept busy by other processes (stress-ng).
+run-scenario-loaded: setup
+	bash scripts/loaded-run.sh
 
 # Redraw table and plots from a stored run, without rerunning it (no root or kernel needed).
 report:

@@ -31,6 +31,8 @@ from typing import Any, Callable
 # real-time daemon would freeze the guest's single virtual CPU. Only the probe threads are
 # real-time (they sleep between probes), so that probes leave and are stamped on time.
 AGENT_NICE = -10
+#: A control client that does not take its reply within this time is dropped.
+CONTROL_REPLY_TIMEOUT_S = 2.0
 
 
 def raise_agent_priority() -> None:
@@ -95,18 +97,28 @@ class Agent:
         except OSError:
             data = b""
         if not data:
-            self.selector.unregister(connection)
-            self._buffers.pop(connection, None)
-            connection.close()
+            self._drop_client(connection)
             return
         buffer = self._buffers[connection] + data
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             reply = self._dispatch(line)
-            connection.setblocking(True)
-            connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
-            connection.setblocking(False)
+            try:
+                connection.settimeout(CONTROL_REPLY_TIMEOUT_S)
+                connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
+                connection.setblocking(False)
+            except OSError as error:
+                # The client went away (or stopped reading) before its reply: its loss, not ours.
+                # The agent keeps serving everyone else.
+                self.trace("control_client_lost", error=str(error))
+                self._drop_client(connection)
+                return
         self._buffers[connection] = buffer
+
+    def _drop_client(self, connection: socket.socket) -> None:
+        self.selector.unregister(connection)
+        self._buffers.pop(connection, None)
+        connection.close()
 
     def _dispatch(self, line: bytes) -> dict[str, Any]:
         try:

@@ -6,21 +6,29 @@ IPsec context is registered with the node's CXTP registry by :mod:`nodes.ipsec_h
 
 Control commands (JSON lines, see :mod:`nodes.agent`): ``set_mn_key`` (the CXTP key shared with
 an MN, distributed out of band: RFC 4067 §6.3 leaves its establishment open),
-``trigger_predictive`` / ``trigger_reactive`` (network-initiated transfers), ``provision`` and
-``access_policy`` (static state at set-up), ``clear_mn``, ``counters``, ``xfrm_state``.
+``trigger_predictive`` (the pAR's own trigger of a network-initiated transfer), ``provision`` and
+``access_policy`` (static state at set-up), ``configure`` (engine timers from the scenario),
+``clear_mn``, ``counters``, and the fault hooks of the fault tests, ``fault`` and ``install_fault``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
+import json
 import random
 import sys
 import time
 
+from pyroute2 import IPRoute
+
 from cxtp import Config
 from cxtp.engine import TRANSPORT_AR, TRANSPORT_ICMP, AccessRouter
+from cxtp.events import ReleaseDue
+from cxtp.messages import normalize_address
 from cxtp.registry import Registry
-from ipsec import IpsecContext, Xfrm, install_context, remove_context
+from ipsec import IpsecContext, Xfrm, XfrmError, capture_context, install_context, remove_context
 from nodes import ipsec_handler
 from nodes.agent import Agent, main_guard
 from nodes.cxtp_node import CxtpRuntime
@@ -39,17 +47,32 @@ class PeerAddressTransport:
     def __init__(self, inner, peers: dict[str, str]) -> None:
         self.inner = inner
         self.peers = peers
+        self._allowed = {normalize_address(address) for address in (*peers, *peers.values())}
+        self._names = {normalize_address(link): normalize_address(access) for access, link in peers.items()}
+        self._links = {access: link for link, access in self._names.items()}
         self.kind = inner.kind
         self.counters = inner.counters
 
     def send(self, data: bytes, destination: str) -> None:
-        self.inner.send(data, self.peers.get(destination, destination))
+        self.inner.send(data, self._links.get(normalize_address(destination), destination))
 
     def fileno(self) -> int:
         return self.inner.fileno()
 
     def recv(self):
-        return self.inner.recv()
+        """Only configured peers speak CXTP to an AR: anything else is dropped and counted (the
+        kernel already drops CXTP in clear; this also covers a host that has an SA for another
+        purpose)."""
+        received = self.inner.recv()
+        if received is None:
+            return None
+        data, source = received
+        source = normalize_address(source)
+        if source not in self._allowed:
+            self.counters["not_peer"] += 1
+            return None
+        # the engines know a peer AR by one name, the address MNs know it by
+        return data, self._names.get(source, source)
 
     def close(self) -> None:
         self.inner.close()
@@ -57,22 +80,54 @@ class PeerAddressTransport:
 
 class AccessRouterAgent:
     def __init__(self, agent: Agent, address: str, access_interface: str, ar_transport: str, seed: int,
-                 link_address: str = "::", peers: dict[str, str] | None = None) -> None:
+                 link_address: str = "::", peers: dict[str, str] | None = None, state_dir: str | None = None,
+                 config: dict | None = None) -> None:
         self.agent = agent
         self.address = address
+        self.access_interface = access_interface
         self.xfrm = Xfrm()
-        self.handler = ipsec_handler.ArIpsecHandler(self.xfrm, address, agent.trace)
-        self.engine = AccessRouter(address, Registry([self.handler]), Config(), random.Random(seed))
+        self.ipr = IPRoute()
+        self.handler = ipsec_handler.ArIpsecHandler(self.xfrm, address, agent.trace, state_dir)
+        peers = peers or {}
+        self.engine = AccessRouter(address, Registry([self.handler]), Config(**(config or {})), random.Random(seed),
+                                   peers=[*peers, *peers.values()])
         ar_link = (SctpTransport(bind_address=link_address) if ar_transport == "sctp"
                    else TcpTransport(bind_address=link_address))
+        self.ar_link = ar_link
         transports = {TRANSPORT_ICMP: IcmpTransport(interface=access_interface),
-                      TRANSPORT_AR: PeerAddressTransport(ar_link, peers or {})}
-        self.runtime = CxtpRuntime(agent, self.engine, transports)
+                      TRANSPORT_AR: PeerAddressTransport(ar_link, peers)}
+        self.runtime = CxtpRuntime(agent, self.engine, transports, on_event=self._on_event)
+        self._apply_lifetime()
+        # CXTP with other ARs only under ESP, from the first moment (RFC 4067 §6.2)
+        require_esp = ipsec_handler.cxtp_requires_esp()
+        self._remove_policies(require_esp)
+        for policy in require_esp:
+            self.xfrm.add_policy(policy)
         self.static_policies: list = []
-        for name in ("set_mn_key", "trigger_predictive", "trigger_reactive", "provision", "access_policy",
-                     "clear_mn", "counters"):
+        for name in ("set_mn_key", "trigger_predictive", "provision", "access_policy", "clear_mn", "counters",
+                     "configure", "fault", "install_fault"):
             agent.command(name, getattr(self, name))
 
+    # -- events of the engine ------------------------------------------------------------------------
+    def _on_event(self, event) -> None:
+        if isinstance(event, ReleaseDue):
+            # The hold of a transfer that did not complete is over. Its SAs go if the MN has left
+            # this AR's link (its access link has no carrier: the station disassociated); an MN
+            # still attached keeps its protection.
+            if self.mn_attached():
+                self.agent.trace("release_skipped", mn=event.mn_previous_address, reason="MN still attached")
+            else:
+                self.handler.release(event.mn_previous_address)
+
+    def mn_attached(self) -> bool:
+        """The access link's carrier, as an access point knows its stations."""
+        index = self.ipr.link_lookup(ifname=self.access_interface)
+        if not index:
+            return False
+        link = self.ipr.get_links(index[0])[0]
+        return link.get_attr("IFLA_CARRIER") == 1 and link.get_attr("IFLA_OPERSTATE") == "UP"
+
+    # -- control commands ----------------------------------------------------------------------------
     def set_mn_key(self, mn: str, key: str) -> dict:
         self.engine.set_mn_key(mn, bytes.fromhex(key))
         return {}
@@ -82,33 +137,56 @@ class AccessRouterAgent:
         self.runtime.pump()
         return {}
 
-    def trigger_reactive(self, mn: str, par: str) -> dict:
-        self.engine.trigger_reactive(mn, par, time.monotonic())
-        self.runtime.pump()
+    def configure(self, **timers: float) -> dict:
+        """Engine timers derived from the scenario (they depend on the network, not on this code)."""
+        self.engine.config = dataclasses.replace(self.engine.config, **timers)
+        self._apply_lifetime()
+        return {"config": dataclasses.asdict(self.engine.config)}
+
+    def _apply_lifetime(self) -> None:
+        if hasattr(self.ar_link, "set_lifetime"):  # SCTP: PR-SCTP lifetime = the transfer's limit
+            self.ar_link.set_lifetime(int(self.engine.config.ct_max_transfer_time * 1000))
+
+    def fault(self, message: str, action: str, count: int = 1, delay_ms: float = 0.0) -> dict:
+        return self.runtime.inject_fault(message, action, count, delay_ms)
+
+    def install_fault(self, after: int, action: str) -> dict:
+        self.handler.install_fault = ipsec_handler.InstallFault(self.xfrm, after, action)
         return {}
 
     def provision(self, context: str) -> dict:
-        """Install an MN's initial context (the static SAs of the paper's attach)."""
-        installation = install_context(self.xfrm, IpsecContext.decode(bytes.fromhex(context)))
+        """Install a context set up in advance (an MN's static SAs, the AR-AR SAs). Replaces what
+        an earlier run of this agent installed, so that a restarted agent can provision again."""
+        context = IpsecContext.decode(bytes.fromhex(context))
+        remove_context(self.xfrm, context)
+        installation = install_context(self.xfrm, context)
         return {"sas": len(installation.context.sas)}
 
     def access_policy(self, prefix: str, enable: bool) -> dict:
-        if enable and not self.static_policies:
+        self._remove_policies([*self.static_policies, *ipsec_handler.access_policies(prefix)])
+        self.static_policies = []
+        if enable:
             for policy in ipsec_handler.access_policies(prefix):
                 self.xfrm.add_policy(policy)
                 self.static_policies.append(policy)
-        elif not enable:
-            for policy in self.static_policies:
-                self.xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
-            self.static_policies = []
         return {"policies": len(self.static_policies)}
 
-    def clear_mn(self, mn: str) -> dict:
-        """Remove whatever the MN has here (between methods of one run)."""
-        from ipsec import capture_context
+    def _remove_policies(self, policies) -> None:
+        """Idempotent across agent restarts: static policies are removed before they are added."""
+        for policy in policies:
+            try:
+                self.xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
+            except XfrmError as error:
+                if error.errno != errno.ENOENT:
+                    raise
 
+    def clear_mn(self, mn: str) -> dict:
+        """Remove whatever the MN has here, in the kernel and in the engine (between methods, and to
+        bring the testbed back to a clean state after a failed handover)."""
         context = capture_context(self.xfrm, mn)
         remove_context(self.xfrm, context)
+        self.handler.forget(mn)
+        self.engine.forget(mn)
         return {"removed_sas": len(context.sas), "removed_policies": len(context.policies)}
 
     def counters(self) -> dict:
@@ -127,13 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-address", default="::", help="the AR's address for CXTP with other ARs")
     parser.add_argument("--peer", action="append", default=[], metavar="ACCESS=LINK",
                         help="another AR: the address MNs know it by, and its AR-AR link address")
+    parser.add_argument("--state-dir", default=None, help="the install journal (rolled back at start)")
+    parser.add_argument("--config", default="{}", help="JSON object of cxtp.Config fields")
     arguments = parser.parse_args(argv)
     peers = dict(item.split("=", 1) for item in arguments.peer)
 
     def run() -> None:
         agent = Agent(arguments.name, arguments.control, arguments.trace)
         AccessRouterAgent(agent, arguments.address, arguments.access_interface, arguments.ar_transport,
-                          arguments.seed, arguments.link_address, peers)
+                          arguments.seed, arguments.link_address, peers, arguments.state_dir,
+                          json.loads(arguments.config))
         agent.run()
 
     return main_guard(run)

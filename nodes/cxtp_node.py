@@ -13,7 +13,6 @@ import time
 
 from cxtp.errors import CxtpError
 from nodes.agent import Agent
-from nodes.cxtp_transport import flush
 
 MESSAGE_NAMES = {1: "CTAR", 2: "CTAA", 3: "CTD", 4: "PCTD", 5: "CTDR", 6: "CTC", 7: "CT-Req"}
 
@@ -22,12 +21,28 @@ def message_name(data: bytes) -> str:
     return MESSAGE_NAMES.get(data[0] & 0x1F, "?") if data else "?"
 
 
+@dataclasses.dataclass
+class OutgoingFault:
+    """A fault injected on this node's outgoing CXTP (tests and fault scenarios only): drop or hold
+    back the next ``count`` messages of one type, as a lossy or slow network would."""
+
+    message: str
+    action: str  # "drop" or "delay"
+    count: int = 1
+    delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.message not in MESSAGE_NAMES.values() or self.action not in ("drop", "delay"):
+            raise ValueError(f"bad fault: {self}")
+
+
 class CxtpRuntime:
     def __init__(self, agent: Agent, engine, transports: dict[str, object], on_event=None) -> None:
         self.agent = agent
         self.engine = engine
         self.transports = transports
         self.on_event = on_event
+        self.faults: list[OutgoingFault] = []
         self._armed_deadline: float | None = None
         for transport in transports.values():
             agent.add_reader(transport, lambda transport=transport: self._readable(transport))
@@ -48,16 +63,33 @@ class CxtpRuntime:
         self.engine.receive(data, source, transport.kind, time.monotonic())
         self.pump()
 
+    def _fault_for(self, name: str) -> OutgoingFault | None:
+        for fault in self.faults:
+            if fault.message == name and fault.count > 0:
+                fault.count -= 1
+                return fault
+        return None
+
+    def _send(self, datagram) -> None:
+        name = message_name(datagram.data)
+        try:
+            self.transports[datagram.transport].send(datagram.data, datagram.destination)
+            self.agent.trace("cxtp_sent", type=name, bytes=len(datagram.data), link=datagram.transport,
+                             destination=datagram.destination)
+        except OSError as error:
+            self.agent.trace("cxtp_send_failed", type=name, link=datagram.transport,
+                             destination=datagram.destination, error=str(error))
+
     def pump(self) -> None:
         """Send what the engine queued, report its events, arm its next timer."""
         for datagram in list(self.engine.datagrams_to_send()):
-            try:
-                self.transports[datagram.transport].send(datagram.data, datagram.destination)
-                self.agent.trace("cxtp_sent", type=message_name(datagram.data), bytes=len(datagram.data),
-                                 link=datagram.transport, destination=datagram.destination)
-            except OSError as error:
-                self.agent.trace("cxtp_send_failed", type=message_name(datagram.data), link=datagram.transport,
-                                 destination=datagram.destination, error=str(error))
+            fault = self._fault_for(message_name(datagram.data)) if self.faults else None
+            if fault is None:
+                self._send(datagram)
+                continue
+            self.agent.trace("cxtp_fault", type=fault.message, action=fault.action, delay_ms=fault.delay_ms)
+            if fault.action == "delay":
+                self.agent.call_at(time.monotonic() + fault.delay_ms / 1000, lambda d=datagram: self._send(d))
         while (event := self.engine.next_event()) is not None:
             fields = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else {"repr": repr(event)}
             self.agent.trace("cxtp_" + type(event).__name__, **fields)
@@ -76,5 +108,10 @@ class CxtpRuntime:
             self.agent.trace("cxtp_timer_error", error=str(error))
         self.pump()
 
+    def inject_fault(self, message: str, action: str, count: int = 1, delay_ms: float = 0.0) -> dict:
+        """Control command ``fault``: see :class:`OutgoingFault`."""
+        self.faults.append(OutgoingFault(message, action, int(count), float(delay_ms)))
+        return {"faults": len(self.faults)}
 
-__all__ = ["CxtpRuntime", "message_name", "flush"]
+
+__all__ = ["CxtpRuntime", "OutgoingFault", "message_name"]

@@ -139,20 +139,25 @@ class SctpTransport:
         self.port = port
         sock = _make_socket(namespace, family, socket.SOCK_SEQPACKET, IPPROTO_SCTP)
         sock.setsockopt(SOL_SCTP, SCTP_NODELAY, 1)  # no bundling delay (§3.1)
-        # default send parameters for future associations: U bit, PPID, PR-SCTP lifetime (§3.1)
-        flags = SCTP_UNORDERED if unordered else 0
-        sock.setsockopt(SOL_SCTP, SCTP_DEFAULT_SEND_PARAM,
-                        _SCTP_SNDRCVINFO.pack(0, 0, flags, socket.htonl(ppid), 0, lifetime_ms, 0, 0, 0))
+        self.sock = sock
+        self._flags, self._ppid = (SCTP_UNORDERED if unordered else 0), ppid
+        self.set_lifetime(lifetime_ms)
         sock.bind((bind_address, port))
         sock.listen(16)
-        self.sock = sock
+
+    def set_lifetime(self, lifetime_ms: int) -> None:
+        """Default send parameters: U bit, PPID, and the PR-SCTP lifetime (§3.1), which is the
+        transfer's own time limit: a message older than that is of no use to the peer."""
+        self.sock.setsockopt(SOL_SCTP, SCTP_DEFAULT_SEND_PARAM, _SCTP_SNDRCVINFO.pack(
+            0, 0, self._flags, socket.htonl(self._ppid), 0, int(lifetime_ms), 0, 0, 0))
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def send(self, data: bytes, destination: str) -> None:
-        """One CXTP message = one SCTP user message; the association is set up on first use."""
-        self.sock.sendto(data, (destination, self.port))
+        """One CXTP message = one SCTP user message; the association is set up on first use.
+        Never blocks the agent: a peer that does not answer costs a failed send, not a stall."""
+        self.sock.sendto(data, socket.MSG_DONTWAIT, (destination, self.port))
         self.counters["sent"] += 1
 
     def recv(self) -> tuple[bytes, str] | None:

@@ -25,8 +25,10 @@ AR, inner MN <-> HA).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import signal
 
 from ipsec import (
     IPSEC_CONTEXT_FPT,
@@ -46,6 +48,7 @@ from ipsec import (
     install_context,
     remove_context,
     rewrite_for_nar,
+    same_address,
 )
 from ipsec.xfrm_messages import (
     XFRM_MODE_TRANSPORT,
@@ -79,6 +82,24 @@ PROFILES = {
 }
 
 
+def warm_up_crypto(xfrm, profiles=tuple(PROFILES)) -> dict[str, bool]:
+    """Add and delete one SA per algorithm profile: in a fresh UML kernel the first SA of an
+    algorithm takes seconds (crypto template set-up), which nothing measured may pay. Returns,
+    per profile, whether the kernel took it (DES may be missing from a kernel)."""
+    taken = {}
+    for spi, profile in enumerate(profiles, start=0x7E57):
+        sa = SecurityAssociation(daddr="2001:db8:ff::2", saddr="2001:db8:ff::1", spi=spi,
+                                 algorithms=PROFILES[profile]())
+        try:
+            xfrm.add_sa(sa)
+        except XfrmError:
+            taken[profile] = False
+            continue
+        xfrm.delete_sa(sa.daddr, sa.spi)
+        taken[profile] = True
+    return taken
+
+
 def ar_ar_contexts(ar_a: str, ar_b: str, profile: str, spi_a_to_b: int = 0x5091A,
                    spi_b_to_a: int = 0x5091B) -> tuple[IpsecContext, IpsecContext]:
     """ESP in transport mode between two ARs for CXTP over SCTP and TCP (RFC 4067 §6.2: ARs MUST
@@ -103,16 +124,36 @@ def ar_ar_contexts(ar_a: str, ar_b: str, profile: str, spi_a_to_b: int = 0x5091A
             IpsecContext(sas=(a_to_b, b_to_a), policies=policies(ar_b, ar_a)))
 
 
-def mn_bypass_policies() -> tuple[SecurityPolicy, ...]:
+def cxtp_requires_esp(port: int = 5091) -> tuple[SecurityPolicy, ...]:
+    """CXTP between ARs only under ESP, whoever the peer (RFC 4067 §6.2): SCTP and TCP to or from
+    the CXTP port, in and out, any address, need an ESP transport SA. The kernel then drops CXTP
+    in clear from any host that is not a configured peer AR (it has no SA with us), and never
+    sends CXTP in clear to one (no SA: nothing leaves). The per-peer policies of
+    :func:`ar_ar_contexts` take precedence for the peers themselves."""
+    transport = (Template(daddr="::", saddr="::", mode=XFRM_MODE_TRANSPORT),)
+    policies = []
+    for proto in (IPPROTO_SCTP, IPPROTO_TCP):
+        for side in ("sport", "dport"):
+            selector = Selector(proto=proto, **{side: port, f"{side}_mask": 0xFFFF})
+            for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT):
+                policies.append(SecurityPolicy(selector=selector, dir=direction, templates=transport,
+                                               priority=PRIORITY_TUNNEL + 1))
+    return tuple(policies)
+
+
+def mn_bypass_policies(ha: str | None = None) -> tuple[SecurityPolicy, ...]:
     """The MN's signalling stays outside the tunnel (paper §VI-A: MIPv6 signalling is not protected
     by it, and the CTAR must not be): ICMPv6 and the Mobility Header, both directions, any address,
-    so that they are no part of the context that moves."""
-    return tuple(SecurityPolicy(selector=Selector(proto=proto), dir=direction, priority=PRIORITY_BYPASS)
-                 for proto in (IPPROTO_ICMPV6, IPPROTO_MH) for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT))
-
-
-def _same(a: str, b: str) -> bool:
-    return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    so that they are no part of the context that moves. With ``ha``, everything else the MN sends
+    to the HA is blocked unless a tunnel policy (higher priority) takes it: the protected flow never
+    leaves the MN in clear, also between an attach and the moment its SAs serve the new address."""
+    bypass = tuple(SecurityPolicy(selector=Selector(proto=proto), dir=direction, priority=PRIORITY_BYPASS)
+                   for proto in (IPPROTO_ICMPV6, IPPROTO_MH) for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT))
+    if ha is None:
+        return bypass
+    guard = SecurityPolicy(selector=Selector(daddr=ha, prefixlen_d=128), dir=XFRM_POLICY_OUT,
+                           action=XFRM_POLICY_BLOCK, priority=PRIORITY_BLOCK)
+    return (*bypass, guard)
 
 
 def initial_contexts(mn: str, ar: str, ha: str, profile: str, spi_mn_in: int, spi_mn_out: int,
@@ -170,17 +211,95 @@ def access_policies(access_prefix: str) -> tuple[SecurityPolicy, ...]:
     return tuple(policies)
 
 
+class InstallFault:
+    """A fault injected into the nAR's next install (fault tests only): after ``after`` kernel
+    writes, either the kernel "refuses" the next one (``fail``) or the agent dies on the spot
+    (``die``, SIGKILL: no rollback runs in the process), as a crash would."""
+
+    def __init__(self, xfrm, after: int, action: str) -> None:
+        if action not in ("fail", "die"):
+            raise ValueError(f"install fault action must be fail or die, got {action!r}")
+        self._xfrm, self.after, self.action = xfrm, after, action
+
+    def __getattr__(self, name):
+        attribute = getattr(self._xfrm, name)
+        if name not in ("add_sa", "update_sa", "add_policy", "allocate_spi"):
+            return attribute
+
+        def write(*args, **kwargs):
+            if self.after <= 0:
+                if self.action == "die":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise XfrmError(errno.ENOSPC, f"injected fault in {name}")
+            self.after -= 1
+            return attribute(*args, **kwargs)
+
+        return write
+
+
+class InstallJournal:
+    """What the nAR is about to write into the kernel for an MN, on disk until the write is done.
+
+    Rollback cannot live only in the process that writes: if the agent dies half way, the next
+    agent start reads the journal and removes what the dead one may have left, and nothing else:
+    only what names the journalled MN address. (A process crash, not a machine crash: no fsync.)"""
+
+    def __init__(self, directory: str | None) -> None:
+        self.directory = directory
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+
+    def _path(self, mn_address: str) -> str:
+        return os.path.join(self.directory, "install-" + ipaddress.ip_address(mn_address).exploded.replace(":", "") + ".ctx")
+
+    def begin(self, mn_address: str, context: IpsecContext) -> None:
+        if self.directory:
+            path = self._path(mn_address)
+            with open(path + ".tmp", "wb") as handle:
+                handle.write(ipaddress.ip_address(mn_address).compressed.encode() + b"\n" + context.encode().hex().encode())
+            os.replace(path + ".tmp", path)
+
+    def end(self, mn_address: str) -> None:
+        if self.directory:
+            try:
+                os.unlink(self._path(mn_address))
+            except FileNotFoundError:
+                pass
+
+    def recover(self, xfrm) -> list[str]:
+        """Remove what unfinished installs left: everything of the journalled MN address on this
+        node (an SPI from ALLOCSPI is not in the journal, but its SA names the MN too)."""
+        handled = []
+        if not self.directory:
+            return handled
+        for name in sorted(os.listdir(self.directory)):
+            if not (name.startswith("install-") and name.endswith(".ctx")):
+                continue
+            path = os.path.join(self.directory, name)
+            with open(path, "rb") as handle:
+                mn_address = handle.readline().decode().strip()
+            remove_context(xfrm, capture_context(xfrm, mn_address))
+            os.unlink(path)
+            handled.append(mn_address)
+        return handled
+
+
 class ArIpsecHandler:
     """ContextHandler of the IPsec context on an access router (pAR and nAR roles)."""
 
     fpt = IPSEC_CONTEXT_FPT
 
-    def __init__(self, xfrm, own_address: str, trace=lambda *a, **k: None) -> None:
+    def __init__(self, xfrm, own_address: str, trace=lambda *a, **k: None, state_dir: str | None = None) -> None:
         self.xfrm = xfrm
         self.own_address = own_address
         self.trace = trace
         self.inactive: dict[str, IpsecContext] = {}
         self.collected: dict[str, IpsecContext] = {}
+        self.journal = InstallJournal(state_dir)
+        self.install_fault: InstallFault | None = None
+        recovered = self.journal.recover(xfrm)
+        if recovered:
+            self.trace("ipsec_journal_recovered", mns=recovered)
 
     def collect(self, mn_address: str) -> bytes | None:
         context = capture_context(self.xfrm, mn_address)
@@ -203,13 +322,24 @@ class ArIpsecHandler:
         if context is None or not transfer.mn_new_address:
             return STATUS_NO_CONTEXT, b""
         # The pAR's tunnel end point is the source of the SA that carried traffic to the MN.
-        par = next((sa.saddr for sa in context.sas if _same(sa.daddr, mn_address)), transfer.par_address)
+        par = next((sa.saddr for sa in context.sas if same_address(sa.daddr, mn_address)), transfer.par_address)
         rewritten = rewrite_for_nar(context, mn_address, transfer.mn_new_address, par, self.own_address)
+        # Whatever this node still holds under the MN's new address is a leftover of the same MN
+        # (an earlier visit that never got released): the transfer replaces it.
+        leftover = capture_context(self.xfrm, transfer.mn_new_address)
+        if leftover.sas or leftover.policies:
+            remove_context(self.xfrm, leftover)
+            self.trace("ipsec_leftover_replaced", mn=transfer.mn_new_address, sas=len(leftover.sas),
+                       policies=len(leftover.policies))
+        xfrm, self.install_fault = (self.install_fault or self.xfrm), None
+        self.journal.begin(transfer.mn_new_address, rewritten)
         try:
-            installation = install_context(self.xfrm, rewritten)
+            installation = install_context(xfrm, rewritten)
         except XfrmError as error:
             self.trace("ipsec_install_failed", mn=mn_address, error=str(error))
             return STATUS_INSTALL_FAILED, b""
+        finally:
+            self.journal.end(transfer.mn_new_address)
         changes = installation.spi_changes
         self.trace("ipsec_activated", mn=mn_address, new=transfer.mn_new_address, par=par,
                    spi_changes=[(c.old_spi, c.new_spi) for c in changes])
@@ -219,9 +349,16 @@ class ArIpsecHandler:
         self.inactive.pop(mn_address, None)
 
     def release(self, mn_address: str) -> None:
-        context = self.collected.pop(mn_address, None) or capture_context(self.xfrm, mn_address)
+        self.collected.pop(mn_address, None)
+        # What the kernel holds now, not what was collected: nothing of the MN may stay behind.
+        context = capture_context(self.xfrm, mn_address)
         remove_context(self.xfrm, context)
-        self.trace("ipsec_released", mn=mn_address)
+        self.trace("ipsec_released", mn=mn_address, sas=len(context.sas), policies=len(context.policies))
+
+    def forget(self, mn_address: str) -> None:
+        """Drop the handler's own memory of an MN (its kernel state is the caller's business)."""
+        self.inactive.pop(mn_address, None)
+        self.collected.pop(mn_address, None)
 
     def acknowledged(self, mn_address: str, status: int, data: bytes) -> None:
         pass  # only the MN acts on a CTAA

@@ -7,6 +7,8 @@ new AR: the L2 trigger) the MN, depending on the method:
 * sends the CTAR to the nAR (RFC 4067 §2.5.1: always, also after a predictive transfer);
 * sends a Binding Update to the HA, retransmitted from 1 s on until the Binding Ack arrives.
 
+``retry_reactive`` is the fall-back the runner asks for after a failed transfer.
+
 ``predictive`` sends the CTAR to the pAR before the move (mobile-initiated predictive).
 """
 
@@ -19,6 +21,7 @@ import time
 
 from cxtp import Config
 from cxtp.engine import TRANSPORT_ICMP, MobileNode
+from cxtp.events import TransferCompleted, TransferFailed
 from cxtp.messages import normalize_address
 from cxtp.registry import Registry
 from ipsec import IpsecContext, Xfrm, capture_context, install_context, remove_context
@@ -39,15 +42,26 @@ class MobileNodeAgent:
         self.handler = ipsec_handler.MnIpsecHandler(self.xfrm, agent.trace)
         self.registry = Registry([self.handler])
         self.engine = MobileNode(address, self.registry, Config(), random.Random(seed + 1))
-        self.runtime = CxtpRuntime(agent, self.engine, {TRANSPORT_ICMP: IcmpTransport()})
+        self.runtime = CxtpRuntime(agent, self.engine, {TRANSPORT_ICMP: IcmpTransport()}, on_event=self._on_event)
+        # The last CXTP transaction's end, for the runner: it decides on the fall-back.
+        self.transactions = 0
+        self.outcome: dict | None = None
         self.mh = mobility.mobility_socket()
         agent.add_reader(self.mh, self._mh_readable)
         self.bu_sequence = self.rng.randrange(1 << 16)
         self.bu_pending: tuple[int, float] | None = None  # (sequence, current timeout)
         self.bypass: list = []
         self.mh_decode_errors = 0
-        for name in ("set_key", "predictive", "attached", "provision", "clear", "signalling_bypass", "status"):
+        for name in ("set_key", "predictive", "attached", "retry_reactive", "provision", "clear",
+                     "fresh_attach", "signalling_bypass", "status"):
             agent.command(name, getattr(self, name))
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, (TransferCompleted, TransferFailed)):
+            self.outcome = {"transaction": self.transactions, "t_ns": time.monotonic_ns(),
+                            "result": "completed" if isinstance(event, TransferCompleted) else "failed",
+                            "reason": getattr(event, "reason", ""),
+                            "statuses": [(entry.fpt, entry.status) for entry in event.statuses]}
 
     # -- commands ----------------------------------------------------------------------------------
     def set_key(self, key: str) -> dict:
@@ -63,6 +77,7 @@ class MobileNodeAgent:
         previous = self.address
         self.agent.trace("attached", nar=nar, par=par, previous=previous, new=new_address)
         if cxtp:
+            self.transactions += 1
             self.engine.attached(nar, par, time.monotonic(), new_address=new_address)
             self.runtime.pump()  # the CTAR leaves first: it is on the critical path
         # The engine names the MN by its previous address; from now on that is the new one
@@ -75,21 +90,50 @@ class MobileNodeAgent:
         self._send_bu(first=True)
         return {}
 
+    def retry_reactive(self, par: str, nar: str, previous: str) -> dict:
+        """The fall-back after a failed transfer: a new reactive transaction (with the fresh key the
+        runner gave) for the context the pAR still holds under the MN's previous address. The MN's
+        own SAs already serve its new address."""
+        self.transactions += 1
+        self.engine.address = normalize_address(previous)
+        self.engine.attached(nar, par, time.monotonic(), new_address=self.address)
+        self.runtime.pump()
+        return {"transaction": self.transactions}
+
     def provision(self, context: str) -> dict:
         """The initial attach's SAs and policies (static SAs, paper §VI-A)."""
         installation = install_context(self.xfrm, IpsecContext.decode(bytes.fromhex(context)))
         self.handler.current_ar = None
         return {"sas": len(installation.context.sas)}
 
-    def clear(self) -> dict:
-        context = capture_context(self.xfrm, self.address)
-        remove_context(self.xfrm, context)
-        return {"removed_sas": len(context.sas)}
+    def clear(self, addresses: list[str] | None = None) -> dict:
+        """Remove the MN's SAs and policies under each of ``addresses`` (its current one by default)
+        and end any CXTP transaction: a clean slate between methods, or after a failed handover."""
+        removed = 0
+        for address in addresses or [self.address]:
+            context = capture_context(self.xfrm, address)
+            remove_context(self.xfrm, context)
+            removed += len(context.sas)
+        if self.engine.in_progress:
+            self.engine.cancel(time.monotonic())
+            self.runtime.pump()
+        return {"removed_sas": removed}
+
+    def fresh_attach(self, address: str) -> dict:
+        """After a failed handover: the MN is where the link layer put it, with nothing of its old
+        state; it takes ``address`` and tells the HA (the security state comes from the runner)."""
+        self.address = address
+        self.engine.address = normalize_address(address)
+        self.handler.current_ar = None
+        self._send_bu(first=True)
+        return {}
 
     def signalling_bypass(self, enable: bool) -> dict:
-        """ICMPv6 and Mobile IPv6 signalling outside any tunnel (whatever installs the tunnel)."""
+        """ICMPv6 and Mobile IPv6 signalling outside any tunnel (whatever installs the tunnel), and
+        nothing else to the HA in clear: between the attach and the moment its SAs serve the new
+        address, the protected flow is blocked on the MN instead of leaving it unencrypted."""
         if enable and not self.bypass:
-            self.bypass = list(ipsec_handler.mn_bypass_policies())
+            self.bypass = list(ipsec_handler.mn_bypass_policies(self.ha))
             for policy in self.bypass:
                 self.xfrm.add_policy(policy)
         elif not enable:
@@ -101,6 +145,7 @@ class MobileNodeAgent:
     def status(self) -> dict:
         return {"address": self.address, "bu_pending": self.bu_pending is not None,
                 "engine": dict(self.engine.counters), "cxtp_in_progress": self.engine.in_progress,
+                "transactions": self.transactions, "outcome": self.outcome,
                 "mh_decode_errors": self.mh_decode_errors,
                 "idle": self.bu_pending is None and not self.engine.in_progress}
 

@@ -60,11 +60,14 @@ class ProbeAgent:
         self.sock.bind((bind_address, port))
         self.sock.settimeout(0.2)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        # the interface each probe came in on: which path delivered it (the old AR's or the new's)
+        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         self.realtime_offset_ns = time.time_ns() - time.monotonic_ns()
         self.stopping = threading.Event()
         # Columns of the traces, kept as compact arrays: 1000 probes/s for minutes is fine.
         self.sent_seq, self.sent_ns, self.sent_ok = array("I"), array("Q"), array("B")
         self.recv_seq, self.recv_tx_ns, self.recv_rx_ns = array("I"), array("Q"), array("Q")
+        self.recv_ifindex = array("I")
         self.peer_changes: list[tuple[int, str]] = []
         self.decode_errors = 0
 
@@ -98,12 +101,13 @@ class ProbeAgent:
         raise_priority()
         while not self.stopping.is_set():
             try:
-                data, ancillary, _flags, source = self.sock.recvmsg(2048, socket.CMSG_SPACE(16))
+                data, ancillary, _flags, source = self.sock.recvmsg(2048, socket.CMSG_SPACE(16)
+                                                                    + socket.CMSG_SPACE(20))
             except socket.timeout:
                 continue
             except OSError:
                 continue
-            arrival = self._arrival(ancillary)
+            arrival, ifindex = self._arrival(ancillary)
             if len(data) < HEADER.size or data[:4] != MAGIC:
                 self.decode_errors += 1
                 continue
@@ -111,22 +115,27 @@ class ProbeAgent:
             self.recv_seq.append(sequence)
             self.recv_tx_ns.append(sent)
             self.recv_rx_ns.append(arrival)
+            self.recv_ifindex.append(ifindex)
             if self.learn_peer and source[0] != self.peer:
                 self.peer = source[0]
                 self.peer_changes.append((arrival, source[0]))
 
-    def _arrival(self, ancillary) -> int:
-        """The kernel's receive time of the packet, on the monotonic clock.
+    def _arrival(self, ancillary) -> tuple[int, int]:
+        """The kernel's receive time of the packet, on the monotonic clock, and its interface.
 
         SO_TIMESTAMPNS stamps packets as they arrive (CLOCK_REALTIME), so a receive thread that
         the guest schedules late does not shift the figures; the realtime-monotonic offset was
-        taken at start (nothing steps the guest's clock during a run).
+        taken at start (nothing steps the guest's clock during a run). IPV6_PKTINFO names the
+        interface the packet came in on (in6_pktinfo: 16-octet address, then the index).
         """
+        arrival, ifindex = None, 0
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(value) >= 16:
                 seconds, nanoseconds = struct.unpack("@qq", value[:16])
-                return seconds * 1_000_000_000 + nanoseconds - self.realtime_offset_ns
-        return time.monotonic_ns()
+                arrival = seconds * 1_000_000_000 + nanoseconds - self.realtime_offset_ns
+            elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(value) >= 20:
+                ifindex = struct.unpack("@I", value[16:20])[0]
+        return (time.monotonic_ns() if arrival is None else arrival), ifindex
 
     def start(self) -> None:
         """Start the sender and receiver threads (for embedding in another agent's process)."""
@@ -151,7 +160,8 @@ class ProbeAgent:
             "role": self.role, "port": self.port, "interval_ns": self.interval_ns,
             "sent": {"seq": self.sent_seq.tolist(), "ns": self.sent_ns.tolist(), "ok": self.sent_ok.tolist()},
             "received": {"seq": self.recv_seq.tolist(), "tx_ns": self.recv_tx_ns.tolist(),
-                         "rx_ns": self.recv_rx_ns.tolist()},
+                         "rx_ns": self.recv_rx_ns.tolist(), "ifindex": self.recv_ifindex.tolist()},
+            "interfaces": {str(index): name for index, name in socket.if_nameindex()},
             "peer_changes": self.peer_changes, "decode_errors": self.decode_errors,
         }
         temporary = path + ".tmp"

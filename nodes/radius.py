@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 from nodes.agent import AGENT_NICE
+from nodes.daemon import Daemon, DaemonError
 
 FREERADIUS = "/usr/sbin/freeradius"
 RADIUS_AUTH_PORT = 1812
@@ -31,7 +29,7 @@ RADIUS_AUTH_PORT = 1812
 EAP_TYPES = {"eap-md5": ("MD5", "md5"), "eap-mschapv2": ("MSCHAPv2", "mschapv2")}
 
 
-class RadiusError(RuntimeError):
+class RadiusError(DaemonError):
     """FreeRADIUS could not be configured, started or stopped."""
 
 
@@ -181,78 +179,66 @@ def render_users(config: RadiusConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_config(config: RadiusConfig, directory: Path) -> dict[Path, str]:
+    """The private configuration under ``directory``, as files: path -> text."""
+    confdir, logdir, rundir = directory / "raddb", directory / "log", directory / "run"
+    files = {confdir / "radiusd.conf": render_radiusd_conf(config, confdir, logdir, rundir),
+             # The dictionary: the system's, unchanged.
+             confdir / "dictionary": "$INCLUDE /usr/share/freeradius/dictionary\n",
+             confdir / "users": render_users(config)}
+    for name in ("acct_users", "preproxy_users"):
+        files[confdir / name] = ""
+    return files
+
+
 def write_config(config: RadiusConfig, directory: Path) -> Path:
     """Write the private configuration under ``directory``; return the config dir (for ``-d``)."""
-    confdir, logdir, rundir = directory / "raddb", directory / "log", directory / "run"
-    for path in (confdir, logdir, rundir, confdir / "mods-config"):
+    for path, text in render_config(config, directory).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for path in (directory / "log", directory / "run", directory / "raddb" / "mods-config"):
         path.mkdir(parents=True, exist_ok=True)
-    (confdir / "radiusd.conf").write_text(render_radiusd_conf(config, confdir, logdir, rundir))
-    # The dictionary: the system's, unchanged.
-    (confdir / "dictionary").write_text("$INCLUDE /usr/share/freeradius/dictionary\n")
-    (confdir / "users").write_text(render_users(config))
-    for name in ("acct_users", "preproxy_users"):
-        (confdir / name).write_text("")
-    os.chmod(confdir / "users", 0o640)
-    return confdir
+    os.chmod(directory / "raddb" / "users", 0o640)
+    return directory / "raddb"
 
 
-class FreeRadius:
+class FreeRadius(Daemon):
     """FreeRADIUS running in one Mininet host; started and stopped by its recorded PID."""
 
+    name = "freeradius"
     READY_LINE = "Ready to process requests"
 
     def __init__(self, host, config: RadiusConfig, directory: Path):
-        self.host = host
+        super().__init__(host, directory)
         self.config = config
-        self.directory = directory
-        self.process: subprocess.Popen | None = None
-        self.log_path = directory / "log" / "radius.log"
-        self.output_path = directory / "freeradius.out"
+        self.confdir = self.directory / "raddb"
+        self.log_path = self.directory / "log" / "radius.log"
 
-    def start(self, timeout: float = 30.0) -> None:
-        confdir = write_config(self.config, self.directory)
+    def config_files(self) -> dict[Path, str]:
+        return render_config(self.config, self.directory)
+
+    def prepare(self) -> None:
+        for path in (self.directory / "log", self.directory / "run", self.confdir / "mods-config"):
+            path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.confdir / "users", 0o640)
         if self.log_path.exists():
             self.log_path.unlink()
-        with open(self.output_path, "wb") as output:
-            # -f: foreground (we own the process), -d: our configuration, -n: radiusd.conf.
-            self.process = self.host.popen(["nice", "-n", str(AGENT_NICE), FREERADIUS, "-f", "-d", str(confdir),
-                                            "-n", "radiusd"],
-                                           stdin=subprocess.DEVNULL, stdout=output,
-                                           stderr=subprocess.STDOUT)
-        self.wait_ready(timeout)
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RadiusError(f"freeradius exited with {self.process.returncode} at start: "
-                                  f"{self.tail(self.output_path)}")
-            if self.log_path.exists() and self.READY_LINE in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.05)
-        raise RadiusError(f"freeradius not ready after {timeout} s: {self.tail(self.output_path)}")
+    def command(self) -> list[str]:
+        # -f: foreground (we own the process), -d: our configuration, -n: radiusd.conf.
+        return ["nice", "-n", str(AGENT_NICE), FREERADIUS, "-f", "-d", str(self.confdir), "-n", "radiusd"]
 
-    @staticmethod
-    def tail(path: Path, lines: int = 15) -> str:
+    def ready(self) -> bool:
+        return self.READY_LINE in self.log_text()
+
+    def start(self, timeout: float = 30.0) -> None:
         try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no output)"
+            super().start(timeout)
+        except DaemonError as error:
+            raise RadiusError(str(error)) from None
 
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        # The Popen's pid is mnexec's, which exec()s into freeradius: the same process.
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout)

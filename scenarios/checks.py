@@ -82,3 +82,16 @@ def check_tables(mn_context: IpsecContext, nar_context: IpsecContext, par_contex
         problems.append(f"pAR still holds {len(par_context.sas)} SAs and {len(par_context.policies)} "
                         f"policies of the MN's previous address")
     return problems
+
+
+def describe(context: IpsecContext) -> list[str]:
+    """One line per SA and policy, as ``ip xfrm`` would name them, for a failure's record."""
+    lines = [f"sa {_a(sa.saddr)} -> {_a(sa.daddr)} spi {sa.spi:#x}" for sa in context.sas]
+    for policy in context.policies:
+        selector = policy.selector
+        line = (f"policy {DIRECTION_NAMES.get(policy.dir, policy.dir)} {_a(selector.saddr)}/{selector.prefixlen_s} -> "
+                f"{_a(selector.daddr)}/{selector.prefixlen_d} proto {selector.proto} priority {policy.priority}")
+        if policy.templates:
+            line += " tmpl " + ", ".join(f"{_a(t.saddr)} -> {_a(t.daddr)}" for t in policy.templates)
+        lines.append(line)
+    return lines

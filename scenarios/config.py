@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
+import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from nodes import ipsec_handler
+from scenarios import methods as method_registry
 from topo import plan
 from topo.network import LinkParams
 
-METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", "cxtp-reactive-ike", "reauth-eap",
-           "reauth-eap-md5", "reauth-psk")
-DEFAULT_METHODS = ("none", "cxtp-predictive", "cxtp-reactive", "cxtp-network", "reauth-eap", "reauth-psk")
-PROFILES = ("aes-cbc-sha256", "aes-gcm", "des-cbc")
+PROFILES = tuple(ipsec_handler.PROFILES)
 AR_TRANSPORTS = ("sctp", "tcp")
 SWEEPABLE = tuple(f"links.{link_class}.{field}" for link_class in plan.LINK_CLASSES
                   for field in ("delay_ms", "jitter_ms", "loss_percent", "rate_mbit")) + ("l2_delay_ms",)
@@ -27,7 +29,7 @@ SWEEPABLE = tuple(f"links.{link_class}.{field}" for link_class in plan.LINK_CLAS
 DEFAULTS: dict[str, Any] = {
     "name": "default",
     "seed": 1,
-    "methods": list(DEFAULT_METHODS),
+    "methods": list(method_registry.default_names()),
     "handovers": 20,
     "warmup_handovers": 2,
     "l2_delay_ms": 50.0,
@@ -36,8 +38,13 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ms": 500.0,
     "profile": "aes-cbc-sha256",
     "ar_transport": "sctp",
-    "sweep": {"parameter": "links.ar_aaa.delay_ms", "values": [0.0, 10.0, 20.0, 50.0], "methods": ["reauth-eap"]},
+    "sweep": {"parameter": "links.ar_aaa.delay_ms", "values": [0.0, 10.0, 20.0, 50.0],
+              "methods": [name for name in method_registry.default_names()
+                          if method_registry.get(name).sweeps == plan.AR_AAA]},
     "probe": {"rate": 1000.0, "size": 64},
+    # CXTP timers (ms); 0 derives them from the scenario's network (see Scenario.cxtp_timers)
+    "cxtp": {"transfer_time_ms": 0.0, "handover_time_ms": 0.0, "release_hold_ms": 0.0,
+             "processing_allowance_ms": 1000.0},
     "links": {
         plan.ACCESS: {"delay_ms": 2.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
         plan.AR_AR: {"delay_ms": 5.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
@@ -45,6 +52,14 @@ DEFAULTS: dict[str, Any] = {
         plan.AR_AAA: {"delay_ms": 10.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
     },
 }
+
+
+#: a name is a directory under results/: no path separators, no hidden or parent directories
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: the largest probe payload whose ESP tunnel packet fits a 1500-octet MTU with every profile
+#: (outer IPv6 40 + ESP 8 + IV 16 + inner IPv6 40 + UDP 8 + payload, padded to 16, + ICV 16)
+MAX_PROBE_SIZE = 1370
+MAX_HANDOVERS = 10_000
 
 
 class ScenarioError(ValueError):
@@ -71,6 +86,29 @@ class Scenario:
     probe_size: int
     links: dict[str, LinkParams]
     source: str  # the file it came from, or "built-in defaults"
+    cxtp: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULTS["cxtp"]))
+
+    def cxtp_timers(self, links: Mapping[str, LinkParams], l2_delay_ms: float | None = None) -> dict[str, float]:
+        """The ARs' CXTP timers (seconds, as ``cxtp.Config`` takes them), set in ``[cxtp]`` or derived
+        from the network, so that no timer is tuned to one machine:
+
+        * transfer (CT_MAX_TRANSFER_TIME, a reactive transfer at the pAR and the nAR's wait for the
+          context): a CT-Req/CTD round trip over the AR-AR link plus an SCTP association set-up
+          (six one-way delays, jitter included), plus the processing allowance;
+        * handover (CT_MAX_HANDOVER_TIME, how long a predictive transfer is held): the anticipation,
+          the L2 delay, an access round trip, a transfer, and the allowance again;
+        * release hold (how long the pAR keeps a failed transfer's state before releasing it, and
+          how long a late CTDR still releases it): one handover time.
+        """
+        ar_ar, access = links[plan.AR_AR], links[plan.ACCESS]
+        allowance = self.cxtp["processing_allowance_ms"]
+        l2 = self.l2_delay_ms if l2_delay_ms is None else l2_delay_ms
+        transfer = self.cxtp["transfer_time_ms"] or 6 * (ar_ar.delay_ms + ar_ar.jitter_ms) + allowance
+        handover = self.cxtp["handover_time_ms"] or (
+            self.anticipation_ms + l2 + 2 * (access.delay_ms + access.jitter_ms) + transfer + allowance)
+        hold = self.cxtp["release_hold_ms"] or handover
+        return {"ct_max_transfer_time": transfer / 1000, "ct_max_handover_time": handover / 1000,
+                "release_hold": hold / 1000, "late_ctdr_grace": hold / 1000}
 
     def schedule(self) -> list[tuple[float | None, str]]:
         """(swept value or None, method) blocks in run order: methods outside the sweep run once
@@ -92,6 +130,7 @@ class Scenario:
                       "methods": list(self.sweep_methods)},
             "probe": {"rate": self.probe_rate, "size": self.probe_size},
             "links": {name: dataclasses.asdict(params) for name, params in self.links.items()},
+            "cxtp": dict(self.cxtp), "cxtp_timers_s": self.cxtp_timers(self.links),
             "source": self.source,
         }
 
@@ -114,15 +153,17 @@ def _merge(defaults: dict, overrides: dict, path: str) -> dict:
 def _number(value: Any, where: str, minimum: float = 0.0, maximum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ScenarioError(f"{where}: must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ScenarioError(f"{where}: must be a finite number, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise ScenarioError(f"{where}: must be {bound}, got {value!r}")
     return float(value)
 
 
-def _integer(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ScenarioError(f"{where}: must be an integer >= {minimum}, got {value!r}")
+def _integer(value: Any, where: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ScenarioError(f"{where}: must be an integer between {minimum} and {maximum}, got {value!r}")
     return value
 
 
@@ -134,14 +175,19 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         data = {**data, "sweep": {**default_sweep, "methods": kept} if kept else
                 {"parameter": "", "values": [], "methods": []}}
     merged = _merge(DEFAULTS, data, "")
-    if not isinstance(merged["name"], str) or not merged["name"] or "/" in merged["name"]:
-        raise ScenarioError(f"name: must be a non-empty string without '/', got {merged['name']!r}")
+    name = merged["name"]
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ScenarioError(f"name: must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+                            f"digit (it names a directory under results/), got {name!r}")
     methods = merged["methods"]
     if not isinstance(methods, list) or not methods:
         raise ScenarioError(f"methods: must be a non-empty list, got {methods!r}")
+    known = method_registry.names()
     for index, method in enumerate(methods):
-        if method not in METHODS:
-            raise ScenarioError(f"methods[{index}]: unknown method {method!r} (known: {', '.join(METHODS)})")
+        if method not in known:
+            raise ScenarioError(f"methods[{index}]: unknown method {method!r} (known: {', '.join(known)})")
+        if method in methods[:index]:
+            raise ScenarioError(f"methods[{index}]: {method!r} is listed twice")
     for field, choices in (("profile", PROFILES), ("ar_transport", AR_TRANSPORTS)):
         if merged[field] not in choices:
             raise ScenarioError(f"{field}: must be one of {', '.join(choices)}, got {merged[field]!r}")
@@ -160,10 +206,15 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
     for index, method in enumerate(sweep["methods"]):
         if method not in methods:
             raise ScenarioError(f"sweep.methods[{index}]: {method!r} is not one of this scenario's methods")
+        if method in sweep["methods"][:index]:
+            raise ScenarioError(f"sweep.methods[{index}]: {method!r} is listed twice")
+    if len(set(sweep_values)) != len(sweep_values):
+        raise ScenarioError("sweep.values: a value is listed twice")
+    cxtp = {field: _number(value, f"cxtp.{field}", 0, 600_000) for field, value in merged["cxtp"].items()}
     links = {}
     for link_class, params in merged["links"].items():
         where = f"links.{link_class}"
-        rate = _number(params["rate_mbit"], f"{where}.rate_mbit")
+        rate = _number(params["rate_mbit"], f"{where}.rate_mbit", 0, 100_000)
         links[link_class] = LinkParams(
             delay_ms=_number(params["delay_ms"], f"{where}.delay_ms", 0, 10_000),
             jitter_ms=_number(params["jitter_ms"], f"{where}.jitter_ms", 0, 10_000),
@@ -172,10 +223,10 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         )
     return Scenario(
         name=merged["name"],
-        seed=_integer(merged["seed"], "seed", 0),
+        seed=_integer(merged["seed"], "seed", 0, 2**63 - 1),
         methods=tuple(methods),
-        handovers=_integer(merged["handovers"], "handovers", 1),
-        warmup_handovers=_integer(merged["warmup_handovers"], "warmup_handovers", 0),
+        handovers=_integer(merged["handovers"], "handovers", 1, MAX_HANDOVERS),
+        warmup_handovers=_integer(merged["warmup_handovers"], "warmup_handovers", 0, 100),
         l2_delay_ms=_number(merged["l2_delay_ms"], "l2_delay_ms", 0, 60_000),
         anticipation_ms=_number(merged["anticipation_ms"], "anticipation_ms", 0, 60_000),
         profile=merged["profile"],
@@ -186,9 +237,10 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         settle_ms=_number(merged["settle_ms"], "settle_ms", 50, 600_000),
         warmup_ms=_number(merged["warmup_ms"], "warmup_ms", 0, 600_000),
         probe_rate=_number(merged["probe"]["rate"], "probe.rate", 1, 20_000),
-        probe_size=_integer(merged["probe"]["size"], "probe.size", 16),
+        probe_size=_integer(merged["probe"]["size"], "probe.size", 16, MAX_PROBE_SIZE),
         links=links,
         source=source,
+        cxtp=cxtp,
     )
 
 
@@ -207,3 +259,19 @@ def load(path: str | Path | None) -> Scenario:
         return from_dict(data, source=str(path))
     except ScenarioError as error:
         raise ScenarioError(f"{path}: {error}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check a scenario file on the host, before anything boots: one line, and exit status 2 if bad."""
+    arguments = sys.argv[1:] if argv is None else argv
+    try:
+        scenario = load(arguments[0] if arguments else None)
+    except ScenarioError as error:
+        print(f"scenario error: {error}", file=sys.stderr)
+        return 2
+    print(f"scenario {scenario.name} ({scenario.source}): ok", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,123 +1,159 @@
-"""One experiment in the running testbed: the agents, the methods' handover procedures, the checks.
+"""One experiment in the running testbed: the agents, one handover of any declared method, the
+checks after it, and the way back to a known clean state when a handover fails.
 
-Methods (all over the same probe stream, in one run):
+What a handover does is declared in :mod:`scenarios.methods`; this module only runs the steps
+every method shares (the security state it needs, a fresh CXTP key, the move, the MN's trigger,
+waiting for the MN to finish) and calls the method's own hooks in between.
 
-========================  ==================================================================
-``none``                  no security: attach, Binding Update; the reference line
-``cxtp-predictive``       MN-initiated predictive: CTAR to the pAR before the move (PCTD to
-                          the nAR), CTAR to the nAR after it (activation, CTAA, CTDR)
-``cxtp-reactive``         MN-initiated reactive: after the move, CTAR to the nAR, CT-Req to the
-                          pAR, CTD back, activation, CTAA, CTDR
-``cxtp-network``          network-initiated by the pAR (predictive): PCTD with key material on
-                          the pAR's trigger, then the MN's CTAR to the nAR activates it
-``cxtp-reactive-ike``      ``cxtp-reactive`` starting from SAs that IKEv2 (PSK) negotiated at the
-                          pAR instead of static ones: the kernel SAs and policies move, the IKE
-                          SA itself stays behind at the pAR (moving it is a later step)
-``reauth-eap``             full re-authentication: after the move, a fresh IKEv2 initiation at
-                          the nAR with EAP-MSCHAPv2 relayed by the nAR to RADIUS; then the old
-                          SAs at the pAR are removed (strongSwan and FreeRADIUS, nodes/ike.py)
-``reauth-eap-md5``         the same with EAP-MD5
-``reauth-psk``             the same with a pre-shared key and no AAA: the cheaper baseline
-========================  ==================================================================
-
-Everything the runner does between handovers (keys, provisioning, checks) happens outside the
-measured interval; inside it only the agents' own protocol work happens.
+Every handover ends in a defined state: success, or a :class:`HandoverFailed` that the runner
+records (with every node's SAD/SPD at that moment) before :meth:`Experiment.recover` removes
+everything of the MN from every node and attaches it afresh.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import select
-import signal
 import sys
 import time
 from pathlib import Path
 
-from ipsec import IpsecContext, Xfrm, capture_context
+from ipsec import IpsecContext, IpsecError, Xfrm, capture_context
 from nodes import ipsec_handler, netns
-from nodes.agent import AgentClient
+from nodes.agent import AgentClient, AgentError
+from nodes.daemon import Daemon, DaemonError
+from nodes.ike import IkeError
+from scenarios import checks, methods
+from scenarios.baseline import IkeBaseline
+from scenarios.methods import Method, Security
 from topo import plan
 from topo.network import Testbed
 
-REAUTH_METHODS = {"reauth-eap": "eap-mschapv2", "reauth-eap-md5": "eap-md5", "reauth-psk": "psk"}
-CXTP_METHODS = ("cxtp-predictive", "cxtp-reactive", "cxtp-network", "cxtp-reactive-ike")
-METHODS = ("none", *CXTP_METHODS, *REAUTH_METHODS)
-# How each method's IPsec state starts, for the run record.
-METHOD_NOTES = {
-    "cxtp-reactive-ike": "SAs and policies negotiated by IKEv2 (PSK, strongSwan) at the pAR; CXTP moves "
-                         "the kernel SAs and policies; the IKE SA stays behind at the pAR and is not moved",
-}
-PREDICTIVE_METHODS = ("cxtp-predictive", "cxtp-network")
 REPOSITORY = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 90.0
 MN_IDENTITY = "mn@testbed"
 SPI_MN_IN, SPI_MN_OUT = 0x102, 0x101  # the paper's §VI-A values: pAR->MN 0x102, MN->pAR 0x101
+#: how long the MN may take to finish a handover (its CTAR retransmissions end at CT_RETRY_MAX,
+#: 15 s; a Binding Update is retransmitted from 1 s on): beyond this the handover has failed
+IDLE_TIMEOUT_S = 20.0
 
 
 class ExperimentError(RuntimeError):
-    """An agent did not start or refused a command; the experiment cannot go on."""
+    """An agent did not start or refused a command."""
 
 
-class AgentProcess:
-    """An agent started in a host, by the PID we keep; stopped with SIGTERM by that PID."""
+class HandoverFailed(ExperimentError):
+    """A handover did not end in success; ``record`` holds what was measured up to the failure."""
+
+    def __init__(self, reason: str, record: dict | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.record = record or {}
+
+
+#: what a failing step may raise; anything else is a bug of the testbed and ends the run
+STEP_ERRORS = (ExperimentError, AgentError, DaemonError, IkeError, IpsecError, OSError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Move:
+    """One move of the MN, in the names every method's hooks use."""
+
+    par: str
+    nar: str
+
+    @property
+    def par_address(self) -> str:
+        return plan.AR_ACCESS_ADDRESS[self.par]
+
+    @property
+    def nar_address(self) -> str:
+        return plan.AR_ACCESS_ADDRESS[self.nar]
+
+    @property
+    def mn_previous(self) -> str:
+        return plan.MN_COA[self.par]
+
+    @property
+    def mn_new(self) -> str:
+        return plan.MN_COA[self.nar]
+
+
+class AgentProcess(Daemon):
+    """A protocol agent in a host (:mod:`nodes.agent`): ready once it has written ``READY`` (its
+    sockets are bound), then driven over its control socket; output and traces in the run
+    directory; stopped by its PID."""
+
+    cwd = str(REPOSITORY)
 
     def __init__(self, testbed: Testbed, node: str, module: str, arguments: list[str], run_dir: Path,
                  name: str | None = None, controlled: bool = True) -> None:
         self.name = name or node
-        self.client = None
-        command = [sys.executable, "-m", module, *arguments]
-        if controlled:
-            self.control = str(run_dir / f"{self.name}.control")
-            command += ["--control", self.control, "--trace", str(run_dir / f"trace-{self.name}.jsonl")]
-        self.process = testbed.host(node).popen(command, cwd=str(REPOSITORY), stdout=-1, stderr=None)
-        self._wait_ready()
-        if controlled:
+        super().__init__(testbed.host(node), run_dir)
+        self.module, self.arguments, self.controlled = module, arguments, controlled
+        self.control = str(run_dir / f"{self.name}.control")
+        self.client: AgentClient | None = None
+        self._output_seen = 0
+        self.start(READY_TIMEOUT_S)
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", self.module, *self.arguments]
+        if self.controlled:
+            command += ["--control", self.control, "--trace", str(self.directory / f"trace-{self.name}.jsonl")]
+        return command
+
+    def prepare(self) -> None:
+        self._output_seen = self.output_path.stat().st_size if self.output_path.exists() else 0
+
+    def ready(self) -> bool:
+        with open(self.output_path, "rb") as output:
+            output.seek(self._output_seen)
+            return any(line.startswith(b"READY") for line in output)
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> None:
+        try:
+            super().start(timeout)
+        except DaemonError as error:
+            raise ExperimentError(f"agent {error}") from None
+        if self.controlled:
             self.client = AgentClient(self.control)
 
-    def _wait_ready(self) -> None:
-        """Readiness check: the agent prints READY once its sockets are bound."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([self.process.stdout], [], [], 1.0)
-            if readable:
-                line = self.process.stdout.readline()
-                if line.startswith(b"READY"):
-                    return
-                if not line and self.process.poll() is not None:
-                    break
-        raise ExperimentError(f"agent {self.name} did not become ready (exit status {self.process.poll()})")
-
     def request(self, cmd: str, **arguments):
+        if not self.alive:
+            code = self.process.returncode if self.process is not None else None
+            raise ExperimentError(f"agent {self.name} is not running (exit status {code})")
         try:
             return self.client.request(cmd, **arguments)
-        except Exception as error:
+        except (AgentError, OSError, ValueError) as error:
             raise ExperimentError(f"{self.name}: {error}") from None
 
-    def stop(self) -> None:
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
         if self.client is not None:
             self.client.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except Exception:
-                self.process.kill()
-                self.process.wait()
+            self.client = None
+        super().stop(timeout)
 
 
 class Experiment:
-    """Agents on every node of a running testbed, and the handover procedure of each method."""
+    """Agents on every node of a running testbed, and one handover of any declared method."""
 
     def __init__(self, testbed: Testbed, run_dir: Path, probe_rate: float = 1000.0, probe_size: int = 64,
                  profile: str = "aes-cbc-sha256", ar_transport: str = "sctp", anticipation_ms: float = 100.0,
-                 seed: int = 1) -> None:
+                 seed: int = 1, timers: dict[str, float] | None = None) -> None:
         self.testbed = testbed
         self.run_dir = run_dir
         self.profile = profile
         self.anticipation_ms = anticipation_ms
+        self.timers = dict(timers or {})
         self.agents: dict[str, AgentProcess] = {}
-        self.mode = "none"  # "none", "cxtp", or the auth method of the running IKE baseline
+        self.security: Security | None = methods.NO_SECURITY
         self.baseline = None
+        self._transaction = 0
         try:
             for ar in plan.ACCESS_ROUTERS:
                 peers = [f"--peer={plan.AR_ACCESS_ADDRESS[other]}={plan.AR_LINK_ADDRESS[other]}"
@@ -126,12 +162,9 @@ class Experiment:
                     "--name", ar, "--address", plan.AR_ACCESS_ADDRESS[ar],
                     "--access-interface", plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(ar),
                     "--ar-transport", ar_transport, "--seed", str(seed),
-                    "--link-address", plan.AR_LINK_ADDRESS[ar], *peers], run_dir)
-            # CXTP between the ARs travels in ESP, set up before any handover (RFC 4067 §6.2).
-            par_side, nar_side = ipsec_handler.ar_ar_contexts(
-                plan.AR_LINK_ADDRESS[plan.PAR], plan.AR_LINK_ADDRESS[plan.NAR], profile)
-            self.agents[plan.PAR].request("provision", context=par_side.encode().hex())
-            self.agents[plan.NAR].request("provision", context=nar_side.encode().hex())
+                    "--link-address", plan.AR_LINK_ADDRESS[ar], *peers,
+                    "--state-dir", str(run_dir / f"state-{ar}"), "--config", json.dumps(self.timers)], run_dir)
+            self._provision_ar_ar()
             self.agents[plan.HA] = AgentProcess(testbed, plan.HA, "nodes.ha_agent", [
                 "--probe-out", str(run_dir / "probe-ha.json"), "--initial-peer", self.mn_address,
                 "--identity", MN_IDENTITY, "--rate", str(probe_rate), "--size", str(probe_size),
@@ -146,10 +179,27 @@ class Experiment:
             self.stop()
             raise
 
-    # -- addresses ----------------------------------------------------------------------------------
+    def _provision_ar_ar(self) -> None:
+        """CXTP between the ARs travels in ESP, set up before any handover (RFC 4067 §6.2)."""
+        par_side, nar_side = ipsec_handler.ar_ar_contexts(
+            plan.AR_LINK_ADDRESS[plan.PAR], plan.AR_LINK_ADDRESS[plan.NAR], self.profile)
+        self._ar_ar = {plan.PAR: par_side.encode().hex(), plan.NAR: nar_side.encode().hex()}
+        for ar, context in self._ar_ar.items():
+            self.request(ar, "provision", context=context)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
     @property
     def mn_address(self) -> str:
         return plan.MN_COA[self.testbed.current_ar]
+
+    def request(self, agent: str, cmd: str, **arguments) -> dict:
+        return self.agents[agent].request(cmd, **arguments)
+
+    def configure_timers(self, timers: dict[str, float]) -> None:
+        """The ARs' CXTP timers, derived from the scenario's network (a sweep changes them)."""
+        self.timers = dict(timers)
+        for ar in plan.ACCESS_ROUTERS:
+            self.request(ar, "configure", **self.timers)
 
     def stop(self) -> None:
         self._stop_baseline()
@@ -157,116 +207,202 @@ class Experiment:
             agent.stop()
         self.agents.clear()
 
-    # -- IPsec state between methods ------------------------------------------------------------
-    @staticmethod
-    def mode_of(method: str) -> str:
-        if method == "cxtp-reactive-ike":
-            return "cxtp-ike"
-        if method in CXTP_METHODS:
-            return "cxtp"
-        return REAUTH_METHODS.get(method, "none")
-
-    def set_mode(self, mode: str) -> None:
-        """Put the security state the method needs in place (outside any measurement).
-
-        ``none``: no IPsec anywhere. ``cxtp``: the paper's static tunnel at the current AR
-        (Fig. 5). An auth method (``eap-mschapv2``, ``eap-md5``, ``psk``): the IKE daemons of that
-        baseline, and a first authenticated attach at the current AR. ``cxtp-ike``: the PSK
-        baseline's attach at the current AR, whose SAs CXTP then moves. Every secure mode adds the
-        operator's access policy on the ARs and the MN's signalling bypass.
-        """
-        if mode == self.mode:
+    # -- security state -----------------------------------------------------------------------------------
+    def enter(self, security: Security) -> None:
+        """Put the security state a method needs in place at the MN's current AR (outside any
+        measurement): the paper's static tunnel, or the IKE daemons of a baseline and a first
+        authenticated attach. Every secure state adds the operator's access policy on the ARs and
+        the MN's signalling bypass (and its guard: nothing to the HA in clear)."""
+        if security == self.security:
             return
-        ar = self.testbed.current_ar
-        # Leave the current mode.
-        if self.mode in ("cxtp", "cxtp-ike"):
-            self.agents[plan.MN].request("clear")
-            for router in plan.ACCESS_ROUTERS:
-                self.agents[router].request("clear_mn", mn=self.mn_address)
-        if self.mode not in ("none", "cxtp"):
-            self._stop_baseline()
-        secure = mode != "none"
+        self.leave()
         for router in plan.ACCESS_ROUTERS:
-            self.agents[router].request("access_policy", prefix=plan.ACCESS_PREFIX[router], enable=secure)
-        self.agents[plan.MN].request("signalling_bypass", enable=secure)
-        # Enter the new one.
-        if mode == "cxtp":
+            self.request(router, "access_policy", prefix=plan.ACCESS_PREFIX[router], enable=security.secure)
+        self.request(plan.MN, "signalling_bypass", enable=security.secure)
+        ar = self.testbed.current_ar
+        self.security = security  # from here on, a failure is cleaned up by leave()
+        if security.static_tunnel:
             mn_side, ar_side = ipsec_handler.initial_contexts(
                 self.mn_address, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, self.profile, SPI_MN_IN, SPI_MN_OUT)
-            self.agents[ar].request("provision", context=ar_side.encode().hex())
-            self.agents[plan.MN].request("provision", context=mn_side.encode().hex())
-        elif mode != "none":
-            from nodes.ike import IkeBaseline  # strongSwan and FreeRADIUS only when asked for
-
-            auth = "psk" if mode == "cxtp-ike" else mode
-            self.baseline = IkeBaseline(self.testbed, self.run_dir / f"ike-{mode}", method=auth,
-                                        aaa=auth != "psk")
-            self.mode = mode  # so that a failed start is cleaned up by stop()
+            self.request(ar, "provision", context=ar_side.encode().hex())
+            self.request(plan.MN, "provision", context=mn_side.encode().hex())
+        elif security.ike_auth is not None:
+            self.baseline = IkeBaseline(self.testbed, self.run_dir / f"ike-{security.name}",
+                                        method=security.ike_auth, aaa=security.ike_auth != "psk")
             self.baseline.start()
             self.baseline.attach(ar)
-        self.mode = mode
 
-    def set_ipsec(self, active: bool) -> None:
-        self.set_mode("cxtp" if active else "none")
+    def leave(self) -> None:
+        """Remove every trace of the MN's security state from every node: IKE daemons stopped,
+        every SA and policy of any of the MN's addresses gone from the MN and both ARs, the ARs'
+        engines and handlers forgetting it."""
+        self._stop_baseline()
+        addresses = [plan.MN_COA[ar] for ar in plan.ACCESS_ROUTERS]
+        self.request(plan.MN, "clear", addresses=addresses)
+        for router in plan.ACCESS_ROUTERS:
+            for address in addresses:
+                self.request(router, "clear_mn", mn=address)
+        self.security = None
 
     def _stop_baseline(self) -> None:
         if self.baseline is not None:
-            self.baseline.stop()
-            self.baseline = None
+            baseline, self.baseline = self.baseline, None
+            baseline.stop()
 
-    # -- one handover -----------------------------------------------------------------------------
-    def handover(self, method: str, l2_delay_ms: float) -> dict:
-        if method not in METHODS:
-            raise ExperimentError(f"unknown method {method!r}")
-        self.set_mode(self.mode_of(method))
-        par, nar = self.testbed.current_ar, self.testbed.other_ar()
-        par_address, nar_address = plan.AR_ACCESS_ADDRESS[par], plan.AR_ACCESS_ADDRESS[nar]
-        mn_previous, mn_new = plan.MN_COA[par], plan.MN_COA[nar]
-        if method in CXTP_METHODS:
-            # The SPIs the MN uses before the move, for the Tables I-IV check after it (IKE picks
-            # them at random; the static SAs use the paper's).
-            spi = {sa.daddr: sa.spi for sa in self.xfrm_state(plan.MN, mn_previous).sas}
-            marks_spi = {"spi_mn_in": spi.get(mn_previous), "spi_mn_out": spi.get(par_address)}
-            # A fresh CXTP key for this transaction, shared by the MN and its current AR: RFC 4067
-            # leaves key establishment open and forbids reuse (§6.3). Given out of band, unmeasured.
-            key = os.urandom(20).hex()
-            self.agents[plan.MN].request("set_key", key=key)
-            self.agents[par].request("set_mn_key", mn=mn_previous, key=key)
-        marks = {"anticipation_start_ns": None, **(marks_spi if method in CXTP_METHODS else {})}
-        if method in METHOD_NOTES:
-            marks["note"] = METHOD_NOTES[method]
-        if method == "cxtp-predictive":
-            marks["anticipation_start_ns"] = time.monotonic_ns()
-            self.agents[plan.MN].request("predictive", par=par_address, nar=nar_address)
-            _pause(self.anticipation_ms)
-        elif method == "cxtp-network":
-            marks["anticipation_start_ns"] = time.monotonic_ns()
-            self.agents[par].request("trigger_predictive", mn=mn_previous, nar=nar_address)
-            _pause(self.anticipation_ms)
-        record = self.testbed.handover(nar, l2_delay_ms).as_dict()
-        self.agents[plan.MN].request("attached", nar=nar_address, par=par_address, new_address=mn_new,
-                                     cxtp=method in CXTP_METHODS, ipsec=method in CXTP_METHODS)
-        record["trigger_sent_ns"] = time.monotonic_ns()
-        record.update(marks, method=method, mn_previous=mn_previous, mn_new=mn_new)
-        if method in REAUTH_METHODS:
-            # Authenticate from scratch at the nAR (a fresh IKE initiation, not a rekey), then
-            # remove the old SAs at the pAR and on the MN.
-            record["reauth"] = self.baseline.attach(nar)
-            self.baseline.detach_old(par)
-        record["completed"] = self.wait_idle()
+    # -- one handover -----------------------------------------------------------------------------------
+    def handover(self, method: Method, l2_delay_ms: float) -> dict:
+        """Move the MN to the other AR with ``method``. Returns the record; raises
+        :class:`HandoverFailed` (with the partial record) if the handover did not succeed, after the
+        MN's own fall-back (a reactive retry of a failed transfer) did not help either."""
+        record: dict = {"method": method.name, "anticipation_start_ns": None}
+        try:
+            self.enter(method.security)
+            move = Move(self.testbed.current_ar, self.testbed.other_ar())
+            record.update(mn_previous=move.mn_previous, mn_new=move.mn_new)
+            if method.note:
+                record["note"] = method.note
+            if method.cxtp:
+                # The SPIs the MN uses before the move, for the Tables I-IV check after it (IKE picks
+                # them at random; the static SAs use the paper's).
+                spi = {sa.daddr: sa.spi for sa in self.xfrm_state(plan.MN, move.mn_previous).sas}
+                record.update(spi_mn_in=spi.get(move.mn_previous), spi_mn_out=spi.get(move.par_address))
+                self._fresh_key(move)
+            if method.before_detach is not None:
+                record["anticipation_start_ns"] = time.monotonic_ns()
+                method.before_detach(self, move)
+                _pause(self.anticipation_ms)
+            record.update(self.testbed.handover(move.nar, l2_delay_ms).as_dict())
+            self.request(plan.MN, "attached", nar=move.nar_address, par=move.par_address, new_address=move.mn_new,
+                         cxtp=method.cxtp, ipsec=method.cxtp)
+            record["trigger_sent_ns"] = time.monotonic_ns()
+            if method.after_attach is not None:
+                record["reauth"] = method.after_attach(self, move)
+            status = self.wait_idle()
+            record["completed"] = status["idle"]
+            record["restored_by"] = "method"
+            if method.cxtp:
+                failure = _transfer_failure(status)
+                if failure:
+                    record["transfer_failure"] = failure
+                    status = self._retry_reactive(move, record)
+            if not status["idle"]:
+                raise HandoverFailed("the MN's Binding Update got no Binding Ack", record)
+            record["restored_ns"] = time.monotonic_ns()
+        except HandoverFailed as failure:
+            failure.record = record
+            raise
+        except STEP_ERRORS as error:
+            raise HandoverFailed(f"{type(error).__name__}: {error}", record) from None
         return record
 
-    def wait_idle(self, timeout_s: float = 20.0, poll_ms: float = 20.0) -> bool:
-        """Readiness, not a sleep: poll the MN until its CXTP transaction and its binding update are
-        done (or failed, after their own retransmissions), so handovers never overlap."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.agents[plan.MN].request("status")["idle"]:
-                return True
-            _pause(poll_ms)
-        return False
+    def _fresh_key(self, move: Move) -> None:
+        """A fresh CXTP key for one transaction, shared by the MN and its current AR: RFC 4067 leaves
+        key establishment open and forbids reuse (§6.3). Given out of band, unmeasured."""
+        key = os.urandom(20).hex()
+        self.request(plan.MN, "set_key", key=key)
+        self.request(move.par, "set_mn_key", mn=move.mn_previous, key=key)
 
-    # -- checks after a handover (outside the measured interval) --------------------------------
+    def _retry_reactive(self, move: Move, record: dict) -> dict:
+        """The MN's fall-back after a failed transfer: one reactive retry, with a fresh key, for the
+        context the pAR still holds (it keeps it for its release hold)."""
+        if not self.xfrm_state(move.par, move.mn_previous).sas:
+            raise HandoverFailed(f"transfer failed ({record['transfer_failure']}) and the pAR holds no context "
+                                 "to retry with", record)
+        self._fresh_key(move)
+        self.request(plan.MN, "retry_reactive", par=move.par_address, nar=move.nar_address,
+                     previous=move.mn_previous)
+        record["retry_sent_ns"] = time.monotonic_ns()
+        status = self.wait_idle()
+        failure = _transfer_failure(status)
+        if failure:
+            raise HandoverFailed(f"transfer failed ({record['transfer_failure']}), and the reactive retry too "
+                                 f"({failure})", record)
+        record["restored_by"] = "cxtp-retry"
+        return status
+
+    def wait_idle(self, timeout_s: float = IDLE_TIMEOUT_S, poll_ms: float = 20.0) -> dict:
+        """Readiness, not a sleep: poll the MN until its CXTP transaction and its binding update are
+        done (or failed, after their own retransmissions), so handovers never overlap. An agent that
+        died meanwhile ends the wait at once."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            dead = [name for name, agent in self.agents.items() if not agent.alive]
+            if dead:
+                raise HandoverFailed(f"agent {', '.join(dead)} died during the handover")
+            status = self.request(plan.MN, "status")
+            if status["idle"] or time.monotonic() >= deadline:
+                return status
+            _pause(poll_ms)
+
+    # -- after a handover (outside the measured interval) -------------------------------------------------
+    def verify(self, method: Method, record: dict, release_timeout_s: float) -> list[str]:
+        """Every problem with the state after a handover; [] if none. Nothing of the MN's previous
+        address may stay on any node (the pAR releases after the CTDR, a moment after the MN is done;
+        after a late or missing CTDR, within its release hold); a CXTP handover must leave the
+        SAD/SPD of Tables I-IV."""
+        deadline = time.monotonic() + release_timeout_s
+        while True:
+            left = self.leftovers(record["mn_previous"])
+            if not left or time.monotonic() >= deadline:
+                break
+            _pause(20)
+        problems = [f"{node} still holds {what} of the MN's previous address" for node, what in left.items()]
+        if method.cxtp:
+            nar = record["to_ar"]
+            problems += checks.check_tables(
+                self.xfrm_state(plan.MN, record["mn_new"]), self.xfrm_state(nar, record["mn_new"]),
+                IpsecContext(), record["mn_new"], plan.AR_ACCESS_ADDRESS[nar], plan.HA_ADDRESS,
+                record.get("spi_mn_in") or SPI_MN_IN, record.get("spi_mn_out") or SPI_MN_OUT)
+        return problems
+
+    def leftovers(self, address: str) -> dict[str, str]:
+        """Nodes that hold SAs or policies naming ``address``, with what they hold."""
+        found = {}
+        for node in (plan.MN, *plan.ACCESS_ROUTERS):
+            context = self.xfrm_state(node, address)
+            if context.sas or context.policies:
+                found[node] = f"{len(context.sas)} SAs and {len(context.policies)} policies"
+        return found
+
+    def recover(self) -> dict:
+        """Back to a known clean state after a failed handover: dead agents restarted, nothing of
+        the MN on any node, then a fresh attach at the AR the MN is on, with the security state the
+        method needs. Returns what was done, for the record."""
+        restarted = []
+        for name, agent in self.agents.items():
+            if not agent.alive:
+                agent.restart()
+                restarted.append(name)
+        if restarted and any(ar in restarted for ar in plan.ACCESS_ROUTERS):
+            for ar in plan.ACCESS_ROUTERS:
+                self.request(ar, "provision", context=self._ar_ar[ar])
+        security = self.security or methods.NO_SECURITY
+        self.leave()
+        left = {address: self.leftovers(address) for address in (plan.MN_COA[ar] for ar in plan.ACCESS_ROUTERS)}
+        left = {address: nodes for address, nodes in left.items() if nodes}
+        if left:
+            raise ExperimentError(f"state of the MN survived the clean-up: {left}")
+        self.request(plan.MN, "fresh_attach", address=self.mn_address)
+        self.enter(security)
+        status = self.wait_idle()
+        return {"restarted_agents": restarted, "fresh_attach_ns": time.monotonic_ns(), "bound": status["idle"]}
+
+    def snapshot(self) -> dict[str, list[str]]:
+        """Every node's whole SAD and SPD, one line per entry, for a failure's record."""
+        state = {}
+        for node in (plan.MN, *plan.ACCESS_ROUTERS):
+            try:
+                with netns.entered(self.testbed.pid(node)):
+                    xfrm = Xfrm()
+                try:
+                    context = IpsecContext(sas=tuple(xfrm.dump_sas()), policies=tuple(xfrm.dump_policies()))
+                finally:
+                    xfrm.close()
+                state[node] = checks.describe(context)
+            except (IpsecError, OSError) as error:
+                state[node] = [f"unreadable: {error}"]
+        return state
+
     def xfrm_state(self, node: str, address: str) -> IpsecContext:
         with netns.entered(self.testbed.pid(node)):
             xfrm = Xfrm()
@@ -278,6 +414,19 @@ class Experiment:
     def xfrm_stat(self, node: str) -> dict[str, int]:
         text = Path(f"/proc/{self.testbed.pid(node)}/net/xfrm_stat").read_text()
         return {name: int(value) for name, value in (line.split() for line in text.splitlines() if line.strip())}
+
+
+def _transfer_failure(status: dict) -> str | None:
+    """Why the MN's last CXTP transaction failed, or None if it succeeded."""
+    if not status["idle"] and status.get("cxtp_in_progress"):
+        return "no CTAA before the MN's wait ended"
+    outcome = status.get("outcome")
+    if outcome is None or outcome["transaction"] != status["transactions"]:
+        return "the MN reported no outcome of this CXTP transaction"
+    if outcome["result"] != "completed":
+        codes = ", ".join(f"{fpt:#x}:{code:#04x}" for fpt, code in outcome["statuses"])
+        return f"{outcome['reason']}" + (f" (statuses {codes})" if codes else "")
+    return None
 
 
 def _pause(milliseconds: float) -> None:

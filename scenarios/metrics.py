@@ -19,25 +19,44 @@ from __future__ import annotations
 
 import bisect
 import statistics
+from collections import Counter
 from typing import Any, Iterable
+
+from topo import plan
 
 
 class MetricsError(ValueError):
     """A trace is too short or inconsistent to measure a handover from."""
 
 
-def _by_arrival(trace: dict) -> tuple[list[tuple[int, int]], list[int]]:
-    """(arrival, seq) sorted by arrival, and the arrivals alone; computed once per trace."""
+def _by_arrival(trace: dict) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """(arrival, seq, ifindex) sorted by arrival, and the arrivals alone; computed once per trace.
+    Traces written before the probe recorded interfaces have ifindex 0."""
     cached = trace.get("_by_arrival")
     if cached is None:
         received = trace["received"]
-        rows = sorted(zip(received["rx_ns"], received["seq"]))
+        interfaces = received.get("ifindex") or [0] * len(received["seq"])
+        rows = sorted(zip(received["rx_ns"], received["seq"], interfaces))
         cached = trace["_by_arrival"] = (rows, [row[0] for row in rows])
     return cached
 
 
-def interruption(receiver_trace: dict, detach_ns: int, horizon_ns: int | None = None) -> dict[str, Any]:
-    """Measure one direction of one handover from the receiver's trace."""
+def path_ifindexes(trace: dict, interface: str) -> set[int]:
+    """The interface indexes of ``interface`` in the receiver's trace (empty if not recorded)."""
+    return {int(index) for index, name in trace.get("interfaces", {}).items() if name == interface}
+
+
+def interruption(receiver_trace: dict, detach_ns: int, horizon_ns: int | None = None,
+                 new_path: set[int] | None = None) -> dict[str, Any]:
+    """Measure one direction of one handover from the receiver's trace.
+
+    With ``new_path`` (the receiver's interface towards the new AR, when the trace records
+    interfaces): from the last in-order probe received before the detach to the first probe
+    received through the new path; probes the old path delivers late in between do not split
+    the silence (``late_old_path`` counts them). Without it (older traces): the longest silence
+    that starts at that probe. ``lost`` counts every probe after the last in-order one, up to the
+    newest received within the window, that never arrived.
+    """
     rows, arrivals = _by_arrival(receiver_trace)
     start = bisect.bisect_right(arrivals, detach_ns) - 1
     if start < 0:
@@ -45,21 +64,31 @@ def interruption(receiver_trace: dict, detach_ns: int, horizon_ns: int | None = 
     end = len(rows) if horizon_ns is None else bisect.bisect_left(arrivals, horizon_ns)
     # Probes older than the last one received before the detach (queued in a router during an
     # earlier handover and delivered when the MN came back) do not end an interruption.
-    newest_before = max(seq for _, seq in rows[: start + 1])
-    window = [rows[start]] + [row for row in rows[start + 1:end] if row[1] > newest_before]
-    if len(window) < 2:
-        raise MetricsError("no probe was received after the handover")
-    gap_index = max(range(len(window) - 1), key=lambda i: window[i + 1][0] - window[i][0])
-    last_before, first_after = window[gap_index], window[gap_index + 1]
-    low, high = last_before[1], first_after[1]
-    received_between = {seq for _, seq in rows[: end] if low < seq < high}
+    last_before = max(rows[: start + 1], key=lambda row: (row[1], -row[0]))
+    newest_before = last_before[1]
+    after = [row for row in rows[start + 1:end] if row[1] > newest_before]
+    if new_path:
+        first_after = next((row for row in after if row[2] in new_path), None)
+        if first_after is None:
+            raise MetricsError("no probe was received through the new path")
+        late_old_path = sum(1 for row in after if row[0] < first_after[0] and row[2] not in new_path)
+    else:
+        window = [rows[start]] + after
+        if len(window) < 2:
+            raise MetricsError("no probe was received after the handover")
+        gap_index = max(range(len(window) - 1), key=lambda i: window[i + 1][0] - window[i][0])
+        last_before, first_after = window[gap_index], window[gap_index + 1]
+        late_old_path = None
+    newest = max((row[1] for row in after), default=newest_before)
+    received = {row[1] for row in rows[:end]}
     return {
         "interruption_ms": (first_after[0] - last_before[0]) / 1e6,
-        "lost": max(0, high - low - 1 - len(received_between)),
-        "last_before_seq": low,
-        "first_after_seq": high,
+        "lost": sum(1 for seq in range(newest_before + 1, newest + 1) if seq not in received),
+        "last_before_seq": last_before[1],
+        "first_after_seq": first_after[1],
         "last_before_rx_ns": last_before[0],
         "first_after_rx_ns": first_after[0],
+        "late_old_path": late_old_path,
     }
 
 
@@ -108,7 +137,7 @@ def signalling(handover: dict, traces: dict[str, list[dict]], horizon_ns: float)
             entry["bytes"] += event.get("bytes", 0)
     reauth = handover.get("reauth")
     if reauth:
-        # Counted on the wire by the baseline (nodes/ike.py): IKE on the access link, RADIUS on
+        # Counted on the wire by the baseline (scenarios/baseline.py): IKE on the access link, RADIUS on
         # the AR-AAA link, for this attach only.
         per_link["ike"] = {"messages": reauth.get("ike_messages", 0), "bytes": reauth.get("ike_bytes", 0)}
         if "radius_messages" in reauth:
@@ -128,12 +157,23 @@ def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
         if horizon is None and following is not None:
             horizon = following.get("anticipation_start_ns") or following["detach_start_ns"]
         row = {"index": handover["index"], "method": handover.get("method", "none"),
-               "from": handover["from_ar"], "to": handover["to_ar"], "l2_delay_ms": handover["l2_delay_ms"],
-               "sweep_value": handover.get("sweep_value"), "warmup": handover.get("warmup", False)}
+               "from": handover.get("from_ar"), "to": handover.get("to_ar"),
+               "l2_delay_ms": handover.get("l2_delay_ms"), "sweep_value": handover.get("sweep_value"),
+               "warmup": handover.get("warmup", False), "outcome": handover.get("outcome", "ok"),
+               "restored_by": handover.get("restored_by")}
+        if "detach_start_ns" not in handover:  # failed before the MN moved: nothing to measure
+            results.append(row)
+            continue
         # Downlink HA -> MN is received by the MN; uplink MN -> HA by the HA.
-        for direction, trace in (("ha_to_mn", mn_trace), ("mn_to_ha", ha_trace)):
+        new_ar = handover.get("to_ar")
+        receivers = (("ha_to_mn", mn_trace, plan.LINKS_BY_NAME[plan.ACCESS_LINK[new_ar]].interface(plan.MN)
+                      if new_ar in plan.ACCESS_LINK else None),
+                     ("mn_to_ha", ha_trace, plan.LINKS_BY_NAME[f"{new_ar}-{plan.HA}"].interface(plan.HA)
+                      if new_ar in plan.ACCESS_LINK else None))
+        for direction, trace, interface in receivers:
             try:
-                row[direction] = interruption(trace, handover["detach_start_ns"], horizon)
+                new_path = path_ifindexes(trace, interface) if interface else None
+                row[direction] = interruption(trace, handover["detach_start_ns"], horizon, new_path or None)
             except MetricsError as error:
                 row[direction] = {"error": str(error)}
         if traces is not None:
@@ -172,15 +212,21 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method (and swept value): interruption (ms) and lost probes per direction, signalling.
 
     Warm-up handovers are left out: they pay first-use costs (an SCTP association, a neighbour
-    cache entry) that a running network has already paid.
+    cache entry) that a running network has already paid. Handovers that did not succeed by the
+    method's own path (``outcome`` other than ``ok``) are counted, per way they were restored, and
+    left out of the figures: their interruption measures a fall-back, not the method.
     """
     summary: dict[str, Any] = {}
     measured = [row for row in rows if not row.get("warmup")]
     for key in sorted({_group_key(row) for row in measured}, key=lambda k: (k.split("@")[0], k)):
-        group = [row for row in measured if _group_key(row) == key]
-        entry: dict[str, Any] = {"method": group[0]["method"], "sweep_value": group[0].get("sweep_value")}
+        everything = [row for row in measured if _group_key(row) == key]
+        group = [row for row in everything if row.get("outcome", "ok") == "ok"]
+        entry: dict[str, Any] = {"method": everything[0]["method"], "sweep_value": everything[0].get("sweep_value"),
+                                 "handovers": len(everything), "failed_handovers": len(everything) - len(group),
+                                 "restored_by": dict(Counter(row.get("restored_by") for row in everything
+                                                             if row.get("outcome", "ok") != "ok"))}
         for direction in ("ha_to_mn", "mn_to_ha"):
-            good = [row[direction] for row in group if "interruption_ms" in row[direction]]
+            good = [row[direction] for row in group if "interruption_ms" in row.get(direction, {})]
             entry[direction] = {
                 "interruption_ms": statistics_of(item["interruption_ms"] for item in good),
                 "lost": statistics_of(item["lost"] for item in good),
@@ -204,8 +250,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def ratios(summary: dict[str, Any], baselines=("reauth-eap", "reauth-psk"),
-           methods=("cxtp-predictive", "cxtp-reactive", "cxtp-network")) -> list[dict[str, Any]]:
+def ratios(summary: dict[str, Any], baselines: Iterable[str], methods: Iterable[str]) -> list[dict[str, Any]]:
     """Median interruption of each re-authentication group over each CXTP method, per direction,
     from one run (a CXTP method run once at the base parameters serves every swept value)."""
     def groups(method: str) -> list[dict]:

@@ -10,10 +10,15 @@ import json
 import sys
 from pathlib import Path
 
-from scenarios import metrics
+from scenarios import methods, metrics
 
 DIRECTIONS = (("ha_to_mn", "HA->MN"), ("mn_to_ha", "MN->HA"))
-REFERENCE = "none"
+REFERENCE = methods.reference_name()
+REQUIRED_FILES = ("record.json", "handovers.json", "probe-mn.json", "probe-ha.json")
+
+
+class ReportError(RuntimeError):
+    """A run directory lacks what a report is made from."""
 
 
 def _read_traces(run_dir: Path) -> dict[str, list[dict]]:
@@ -26,6 +31,9 @@ def _read_traces(run_dir: Path) -> dict[str, list[dict]]:
 
 def compute(run_dir: Path) -> dict:
     """Compute per-handover figures and the summary from the traces; write both, and the plots."""
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ReportError(f"{run_dir}: not a complete run directory (missing {', '.join(missing)})")
     handovers = json.loads((run_dir / "handovers.json").read_text())
     mn_trace = json.loads((run_dir / "probe-mn.json").read_text())
     ha_trace = json.loads((run_dir / "probe-ha.json").read_text())
@@ -38,7 +46,7 @@ def compute(run_dir: Path) -> dict:
         "xfrm_stat_delta": record.get("xfrm_stat_delta"),
         "sweep": record["parameters"].get("sweep"),
     }
-    summary["ratios"] = metrics.ratios(summary["per_method"])
+    summary["ratios"] = metrics.ratios(summary["per_method"], methods.reauth_names(), methods.cxtp_names())
     (run_dir / "per_handover.json").write_text(json.dumps(rows, indent=2))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(run_dir, rows, summary)
@@ -68,6 +76,12 @@ def table(run_dir: Path) -> str:
             failed = f"  ({entry[direction]['failed']} failed)" if entry[direction]["failed"] else ""
             lines.append(f"{key:<22} {label:<7} {_cell(stats)} {_cell(stats, 'p95')} {_cell(stats, 'min')} "
                          f"{_cell(stats, 'max')} {stats.get('n', 0):>4} {_cell(lost, width=6, digits=0)} {extra}{failed}")
+    failed = {key: entry for key, entry in per_method.items() if entry.get("failed_handovers")}
+    lines += ["", "failed handovers (left out of the figures above): "
+              + ("none" if not failed else "; ".join(
+                  f"{key} {entry['failed_handovers']} of {entry['handovers']} (restored by "
+                  + ", ".join(f"{how} {count}" for how, count in entry["restored_by"].items()) + ")"
+                  for key, entry in failed.items()))]
     lines += ["", "signalling (ms, median): CTAR->CTAA at the MN, (P)CTD->CTDR at the pAR, IKE initiation to"
                   " CHILD_SA installed, BU->BA at the MN;",
               "messages/octets per handover: CXTP on the access and AR-AR links, IKE (access), RADIUS (AR-AAA);"
@@ -164,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="results/<scenario>/<run-id>")
     arguments = parser.parse_args(argv)
     run_dir = Path(arguments.run_dir)
-    if not (run_dir / "handovers.json").exists():
-        print(f"{run_dir}: not a run directory (no handovers.json)", file=sys.stderr)
+    try:
+        compute(run_dir)
+    except (ReportError, ValueError, KeyError) as error:  # ValueError: a file that is not JSON
+        print(f"report: {error}", file=sys.stderr)
         return 2
-    compute(run_dir)
     show(run_dir)
     return 0
 

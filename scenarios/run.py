@@ -12,6 +12,7 @@ can redo both from a stored run without rerunning it.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import json
@@ -20,10 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from nodes import ipsec_handler
+from ipsec import Xfrm
+from nodes import ipsec_handler, netns
 from nodes.agent import raise_agent_priority
-from scenarios import checks, config, record, report
-from scenarios.experiment import CXTP_METHODS, METHOD_NOTES, SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
+from scenarios import config, methods, record, report
+from scenarios.experiment import STEP_ERRORS, Experiment, HandoverFailed, _pause
 from topo import plan
 from topo.network import Testbed
 
@@ -31,16 +33,13 @@ REPOSITORY = record.REPOSITORY
 
 
 def warm_up_crypto(testbed: Testbed, profile: str) -> None:
-    """The first SA of an algorithm costs seconds in a fresh UML kernel: pay it before measuring."""
-    mn_side, _ = ipsec_handler.initial_contexts("2001:db8:ffff::1", "2001:db8:ffff::2", plan.HA_ADDRESS,
-                                                profile, 0xFFF1, 0xFFF2)
-    for sa in mn_side.sas:
-        arguments = " ".join(f"{'aead' if a.kind == 'aead' else 'enc' if a.kind == 'crypt' else 'auth-trunc'} "
-                             f"'{a.name}' 0x{a.key.hex()}" + (f" {a.bits}" if a.kind != "crypt" else "")
-                             for a in sa.algorithms)
-        testbed.cmd(plan.MN, f"ip xfrm state add src {sa.saddr} dst {sa.daddr} proto esp spi {sa.spi} "
-                             f"mode tunnel {arguments} && ip xfrm state delete src {sa.saddr} dst {sa.daddr} "
-                             f"proto esp spi {sa.spi}")
+    """Pay the first SA of the run's algorithms (seconds in a fresh UML kernel) before measuring."""
+    with netns.entered(testbed.pid(plan.MN)):
+        xfrm = Xfrm()
+    try:
+        ipsec_handler.warm_up_crypto(xfrm, (profile,))
+    finally:
+        xfrm.close()
 
 
 def _apply_sweep(testbed: Testbed, scenario: config.Scenario, value: float | None) -> float:
@@ -53,14 +52,54 @@ def _apply_sweep(testbed: Testbed, scenario: config.Scenario, value: float | Non
     return scenario.l2_delay_ms
 
 
-def _check(experiment: Experiment, record: dict) -> None:
-    """After a CXTP handover: the MN's and nAR's SAD/SPD against Tables I-IV, the pAR empty."""
-    par, nar = record["from_ar"], record["to_ar"]
-    problems = checks.check_tables(
-        experiment.xfrm_state(plan.MN, record["mn_new"]), experiment.xfrm_state(nar, record["mn_new"]),
-        experiment.xfrm_state(par, record["mn_previous"]), record["mn_new"], plan.AR_ACCESS_ADDRESS[nar],
-        plan.HA_ADDRESS, record.get("spi_mn_in") or SPI_MN_IN, record.get("spi_mn_out") or SPI_MN_OUT)
-    record["tables_check"] = problems
+def _progress_line(handover: dict, total: int, scenario: config.Scenario) -> str:
+    value = handover.get("sweep_value")
+    outcome = handover["outcome"]
+    line = (f"[{handover['index']:>3}/{total}] {handover['method']:<16} {handover.get('from_ar', '?')}->"
+            f"{handover.get('to_ar', '?')}" + (f" {scenario.sweep_parameter}={value:g}" if value is not None else "")
+            + (" (warm-up)" if handover["warmup"] else ""))
+    if outcome == "ok":
+        return line + (" tables ok" if "tables_check" in handover else "")
+    if outcome == "recovered":
+        return line + f" RECOVERED by {handover['restored_by']}: {handover['transfer_failure']}"
+    return line + f" FAILED: {handover['failure']['reason']}"
+
+
+def run_handover(experiment: Experiment, method, l2_delay: float, scenario: config.Scenario,
+                  release_timeout_s: float) -> dict:
+    """One handover that always ends in a defined state: ``ok``; ``recovered`` (the method's transfer
+    failed and the MN's fall-back restored the traffic); or ``failed``, recorded with its reason and
+    every node's SAD/SPD, after which the testbed is brought back to a clean state and a fresh
+    attach (``restored_by``)."""
+    try:
+        handover = experiment.handover(method, l2_delay)
+        problems = None
+    except HandoverFailed as failure:
+        handover, problems = failure.record, [failure.reason]
+    if problems is None:
+        _pause(scenario.settle_ms)
+        # The handover's measurement window ends here: what the runner does next (a check, a
+        # change of method or of a swept parameter) is not its doing.
+        handover["window_end_ns"] = time.monotonic_ns()
+        try:
+            problems = experiment.verify(method, handover, release_timeout_s)
+        except STEP_ERRORS as error:
+            problems = [f"checking the state failed: {type(error).__name__}: {error}"]
+        if method.cxtp:
+            handover["tables_check"] = problems
+    else:
+        handover["window_end_ns"] = time.monotonic_ns()
+    if not problems:
+        handover["outcome"] = "recovered" if handover.get("restored_by") not in (None, "method") else "ok"
+        return handover
+    handover["outcome"] = "failed"
+    handover["failure"] = {"reason": problems[0], "problems": problems, "t_ns": time.monotonic_ns(),
+                           "state": experiment.snapshot()}
+    handover["restored_by"] = "fresh-attach"
+    handover["recovery"] = experiment.recover()
+    handover["restored_ns"] = handover["recovery"]["fresh_attach_ns"]
+    _pause(scenario.settle_ms)
+    return handover
 
 
 def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
@@ -69,7 +108,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     run_dir.mkdir(parents=True, exist_ok=False)
     run_record = record.new_record(scenario.parameters())
     run_record["run_id"] = run_id
-    run_record["method_notes"] = {method: METHOD_NOTES[method] for method in scenario.methods if method in METHOD_NOTES}
+    run_record["method_notes"] = {name: methods.get(name).note for name in scenario.methods if methods.get(name).note}
     (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
     rng = random.Random(scenario.seed)
     raise_agent_priority()  # the runner times the handover steps: as the agents, ahead of the rest
@@ -77,50 +116,48 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     handovers: list[dict] = []
     schedule = scenario.schedule()
     total = len(schedule) * (scenario.handovers + scenario.warmup_handovers)
-    with Testbed(scenario.links, initial_ar=plan.PAR) as testbed:
-        warm_up_crypto(testbed, scenario.profile)
-        progress(f"network up in {time.monotonic() - started:.1f} s; starting agents")
-        experiment = Experiment(testbed, run_dir, scenario.probe_rate, scenario.probe_size, scenario.profile,
-                                scenario.ar_transport, scenario.anticipation_ms, scenario.seed)
-        try:
-            stats_before = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
-            _pause(scenario.warmup_ms)
-            applied: object = "unset"
-            for value, method in schedule:
-                if value != applied:
-                    l2_delay = _apply_sweep(testbed, scenario, value)
-                    applied = value
-                for index in range(scenario.warmup_handovers + scenario.handovers):
-                    # A random offset within one probe interval keeps handover instants from
-                    # locking to the probe schedule; it comes from the scenario's seed.
-                    _pause(rng.uniform(0, 1000 / scenario.probe_rate))
-                    handover = experiment.handover(method, l2_delay)
-                    handover.update(warmup=index < scenario.warmup_handovers, sweep_value=value,
-                                    index=len(handovers) + 1)
-                    _pause(scenario.settle_ms)
-                    # The handover's measurement window ends here: what the runner does next
-                    # (a check, a change of method or of a swept parameter) is not its doing.
-                    handover["window_end_ns"] = time.monotonic_ns()
-                    if method in CXTP_METHODS:
-                        _check(experiment, handover)
-                    handovers.append(handover)
-                    problems = handover.get("tables_check")
-                    progress(f"[{len(handovers):>3}/{total}] {method:<16} {handover['from_ar']}->{handover['to_ar']}"
-                             + (f" {scenario.sweep_parameter}={value:g}" if value is not None else "")
-                             + (" (warm-up)" if handover["warmup"] else "")
-                             + ("" if handover["completed"] else " INCOMPLETE")
-                             + ("" if problems is None else " tables ok" if not problems else
-                                f" TABLES DIFFER: {problems[0]}"))
-            stats_after = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
-        finally:
-            experiment.stop()
-    run_record["xfrm_stat_delta"] = {
-        node: {name: stats_after[node][name] - stats_before[node].get(name, 0)
-               for name in stats_after[node] if stats_after[node][name] != stats_before[node].get(name, 0)}
-        for node in stats_after}
-    (run_dir / "handovers.json").write_text(json.dumps(handovers, indent=2))
-    run_record["wall_time_s"] = round(time.monotonic() - started, 2)
-    (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
+    stats_before = stats_after = {}
+    try:
+        with Testbed(scenario.links, initial_ar=plan.PAR) as testbed:
+            warm_up_crypto(testbed, scenario.profile)
+            progress(f"network up in {time.monotonic() - started:.1f} s; starting agents")
+            experiment = Experiment(testbed, run_dir, scenario.probe_rate, scenario.probe_size, scenario.profile,
+                                    scenario.ar_transport, scenario.anticipation_ms, scenario.seed,
+                                    scenario.cxtp_timers(scenario.links))
+            try:
+                stats_before = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
+                _pause(scenario.warmup_ms)
+                applied: object = "unset"
+                for value, name in schedule:
+                    method = methods.get(name)
+                    if value != applied:
+                        l2_delay = _apply_sweep(testbed, scenario, value)
+                        experiment.configure_timers(scenario.cxtp_timers(testbed.link_params, l2_delay))
+                        applied = value
+                    timers = experiment.timers
+                    release_timeout_s = timers["release_hold"] + timers["late_ctdr_grace"]
+                    for index in range(scenario.warmup_handovers + scenario.handovers):
+                        # A random offset within one probe interval keeps handover instants from
+                        # locking to the probe schedule; it comes from the scenario's seed.
+                        _pause(rng.uniform(0, 1000 / scenario.probe_rate))
+                        handover = run_handover(experiment, method, l2_delay, scenario, release_timeout_s)
+                        handover.update(warmup=index < scenario.warmup_handovers, sweep_value=value,
+                                        index=len(handovers) + 1)
+                        handovers.append(handover)
+                        progress(_progress_line(handover, total, scenario))
+                stats_after = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
+            finally:
+                experiment.stop()
+    finally:
+        # Whatever happened, the run leaves its records behind.
+        run_record["xfrm_stat_delta"] = {
+            node: {name: stats_after[node][name] - stats_before.get(node, {}).get(name, 0)
+                   for name in stats_after[node] if stats_after[node][name] != stats_before.get(node, {}).get(name, 0)}
+            for node in stats_after}
+        run_record["failed_handovers"] = sum(h["outcome"] != "ok" for h in handovers)
+        (run_dir / "handovers.json").write_text(json.dumps(handovers, indent=2))
+        run_record["wall_time_s"] = round(time.monotonic() - started, 2)
+        (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
     report.compute(run_dir)
     return run_dir
 
@@ -141,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     run_dir = run(scenario, Path(arguments.results), progress=lambda line: print(line, file=sys.stderr, flush=True))
     report.show(run_dir)
+    handovers = json.loads((run_dir / "handovers.json").read_text())
+    failed = [h for h in handovers if h["outcome"] != "ok"]
+    if failed:
+        by_method = ", ".join(f"{name} {count}" for name, count in
+                              collections.Counter(h["method"] for h in failed).items())
+        print(f"{len(failed)} of {len(handovers)} handovers failed ({by_method}): see 'failure' and "
+              f"'transfer_failure' in {run_dir / 'handovers.json'}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,7 +13,7 @@ fi
 # Debian 12 / Ubuntu packages the testbed needs. mininet comes from Debian (PyPI's is a 2020
 # snapshot without mnexec); user-mode-linux gives a kernel with ESP, netem, SCTP and ip6tnl when
 # the host's lacks them.
-PACKAGES=(mininet user-mode-linux iproute2 tcpdump iputils-ping procps kmod util-linux net-tools
+PACKAGES=(mininet user-mode-linux iproute2 tcpdump tshark iputils-ping procps kmod util-linux net-tools
           python3 python3-venv ethtool make git
           strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins
           libcharon-extauth-plugins libstrongswan-standard-plugins freeradius freeradius-utils)

@@ -111,30 +111,23 @@ def veth_pair(netns_factory):
             "left_address": "2001:db8:ff::1", "right_address": "2001:db8:ff::2"}
 
 
-# In a fresh UML guest the first SA of each algorithm takes seconds (crypto template set-up):
-# pay that once per session, before any test times or waits on anything.
-WARMUP_ALGORITHMS = (
-    "enc 'cbc(aes)' 0x00112233445566778899aabbccddeeff "
-    "auth-trunc 'hmac(sha256)' 0x00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff 128",
-    "aead 'rfc4106(gcm(aes))' 0x00112233445566778899aabbccddeeff00112233 128",
-    "enc 'cbc(des)' 0x0011223344556677 auth-trunc 'hmac(sha1)' 0x00112233445566778899aabbccddeeff00112233 96",
-)
-
-
 @pytest.fixture(scope="session")
 def kernel_with_esp():
     """A kernel that takes ESP SAs with the testbed's algorithms (AES-CBC + HMAC-SHA256, AES-GCM;
-    DES may be missing), their crypto templates warmed up once per session."""
+    DES may be missing), their crypto templates warmed up once per session, before any test times
+    or waits on anything (the runner's own warm-up, nodes.ipsec_handler.warm_up_crypto)."""
+    from ipsec import Xfrm
+    from nodes.ipsec_handler import warm_up_crypto
+
     available, reason = _kernel_available()
     if not available:
         kernel_unavailable(reason)
     namespace = f"tb{os.getpid()}-warmup"
     run(f"ip netns add {namespace}")
     try:
-        results = [run(f"ip -n {namespace} xfrm state add src 2001:db8::1 dst 2001:db8::2 proto esp "
-                       f"spi {spi} mode tunnel {algorithm}", check=False).returncode == 0
-                   for spi, algorithm in enumerate(WARMUP_ALGORITHMS, start=0x1000)]
+        with Xfrm(netns=f"/run/netns/{namespace}") as xfrm:
+            taken = warm_up_crypto(xfrm)
     finally:
         run(f"ip netns del {namespace}", check=False)
-    if not all(results[:2]):
+    if not (taken["aes-cbc-sha256"] and taken["aes-gcm"]):
         kernel_unavailable("the kernel refuses ESP SAs with AES-CBC/HMAC-SHA256 or AES-GCM")

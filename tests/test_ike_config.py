@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from nodes import ike
+from scenarios import baseline
 from nodes.radius import RadiusConfig, render_radiusd_conf, render_users, write_config
 from topo import plan
 
@@ -26,14 +27,14 @@ def test_params_refuse_unknown_method_and_eap_without_aaa():
 @pytest.mark.parametrize("method", ["eap-mschapv2", "eap-md5"])
 def test_mn_eap_connection_is_the_papers_tunnel(ar, method):
     params = ike.BaselineParams(method=method)
-    conn = ike.mn_connection(ar, params, CERT)
+    conn = baseline.mn_connection(ar, params, CERT)
     assert conn["local_addrs"] == [plan.MN_COA[ar]]
     assert conn["remote_addrs"] == [plan.AR_ACCESS_ADDRESS[ar]]
     assert conn["mobike"] == "no"  # a handover is a fresh IKE_SA, never a MOBIKE update
     assert conn["local-1"] == {"auth": method, "id": "mn", "eap_id": "mn"}
     assert conn["remote-1"] == {"auth": "pubkey", "id": ar, "certs": [CERT]}  # pinned certificate
     (child_name, child), = conn["children"].items()
-    assert child_name == ike.mn_connection_name(ar)
+    assert child_name == baseline.mn_connection_name(ar)
     assert child["mode"] == "tunnel"
     assert child["local_ts"] == ["dynamic"]  # the CoA
     assert child["remote_ts"] == [f"{plan.HA_ADDRESS}/128"]
@@ -42,7 +43,7 @@ def test_mn_eap_connection_is_the_papers_tunnel(ar, method):
 
 @pytest.mark.parametrize("ar", plan.ACCESS_ROUTERS)
 def test_ar_eap_connection_relays_to_radius(ar):
-    conn = ike.ar_connection(ar, ike.BaselineParams(), CERT)
+    conn = baseline.ar_connection(ar, ike.BaselineParams(), CERT)
     assert conn["local_addrs"] == [plan.AR_ACCESS_ADDRESS[ar]]
     assert conn["remote_addrs"] == [plan.ACCESS_PREFIX[ar]]
     assert conn["local-1"] == {"auth": "pubkey", "id": ar, "certs": [CERT]}
@@ -54,27 +55,27 @@ def test_ar_eap_connection_relays_to_radius(ar):
 
 def test_eap_needs_the_certificate():
     with pytest.raises(ValueError):
-        ike.mn_connection(plan.PAR, ike.BaselineParams(), None)
+        baseline.mn_connection(plan.PAR, ike.BaselineParams(), None)
     with pytest.raises(ValueError):
-        ike.ar_connection(plan.PAR, ike.BaselineParams(), None)
+        baseline.ar_connection(plan.PAR, ike.BaselineParams(), None)
 
 
 def test_psk_connections_and_secrets():
     params = ike.BaselineParams(method="psk", aaa=False, psk="k" * 24)
-    mn, ar = ike.mn_connection(plan.NAR, params, None), ike.ar_connection(plan.NAR, params, None)
+    mn, ar = baseline.mn_connection(plan.NAR, params, None), baseline.ar_connection(plan.NAR, params, None)
     assert mn["local-1"] == {"auth": "psk", "id": "mn"} and mn["remote-1"] == {"auth": "psk", "id": "nar"}
     assert ar["local-1"] == {"auth": "psk", "id": "nar"} and ar["remote-1"] == {"auth": "psk", "id": "mn"}
     for node in (plan.MN, plan.PAR, plan.NAR):
-        (secret,) = ike.shared_secrets(node, params)
+        (secret,) = baseline.shared_secrets(node, params)
         assert secret["type"] == "IKE" and secret["data"] == "k" * 24
         assert set(secret["owners"]) == {"mn", "par", "nar"}
 
 
 def test_eap_secret_only_on_the_mn():
     params = ike.BaselineParams(method="eap-md5", password="pw")
-    assert ike.shared_secrets(plan.MN, params) == [
+    assert baseline.shared_secrets(plan.MN, params) == [
         {"id": "eap-mn", "type": "EAP", "data": "pw", "owners": ["mn"]}]
-    assert ike.shared_secrets(plan.PAR, params) == []
+    assert baseline.shared_secrets(plan.PAR, params) == []
 
 
 def test_strongswan_conf_one_key_per_line_and_radius_only_on_ars(tmp_path):

@@ -60,3 +60,35 @@ def test_summary_statistics():
     stats = metrics.statistics_of([10.0, 20.0, 30.0, 40.0, 50.0])
     assert stats == {"median": 30.0, "p95": pytest.approx(48.0), "min": 10.0, "max": 50.0, "n": 5}
     assert metrics.statistics_of([]) == {"n": 0}
+
+
+def path_trace(rows: list[tuple[int, float, float, int]]) -> dict:
+    """(seq, send ms, receive ms, ifindex) rows, interfaces 1 = old path, 2 = new path."""
+    return {"received": {"seq": [r[0] for r in rows], "tx_ns": [int(r[1] * MS) for r in rows],
+                         "rx_ns": [int(r[2] * MS) for r in rows], "ifindex": [r[3] for r in rows]},
+            "interfaces": {"1": "mn-par", "2": "mn-nar"}}
+
+
+def test_late_old_path_probes_do_not_split_the_silence():
+    """Issue 10: two late probes via the old AR in the middle of a 249 ms silence made the longest
+    gap 168 ms. Measured to the first probe through the new path, the silence is whole."""
+    rows = [(n, float(n), n + 5.0, 1) for n in range(1, 100)]           # old path, until the detach
+    rows += [(101, 101.0, 180.0, 1), (102, 102.0, 181.0, 1)]             # late via the old AR
+    rows += [(n, float(n), n + 5.0, 2) for n in range(343, 400)]         # new path from 348 ms
+    trace_ = path_trace(rows)
+    new_path = metrics.path_ifindexes(trace_, "mn-nar")
+    assert new_path == {2}
+    result = metrics.interruption(trace_, detach_ns=104 * MS, new_path=new_path)
+    assert result["interruption_ms"] == pytest.approx(348.0 - 104.0)
+    assert result["late_old_path"] == 2
+    assert (result["last_before_seq"], result["first_after_seq"]) == (99, 343)
+    # every probe in the window that never arrived, not only those inside the longest gap
+    assert result["lost"] == (343 - 100) - 2
+    legacy = metrics.interruption(path_trace(rows), detach_ns=104 * MS)
+    assert legacy["interruption_ms"] < result["interruption_ms"]
+
+
+def test_no_probe_through_the_new_path_is_an_error():
+    rows = [(n, float(n), n + 5.0, 1) for n in range(1, 300)]
+    with pytest.raises(metrics.MetricsError, match="new path"):
+        metrics.interruption(path_trace(rows), detach_ns=100 * MS, new_path={2})

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios import config
+from scenarios import config, methods
 from topo import plan
 
 
 def test_defaults_are_complete():
     scenario = config.load(None)
     assert scenario.handovers >= 20
-    assert scenario.methods == config.DEFAULT_METHODS
+    assert scenario.methods == methods.default_names()
     assert set(scenario.links) == set(plan.LINK_CLASSES)
     assert scenario.probe_rate >= 1000
     assert scenario.source == "built-in defaults"
@@ -41,6 +41,24 @@ def test_file_overrides_only_what_it_states(tmp_path):
     ("[probe]\nrate = 0", "probe.rate"),
     ("hand_overs = 3", "hand_overs"),
     ('name = "../escape"', "name"),
+    # accepted once and then mishandled (issue 9): each is refused before anything runs
+    ("l2_delay_ms = nan", "l2_delay_ms"),
+    ("anticipation_ms = inf", "anticipation_ms"),
+    ("[links.ar_ha]\nrate_mbit = inf", "links.ar_ha.rate_mbit"),
+    ("[links.access]\njitter_ms = nan", "links.access.jitter_ms"),
+    ('name = ".."', "name"),
+    ('name = "."', "name"),
+    (f'name = "{"x" * 300}"', "name"),
+    ('name = "a\\u0000b"', "name"),
+    ('name = "a/b"', "name"),
+    ('name = ".hidden"', "name"),
+    ('methods = ["none", "cxtp-reactive", "none"]', "methods[2]"),
+    ("[probe]\nsize = 100000", "probe.size"),
+    ("handovers = 1e12", "handovers"),
+    ("handovers = 1000000000000", "handovers"),
+    ("[cxtp]\ntransfer_time_ms = nan", "cxtp.transfer_time_ms"),
+    ("[cxtp]\nhold = 1", "cxtp.hold"),
+    ("[sweep]\nparameter = \"l2_delay_ms\"\nvalues = [10, 10]", "sweep.values"),
 ])
 def test_bad_field_is_named(tmp_path, text, field):
     path = tmp_path / "bad.toml"
@@ -81,3 +99,26 @@ def test_built_in_sweep_follows_the_methods_of_a_file(tmp_path):
     path.write_text('methods = ["none"]\n[sweep]\nparameter = "links.ar_ar.delay_ms"\nvalues = [1, 2]\nmethods = ["reauth-eap"]\n')
     with pytest.raises(config.ScenarioError, match=r"sweep.methods\[0\]"):
         config.load(path)
+
+
+def test_cxtp_timers_follow_the_network_and_can_be_set():
+    scenario = config.load(None)
+    base = scenario.cxtp_timers(scenario.links)
+    slow = dict(scenario.links, ar_ar=config.LinkParams(delay_ms=100.0))
+    slower = scenario.cxtp_timers(slow)
+    # six one-way AR-AR delays more for the transfer, and the handover hold covers it
+    assert slower["ct_max_transfer_time"] - base["ct_max_transfer_time"] == pytest.approx(6 * 0.095)
+    assert slower["ct_max_handover_time"] > slower["ct_max_transfer_time"] + scenario.anticipation_ms / 1000
+    assert base["release_hold"] == base["ct_max_handover_time"]
+    fixed = config.from_dict({"cxtp": {"transfer_time_ms": 300, "handover_time_ms": 900, "release_hold_ms": 50}})
+    assert fixed.cxtp_timers(fixed.links) == {"ct_max_transfer_time": 0.3, "ct_max_handover_time": 0.9,
+                                               "release_hold": 0.05, "late_ctdr_grace": 0.05}
+
+
+def test_host_side_check_prints_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("l2_delay_ms = nan\n")
+    assert config.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "l2_delay_ms: must be a finite number" in err
+    assert config.main([]) == 0

@@ -14,7 +14,7 @@ import pytest
 from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
-from scenarios import checks, metrics
+from scenarios import checks, config, methods
 from scenarios.experiment import SPI_MN_IN, Experiment, _pause
 from scenarios.run import warm_up_crypto
 from topo import plan
@@ -30,7 +30,8 @@ def experiment(tmp_path_factory):
              plan.AR_HA: LinkParams(delay_ms=10.0), plan.AR_AAA: LinkParams(delay_ms=10.0)}
     with Testbed(links) as testbed:
         warm_up_crypto(testbed, "aes-cbc-sha256")
-        experiment = Experiment(testbed, run_dir)
+        scenario = config.load(None)
+        experiment = Experiment(testbed, run_dir, timers=scenario.cxtp_timers(testbed.link_params))
         try:
             _pause(300)
             yield experiment
@@ -54,7 +55,7 @@ def _sa_packets(experiment: Experiment, node: str, address: str) -> dict[int, in
 
 @pytest.mark.parametrize("method", ("cxtp-predictive", "cxtp-reactive", "cxtp-network"))
 def test_cxtp_handover_restores_protected_traffic_through_the_nar(experiment, method):
-    record = experiment.handover(method, l2_delay_ms=50.0)
+    record = experiment.handover(methods.get(method), l2_delay_ms=50.0)
     assert record["completed"], "the MN's CTAR or binding update never completed"
     par, nar = record["from_ar"], record["to_ar"]
     mn_new = record["mn_new"]
@@ -77,7 +78,7 @@ def test_cxtp_handover_restores_protected_traffic_through_the_nar(experiment, me
 def test_access_link_carries_only_esp_for_the_protected_flow(experiment, tmp_path):
     """A capture on the MN's access link: the probe flow appears only as ESP (signalling, ND and
     the Mobility Header are outside the tunnel by design, paper §VI-A)."""
-    experiment.set_ipsec(True)
+    experiment.enter(methods.STATIC_TUNNEL)
     testbed = experiment.testbed
     interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[testbed.current_ar]].interface(plan.MN)
     capture = tmp_path / "access.pcap"
@@ -104,7 +105,7 @@ def test_access_link_carries_only_esp_for_the_protected_flow(experiment, tmp_pat
 
 
 def test_none_handover_has_no_ipsec_state(experiment):
-    record = experiment.handover("none", l2_delay_ms=50.0)
+    record = experiment.handover(methods.get("none"), l2_delay_ms=50.0)
     assert record["completed"]
     for node in (plan.MN, plan.PAR, plan.NAR):
         assert experiment.xfrm_state(node, record["mn_new"]).sas == ()
@@ -114,7 +115,7 @@ def test_cxtp_between_the_ars_travels_in_esp(experiment):
     """RFC 4067 §6.2: CXTP between ARs is protected by ESP (transport mode, set up in advance)."""
     par_link, nar_link = plan.AR_LINK_ADDRESS[plan.PAR], plan.AR_LINK_ADDRESS[plan.NAR]
     before = {sa.spi: sa.current.packets for sa in experiment.xfrm_state(plan.NAR, nar_link).sas}
-    record = experiment.handover("cxtp-reactive", l2_delay_ms=20.0)
+    record = experiment.handover(methods.get("cxtp-reactive"), l2_delay_ms=20.0)
     assert record["completed"]
     after = {sa.spi: sa.current.packets for sa in experiment.xfrm_state(plan.NAR, nar_link).sas}
     assert len(after) == 2
@@ -125,7 +126,7 @@ def test_cxtp_between_the_ars_travels_in_esp(experiment):
 def test_cxtp_moves_sas_that_ike_negotiated(experiment):
     """Issue: CXTP also starts from SAs IKEv2 negotiated at the pAR; the kernel SAs and policies
     move (Tables I-IV with IKE's SPIs), the IKE SA stays behind at the pAR."""
-    record = experiment.handover("cxtp-reactive-ike", l2_delay_ms=50.0)
+    record = experiment.handover(methods.get("cxtp-reactive-ike"), l2_delay_ms=50.0)
     assert record["completed"] and "IKE SA stays behind" in record["note"]
     assert record["spi_mn_in"] not in (None, SPI_MN_IN)  # chosen by IKE, not the static ones
     par, nar, mn_new = record["from_ar"], record["to_ar"], record["mn_new"]

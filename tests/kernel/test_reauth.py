@@ -17,6 +17,7 @@ from scapy.layers.l2 import Ether
 from ipsec.xfrm import Xfrm
 from ipsec.xfrm_messages import XFRM_POLICY_FWD
 from nodes import ike, netns
+from scenarios import baseline as baseline_module
 from topo import plan
 from topo.network import LinkParams, Testbed
 
@@ -42,15 +43,15 @@ class Baselines:
 
     def __init__(self, testbed: Testbed, root):
         self.testbed, self.root = testbed, root
-        self.current: ike.IkeBaseline | None = None
+        self.current: baseline_module.IkeBaseline | None = None
 
-    def use(self, method: str) -> ike.IkeBaseline:
+    def use(self, method: str) -> baseline_module.IkeBaseline:
         if self.current is not None and self.current.params.method == method:
             return self.current
         self.close()
         if self.testbed.current_ar != plan.PAR:
             self.testbed.handover(plan.PAR, l2_delay_ms=0)
-        baseline = ike.IkeBaseline(self.testbed, self.root / method, method=method,
+        baseline = baseline_module.IkeBaseline(self.testbed, self.root / method, method=method,
                                    password=MN_PASSWORD, aaa=method != "psk")
         baseline.start()
         self.current = baseline
@@ -93,7 +94,7 @@ def _ping_ha(testbed: Testbed, count: int = 3) -> str:
     return testbed.cmd(plan.MN, f"ping -6 -c {count} -i 0.1 -W 2 {plan.HA_ADDRESS}", check=False)
 
 
-def _at(testbed: Testbed, baseline: ike.IkeBaseline, ar: str) -> None:
+def _at(testbed: Testbed, baseline: baseline_module.IkeBaseline, ar: str) -> None:
     """Put the MN at ``ar`` with no SA anywhere."""
     for old in list(baseline.attached_to):
         baseline.detach_old(old)
@@ -101,7 +102,7 @@ def _at(testbed: Testbed, baseline: ike.IkeBaseline, ar: str) -> None:
         testbed.handover(ar, l2_delay_ms=0)
 
 
-def _assert_clean(testbed: Testbed, baseline: ike.IkeBaseline, *nodes: str) -> None:
+def _assert_clean(testbed: Testbed, baseline: baseline_module.IkeBaseline, *nodes: str) -> None:
     for node in nodes:
         assert baseline.list_sas(node) == [], f"{node} still lists IKE_SAs"
         assert _states(testbed, node) == [], f"{node} still has XFRM states"

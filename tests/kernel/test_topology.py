@@ -10,6 +10,7 @@ import statistics
 import pytest
 
 from scenarios import metrics
+from scenarios import methods
 from scenarios.experiment import Experiment, _pause
 from topo import plan
 from topo.network import LinkParams, Testbed, TopologyError
@@ -124,7 +125,7 @@ def test_probe_interruption_follows_l2_delay(testbed, tmp_path):
     try:
         _pause(300)
         for l2_delay in [50.0] * 5 + [200.0] * 5:
-            handovers.append(experiment.handover("none", l2_delay))
+            handovers.append(experiment.handover(methods.get("none"), l2_delay))
             _pause(350)
     finally:
         experiment.stop()
