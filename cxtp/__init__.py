@@ -13,10 +13,11 @@ from .constants import (
     STATUS_SUCCESS, MessageType,
 )
 from .engine import TRANSPORT_AR, TRANSPORT_ICMP, AccessRouter, Datagram, MobileNode
-from .errors import ConfigError, CxtpError, DecodeError, ProtocolError
+from .errors import ConfigError, CxtpError, DecodeError, IllegalTransition, ProtocolError
 from .events import (
     Cancelled, ContextActivated, ContextInstalled, CtaaReceived, DecodeFailed, DuplicateIgnored,
-    RateLimited, RequestIgnored, TokenRejected, TransferCompleted, TransferFailed, TransferStarted,
+    MessageDropped, RateLimited, ReleaseDue, RequestIgnored, TokenRejected, TransferCompleted,
+    TransferFailed, TransferStarted,
 )
 from .icmp import ExperimentalMobilityMessage, decode_icmp, icmpv6_checksum, unwrap, wrap
 from .messages import (
@@ -24,13 +25,15 @@ from .messages import (
     peek_length,
 )
 from .registry import ContextHandler, Registry, TransferInfo
+from .state import MnState, SourceState, TargetState
 from .token import compute_token, verify_token
 
 __all__ = [
     "AccessRouter", "AnyMessage", "BAD_CHECKSUM", "CTAA", "CTAR", "CTC", "CTD", "CTDR",
     "CT_MAX_HANDOVER_TIME", "CT_MAX_TRANSFER_TIME", "CT_REQUEST_RATE", "CT_REQUEST_RETRY",
     "CT_RETRY_MAX", "CTReq", "CXTP_HOP_LIMIT", "CXTP_SCTP_PORT", "CXTP_SCTP_PPID", "CXTP_VERSION",
-    "Cancelled", "Config", "ConfigError", "ContextActivated", "ContextDataBlock", "ContextHandler",
+    "Cancelled", "Config", "ConfigError", "IllegalTransition", "MessageDropped", "MnState",
+    "ReleaseDue", "SourceState", "TargetState", "ContextActivated", "ContextDataBlock", "ContextHandler",
     "ContextInstalled", "CtaaReceived", "CxtpError", "Datagram", "DecodeError", "DecodeFailed",
     "DuplicateIgnored", "ExperimentalMobilityMessage", "HMAC_SHA1", "ICMPV4_TYPE_EXPERIMENTAL_MOBILITY",
     "ICMPV6_TYPE_EXPERIMENTAL_MOBILITY", "ICMP_SUBTYPE_CXTP", "MessageType", "MobileNode", "PCTD",

@@ -10,12 +10,17 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class Config:
-    """RFC 4067 §4 constants plus the local choices the RFC leaves open. Times are seconds."""
+    """RFC 4067 §4 constants plus the local choices the RFC leaves open. Times are seconds,
+    sizes octets. ``None`` in ``late_ctdr_grace`` / ``release_hold`` means "as long as
+    ``ct_max_handover_time``", resolved when used, so ``dataclasses.replace`` of the handover
+    time carries them along."""
 
     ct_request_rate: float = c.CT_REQUEST_RATE
     ct_max_transfer_time: float = c.CT_MAX_TRANSFER_TIME
     ct_request_retry: float = c.CT_REQUEST_RETRY
     ct_retry_max: float = c.CT_RETRY_MAX
+    #: pAR: how long a predictive transfer is held for its CTDR; nAR: how long inactive contexts
+    #: wait for the MN's CTAR. Must cover the handover it anticipates (notes §2.4).
     ct_max_handover_time: float = c.CT_MAX_HANDOVER_TIME
     sequence_reuse_time: float = c.CT_SEQUENCE_REUSE_TIME
     #: window over which CTAR arrivals are counted for the rate limit
@@ -30,14 +35,63 @@ class Config:
     par_sends_ctaa: bool = True
     #: token algorithm sent in PCTD
     key_algorithm: int = c.HMAC_SHA1
+    #: pAR: after its transfer expired, a CTDR S = 1 from the same nAR within this time still
+    #: releases the contexts sent (None: ct_max_handover_time)
+    late_ctdr_grace: float | None = None
+    #: pAR: a transfer that failed, was cancelled or expired is held this long, then ReleaseDue
+    #: is emitted for the owner to decide (None: ct_max_handover_time)
+    release_hold: float | None = None
+    #: largest CXTP message accepted on the MN-AR (ICMP) leg, checked before decoding: CTAR, CTAA
+    #: (1280: the IPv6 minimum MTU; §3.2 wants MN-AR messages to fit in one packet)
+    max_icmp_message: int = 1280
+    #: largest CXTP message accepted on the AR-AR leg, checked before decoding (the Length field's
+    #: own bound by default)
+    max_ar_message: int = 0xFFFF
+    #: most request CDBs accepted in one CTAR or CT-Req
+    max_request_blocks: int = 16
+    #: most context CDBs accepted in one CTD or PCTD (and status tuples in one CTAA or CTDR)
+    max_context_blocks: int = 64
+    #: AR: octets per second each source may send on the ICMP leg (token bucket, burst
+    #: ``max_icmp_message * 4``), besides the CT_REQUEST_RATE limit on CTARs
+    ct_request_octet_rate: float = 16384.0
+    #: nAR: CTARs for one MN held while its CT-Req is outstanding (the first one included); a
+    #: PCTD that arrives meanwhile verifies them in turn, so a forged first CTAR cannot pre-empt
+    max_pending_ctars: int = 4
 
     def __post_init__(self) -> None:
         for name in ("ct_request_rate", "ct_max_transfer_time", "ct_request_retry",
-                     "ct_retry_max", "ct_max_handover_time", "sequence_reuse_time", "rate_window"):
+                     "ct_retry_max", "ct_max_handover_time", "sequence_reuse_time", "rate_window",
+                     "ct_request_octet_rate"):
+            _positive(name, getattr(self, name))
+        for name in ("late_ctdr_grace", "release_hold"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+            if value is not None:
+                _positive(name, value)
+        for name in ("max_icmp_message", "max_ar_message", "max_request_blocks",
+                     "max_context_blocks", "max_pending_ctars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_ar_message > 0xFFFF or self.max_icmp_message > 0xFFFF:
+            raise ConfigError("message size limits cannot exceed the 16-bit Length field (65535)")
         if self.ct_retry_max < self.ct_request_retry:
             raise ConfigError("ct_retry_max must not be shorter than ct_request_retry")
         if not 0 <= self.key_algorithm <= 0xFFFF:
             raise ConfigError("key_algorithm must fit in 16 bits")
+
+    @property
+    def late_ctdr_grace_time(self) -> float:
+        return self.ct_max_handover_time if self.late_ctdr_grace is None else self.late_ctdr_grace
+
+    @property
+    def release_hold_time(self) -> float:
+        return self.ct_max_handover_time if self.release_hold is None else self.release_hold
+
+    @property
+    def ct_request_octet_burst(self) -> int:
+        return self.max_icmp_message * 4
+
+
+def _positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")

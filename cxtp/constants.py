@@ -64,8 +64,30 @@ STATUS_TRANSFER_TIMEOUT = 0x83
 STATUS_CONTEXT_TOO_LARGE = 0x84
 #: The handler raised an exception while installing or activating.
 STATUS_HANDLER_ERROR = 0x85
-#: Unknown token algorithm in a PCTD.
+#: Unknown token algorithm in a PCTD: the nAR refuses the context (no CTAR could ever verify).
 STATUS_UNSUPPORTED_ALGORITHM = 0x86
+
+#: Names of the CXTP-level codes, for reasons and logs; 0x01-0x7F belong to the context types.
+STATUS_NAMES = {
+    STATUS_SUCCESS: "success",
+    BAD_CHECKSUM: "bad checksum or context-specific",
+    STATUS_UNSUPPORTED_FPT: "unsupported context type",
+    STATUS_CONTEXT_UNAVAILABLE: "context unavailable",
+    STATUS_AUTHORIZATION_FAILED: "authorization failed",
+    STATUS_TRANSFER_TIMEOUT: "transfer timeout",
+    STATUS_CONTEXT_TOO_LARGE: "context too large",
+    STATUS_HANDLER_ERROR: "handler error",
+    STATUS_UNSUPPORTED_ALGORITHM: "unsupported token algorithm",
+}
+
+
+def status_name(status: int) -> str:
+    """``0x83 (transfer timeout)``; codes of context types are named as such."""
+    name = STATUS_NAMES.get(status)
+    if name is None:
+        name = "context-specific" if status < 0x80 else "unknown"
+    return f"{status:#04x} ({name})"
+
 
 # --- timers and limits (RFC 4067 §4); defaults of :class:`cxtp.config.Config` -----------------
 CT_REQUEST_RATE = 10  # CTARs per second

@@ -46,6 +46,9 @@ class TransferCompleted(Event):
     role: str
     statuses: tuple[StatusEntry, ...] = ()
     acknowledged: bool = True  # MN: False when no CTAA was requested
+    #: pAR: the CTDR came after the transfer had expired (within Config.late_ctdr_grace); the
+    #: contexts were released all the same, and this supersedes the expiry's TransferFailed
+    late: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,28 @@ class Cancelled(Event):
 class CtaaReceived(Event):
     source: str
     statuses: tuple[StatusEntry, ...]
+
+
+@dataclass(frozen=True)
+class ReleaseDue(Event):
+    """pAR: a transfer ended without success (CTDR S = 0, CTC, or expiry without CTDR) and its
+    release hold (Config.release_hold) is over. The engine releases nothing itself here: the
+    owner decides (it releases ``fpts`` if the MN is no longer attached to it). Not emitted when
+    a late CTDR S = 1 released the contexts, or when the MN came back (new key, new transfer)."""
+
+    role: str
+    fpts: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class MessageDropped:
+    """A message refused before it was decoded (size, octet rate, not from a peer), whose MN
+    could not be named."""
+
+    source: str
+    transport: str
+    reason: str
 
 
 @dataclass(frozen=True)

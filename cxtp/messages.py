@@ -8,6 +8,7 @@ zero and ignored on receive (§2.2); they are therefore not part of the values.
 from __future__ import annotations
 
 import functools
+import hmac
 import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar, Union
@@ -459,7 +460,8 @@ class CTC(Message):
 class CTReq(Message):
     """Context Transfer Request, nAR -> pAR (§2.5.6): seq, token and CDBs copied from the CTAR.
 
-    A zero token means the nAR has no CTAR yet (network-initiated); the pAR then adds key material.
+    RFC 4067 lets a zero token mean "the nAR has no CTAR yet" (network-initiated); the codec
+    carries it, but the engines refuse it: a zero token is never a substitute for the MN's token.
     """
 
     TYPE: ClassVar[MessageType] = MessageType.CT_REQ
@@ -476,7 +478,8 @@ class CTReq(Message):
 
     @property
     def zero_token(self) -> bool:
-        return self.token == bytes(4)
+        """Token 0 (RFC 4067 §2.5.6: "no CTAR yet"). The engines refuse such a CT-Req."""
+        return hmac.compare_digest(self.token, bytes(c.TOKEN_LENGTH))
 
     def requested_octets(self) -> bytes:
         return _blocks(self.requested)
@@ -525,6 +528,41 @@ def peek_length(header: bytes) -> int:
     if length < HEADER_LENGTH:
         raise DecodeError(f"Length {length} shorter than the header")
     return length
+
+
+@dataclass(frozen=True)
+class HeaderPeek:
+    """What the first octets of a message say, read without decoding it (to refuse it cheaply)."""
+
+    type: MessageType | None  # None: a type RFC 4067 does not define
+    flag: bool  # A (CTAR, CTD, PCTD) or S (CTDR)
+    ipv4: bool
+    mn_previous_address: str | None  # None when the message is too short to hold it
+
+
+#: where the MN's previous address starts: after the 4-octet Elapsed Time in CTD and PCTD
+_MN_OFFSET = {MessageType.CTD: 8, MessageType.PCTD: 8}
+
+
+def peek_header(data: bytes) -> HeaderPeek | None:
+    """Type, flags and MN address of a CXTP message from its first octets, in constant work;
+    None when even the 4-octet header or the version is wrong. Nothing here is validated beyond
+    what is read: a message that peeks may still fail :func:`decode`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < HEADER_LENGTH:
+        return None
+    if data[0] >> 5 != c.CXTP_VERSION:
+        return None
+    code = data[0] & 0x1F
+    mtype = MessageType(code) if code in MESSAGE_CLASSES else None
+    ipv4 = bool(data[1] & _V_FLAG)
+    flag = bool(data[1] & _X_FLAG)
+    mn = None
+    if mtype is not None:
+        start = _MN_OFFSET.get(mtype, HEADER_LENGTH)
+        size = 4 if ipv4 else 16
+        if len(data) >= start + size:
+            mn = _address_text(bytes(data[start:start + size]))
+    return HeaderPeek(mtype, flag, ipv4, mn)
 
 
 def decode(data: bytes) -> AnyMessage:

@@ -25,11 +25,26 @@ def compute_token(key: bytes, previous_address: str, sequence_number: int, cdbs:
     return mac.finalize()[:c.TOKEN_LENGTH]
 
 
+def tokens_equal(a: bytes, b: bytes) -> bool:
+    """The one way the engines compare tokens: constant time (hmac.compare_digest), so that a
+    forger learns nothing from timing (§6.3)."""
+    return _stdlib_hmac.compare_digest(bytes(a), bytes(b))
+
+
+ZERO_TOKEN = bytes(c.TOKEN_LENGTH)
+
+
+def is_zero_token(token: bytes) -> bool:
+    """The all-zero token: never a substitute for a token (it means "no CTAR" in RFC 4067
+    §2.5.6's nAR-triggered CT-Req, which this implementation does not accept)."""
+    return tokens_equal(token, ZERO_TOKEN)
+
+
 def verify_token(key: bytes, previous_address: str, sequence_number: int, cdbs: bytes,
                  token: bytes) -> bool:
-    """Constant-time comparison (§6.3), so a forger learns nothing from timing."""
+    """Recompute the token with ``key`` and compare in constant time (§6.3)."""
     expected = compute_token(key, previous_address, sequence_number, cdbs)
-    return _stdlib_hmac.compare_digest(expected, bytes(token))
+    return tokens_equal(expected, token)
 
 
 def key_fingerprint(key: bytes) -> bytes:
