@@ -6,10 +6,12 @@ PY := .venv/bin/python
 KERNEL_RUN := $(PY) -m topo.kernel run --
 SCENARIO ?=
 RUN ?=
+A ?=
+B ?=
 CMD ?= true
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-pure test-kernel run-scenario run-scenario-loaded report kernel-run probe bench clean
+.PHONY: setup test test-pure test-kernel run-scenario run-scenario-loaded report compare kernel-run probe bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +41,12 @@ run-scenario-loaded: setup
 report:
 	@test -n "$(RUN)" || { echo "usage: make report RUN=results/<scenario>/<run-id>"; exit 2; }
 	$(PY) -m scenarios.report $(RUN)
+
+# Difference of the median interruptions of two stored runs, per method and direction, with
+# 95% intervals: make compare A=results/<scenario>/<run> B=results/<scenario>/<run>
+compare:
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<run dir> B=<run dir>"; exit 2; }
+	$(PY) -m scenarios.compare $(A) $(B)
 
 kernel-run: setup
 	$(KERNEL_RUN) sh -c '$(CMD)'

@@ -90,7 +90,7 @@ class AccessRouterAgent:
         self.handler = ipsec_handler.ArIpsecHandler(self.xfrm, address, agent.trace, state_dir)
         peers = peers or {}
         self.engine = AccessRouter(address, Registry([self.handler]), Config(**(config or {})), random.Random(seed),
-                                   peers=[*peers, *peers.values()])
+                                   peers=peers)
         ar_link = (SctpTransport(bind_address=link_address) if ar_transport == "sctp"
                    else TcpTransport(bind_address=link_address))
         self.ar_link = ar_link

@@ -66,6 +66,7 @@ class ProbeAgent:
         self.stopping = threading.Event()
         # Columns of the traces, kept as compact arrays: 1000 probes/s for minutes is fine.
         self.sent_seq, self.sent_ns, self.sent_ok = array("I"), array("Q"), array("B")
+        self.sent_late_us = array("I")  # how late each probe left against its schedule: emulation fidelity
         self.recv_seq, self.recv_tx_ns, self.recv_rx_ns = array("I"), array("Q"), array("Q")
         self.recv_ifindex = array("I")
         self.peer_changes: list[tuple[int, str]] = []
@@ -93,6 +94,7 @@ class ProbeAgent:
             self.sent_seq.append(sequence)
             self.sent_ns.append(stamp)
             self.sent_ok.append(ok)
+            self.sent_late_us.append(min(max(stamp - next_ns, 0) // 1000, 0xFFFFFFFF))
             next_ns += self.interval_ns
             if time.monotonic_ns() - next_ns > 50 * self.interval_ns:
                 next_ns = time.monotonic_ns()  # fell far behind (host stall): do not burst
@@ -158,7 +160,8 @@ class ProbeAgent:
     def write(self, path: str) -> None:
         record = {
             "role": self.role, "port": self.port, "interval_ns": self.interval_ns,
-            "sent": {"seq": self.sent_seq.tolist(), "ns": self.sent_ns.tolist(), "ok": self.sent_ok.tolist()},
+            "sent": {"seq": self.sent_seq.tolist(), "ns": self.sent_ns.tolist(), "ok": self.sent_ok.tolist(),
+                     "late_us": self.sent_late_us.tolist()},
             "received": {"seq": self.recv_seq.tolist(), "tx_ns": self.recv_tx_ns.tolist(),
                          "rx_ns": self.recv_rx_ns.tolist(), "ifindex": self.recv_ifindex.tolist()},
             "interfaces": {str(index): name for index, name in socket.if_nameindex()},

@@ -38,10 +38,17 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ms": 500.0,
     "profile": "aes-cbc-sha256",
     "ar_transport": "sctp",
+    # packet captures (pcapng per capture point, and a Wireshark profile that decrypts the ESP):
+    # [] for none, ["all"], or link classes, e.g. ["access", "ar_ar"]
+    "captures": [],
     "sweep": {"parameter": "links.ar_aaa.delay_ms", "values": [0.0, 10.0, 20.0, 50.0],
               "methods": [name for name in method_registry.default_names()
                           if method_registry.get(name).sweeps == plan.AR_AAA]},
     "probe": {"rate": 1000.0, "size": 64},
+    # Emulation fidelity (in the way of Mininet-HiFi's monitors): a handover during which the
+    # emulator did not keep its own timing is marked, left out of the figures and repeated
+    "fidelity": {"max_l2_drift_ms": 5.0, "max_step_ms": 20.0, "max_probe_late_ms": 5.0,
+                 "max_repeats": 10},
     # CXTP timers (ms); 0 derives them from the scenario's network (see Scenario.cxtp_timers)
     "cxtp": {"transfer_time_ms": 0.0, "handover_time_ms": 0.0, "release_hold_ms": 0.0,
              "processing_allowance_ms": 1000.0},
@@ -86,6 +93,8 @@ class Scenario:
     probe_size: int
     links: dict[str, LinkParams]
     source: str  # the file it came from, or "built-in defaults"
+    captures: tuple[str, ...] = ()
+    fidelity: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULTS["fidelity"]))
     cxtp: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULTS["cxtp"]))
 
     def cxtp_timers(self, links: Mapping[str, LinkParams], l2_delay_ms: float | None = None) -> dict[str, float]:
@@ -131,6 +140,7 @@ class Scenario:
             "probe": {"rate": self.probe_rate, "size": self.probe_size},
             "links": {name: dataclasses.asdict(params) for name, params in self.links.items()},
             "cxtp": dict(self.cxtp), "cxtp_timers_s": self.cxtp_timers(self.links),
+            "captures": list(self.captures), "fidelity": dict(self.fidelity),
             "source": self.source,
         }
 
@@ -211,6 +221,16 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
     if len(set(sweep_values)) != len(sweep_values):
         raise ScenarioError("sweep.values: a value is listed twice")
     cxtp = {field: _number(value, f"cxtp.{field}", 0, 600_000) for field, value in merged["cxtp"].items()}
+    fidelity = {field: _number(value, f"fidelity.{field}", 0, 600_000) for field, value in merged["fidelity"].items()}
+    fidelity["max_repeats"] = _integer(merged["fidelity"]["max_repeats"], "fidelity.max_repeats", 0, MAX_HANDOVERS)
+    captures = merged["captures"]
+    if not isinstance(captures, list):
+        raise ScenarioError(f"captures: must be a list of link classes or [\"all\"], got {captures!r}")
+    for index, link_class in enumerate(captures):
+        if link_class not in (*plan.LINK_CLASSES, "all") or link_class in captures[:index]:
+            raise ScenarioError(f"captures[{index}]: must be one of all, {', '.join(plan.LINK_CLASSES)}, "
+                                f"each once, got {link_class!r}")
+    captures = plan.LINK_CLASSES if "all" in captures else tuple(captures)
     links = {}
     for link_class, params in merged["links"].items():
         where = f"links.{link_class}"
@@ -240,6 +260,8 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         probe_size=_integer(merged["probe"]["size"], "probe.size", 16, MAX_PROBE_SIZE),
         links=links,
         source=source,
+        captures=captures,
+        fidelity=fidelity,
         cxtp=cxtp,
     )
 

@@ -153,7 +153,11 @@ class Experiment:
         self.agents: dict[str, AgentProcess] = {}
         self.security: Security | None = methods.NO_SECURITY
         self.baseline = None
-        self._transaction = 0
+        #: called after every change of kernel state the runner makes (security entered, a
+        #: handover done, a recovery): the run's Wireshark profile collects the SAs there
+        self.on_state_change = None
+        self.state_change_errors: list[str] = []
+        self._static_algorithms: dict[int, tuple] = {}
         try:
             for ar in plan.ACCESS_ROUTERS:
                 peers = [f"--peer={plan.AR_ACCESS_ADDRESS[other]}={plan.AR_LINK_ADDRESS[other]}"
@@ -222,8 +226,8 @@ class Experiment:
         ar = self.testbed.current_ar
         self.security = security  # from here on, a failure is cleaned up by leave()
         if security.static_tunnel:
-            mn_side, ar_side = ipsec_handler.initial_contexts(
-                self.mn_address, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, self.profile, SPI_MN_IN, SPI_MN_OUT)
+            mn_side, ar_side = (self._same_keys(context) for context in ipsec_handler.initial_contexts(
+                self.mn_address, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, self.profile, SPI_MN_IN, SPI_MN_OUT))
             self.request(ar, "provision", context=ar_side.encode().hex())
             self.request(plan.MN, "provision", context=mn_side.encode().hex())
         elif security.ike_auth is not None:
@@ -231,6 +235,21 @@ class Experiment:
                                         method=security.ike_auth, aaa=security.ike_auth != "psk")
             self.baseline.start()
             self.baseline.attach(ar)
+        self._state_changed()
+
+    def _same_keys(self, context: IpsecContext) -> IpsecContext:
+        """The static SAs keep one set of keys per SPI for the whole run (as pre-shared static SAs
+        would): a capture's every ESP packet then decrypts with one profile line per SA."""
+        sas = tuple(dataclasses.replace(sa, algorithms=self._static_algorithms.setdefault(sa.spi, sa.algorithms))
+                    for sa in context.sas)
+        return dataclasses.replace(context, sas=sas)
+
+    def _state_changed(self) -> None:
+        if self.on_state_change is not None:
+            try:
+                self.on_state_change()
+            except (IpsecError, OSError, ValueError) as error:  # evidence is best effort, never a failure
+                self.state_change_errors.append(f"{type(error).__name__}: {error}")
 
     def leave(self) -> None:
         """Remove every trace of the MN's security state from every node: IKE daemons stopped,
@@ -288,6 +307,7 @@ class Experiment:
             if not status["idle"]:
                 raise HandoverFailed("the MN's Binding Update got no Binding Ack", record)
             record["restored_ns"] = time.monotonic_ns()
+            self._state_changed()
         except HandoverFailed as failure:
             failure.record = record
             raise
@@ -389,6 +409,7 @@ class Experiment:
 
     def snapshot(self) -> dict[str, list[str]]:
         """Every node's whole SAD and SPD, one line per entry, for a failure's record."""
+        self._state_changed()  # the SAs of a failed handover, while they still exist
         state = {}
         for node in (plan.MN, *plan.ACCESS_ROUTERS):
             try:

@@ -18,6 +18,7 @@ the link actually going down) from being mistaken for the end of the interruptio
 from __future__ import annotations
 
 import bisect
+import random
 import statistics
 from collections import Counter
 from typing import Any, Iterable
@@ -147,9 +148,96 @@ def signalling(handover: dict, traces: dict[str, list[dict]], horizon_ns: float)
             "ike_to_child_ms": reauth["elapsed_ms"] if reauth else None, "per_link": per_link}
 
 
+#: the agents' trace events that make a handover's timeline: (node role, event, match, step name,
+#: searched from the handover's start or from the attach)
+TIMELINE_EVENTS = (
+    ("mn", "cxtp_sent", {"type": "CTAR"}, "ctar_predictive_sent", "start"),
+    ("mn", "attached", {}, "mn_trigger", "start"),
+    ("mn", "cxtp_sent", {"type": "CTAR"}, "ctar_sent", "attached"),
+    ("mn", "ipsec_moved", {}, "mn_rehomed", "start"),
+    ("mn", "cxtp_received", {"type": "CTAA"}, "ctaa_received", "attached"),
+    ("mn", "bu_sent", {"retransmission": False}, "bu_sent", "start"),
+    ("mn", "ba_received", {}, "ba_received", "start"),
+    ("par", "cxtp_received", {"type": "CTAR"}, "par_ctar_received", "start"),
+    ("par", "cxtp_sent", {"type": "PCTD"}, "pctd_sent", "start"),
+    ("par", "cxtp_sent", {"type": "CTD"}, "ctd_sent", "start"),
+    ("par", "cxtp_received", {"type": "CT-Req"}, "ct_req_received", "start"),
+    ("par", "cxtp_received", {"type": "CTDR"}, "ctdr_received", "start"),
+    ("par", "ipsec_released", {}, "par_released", "start"),
+    ("nar", "cxtp_received", {"type": "PCTD"}, "pctd_received", "start"),
+    ("nar", "cxtp_received", {"type": "CTD"}, "ctd_received", "start"),
+    ("nar", "cxtp_sent", {"type": "CT-Req"}, "ct_req_sent", "start"),
+    ("nar", "cxtp_received", {"type": "CTAR"}, "nar_ctar_received", "attached"),
+    ("nar", "ipsec_activated", {}, "nar_activated", "start"),
+    ("nar", "cxtp_sent", {"type": "CTAA"}, "ctaa_sent", "attached"),
+    ("nar", "cxtp_sent", {"type": "CTDR"}, "ctdr_sent", "start"),
+    ("ha", "bu_received", {}, "ha_bu_received", "start"),
+    ("ha", "ba_sent", {}, "ha_ba_sent", "start"),
+)
+
+
+def timeline(handover: dict, traces: dict[str, list[dict]], row: dict, horizon_ns: float) -> dict[str, float]:
+    """Every step of one handover on the one monotonic clock, in ms from the detach: the runner's
+    steps, the agents' messages and kernel work, IKE, and the first probe through the new path
+    in each direction."""
+    detach = handover["detach_start_ns"]
+    start = handover.get("anticipation_start_ns") or detach
+    steps: dict[str, float] = {}
+    for name in ("anticipation_start_ns", "detach_start_ns", "detached_ns", "attach_start_ns", "attached_ns",
+                 "trigger_sent_ns", "retry_sent_ns", "restored_ns"):
+        if handover.get(name):
+            steps[name[:-3]] = (handover[name] - detach) / 1e6
+    nodes = {"mn": plan.MN, "par": handover.get("from_ar"), "nar": handover.get("to_ar"), "ha": plan.HA}
+    origins = {"start": start, "attached": handover.get("attached_ns", start)}
+    for role, event, match, step, origin in TIMELINE_EVENTS:
+        found = _first(traces.get(nodes[role], []), origins[origin], horizon_ns, event=event, **match)
+        if step == "ctar_predictive_sent" and found is not None and found["t_ns"] >= detach:
+            continue  # no CTAR before the detach: not a predictive transfer
+        if found is not None:
+            steps[step] = (found["t_ns"] - detach) / 1e6
+    reauth = handover.get("reauth") or {}
+    for name in ("initiate_sent_ns", "child_installed_ns"):
+        if reauth.get(name):
+            steps[f"ike_{name[:-3]}"] = (reauth[name] - detach) / 1e6
+    for direction in ("ha_to_mn", "mn_to_ha"):
+        first = row.get(direction, {}).get("first_after_rx_ns")
+        if first:
+            steps[f"first_{direction}"] = (first - detach) / 1e6
+    return dict(sorted(steps.items(), key=lambda item: item[1]))
+
+
+def probe_lateness_ms(sender_trace: dict, start_ns: int, end_ns: int, fraction: float = 0.99) -> float | None:
+    """The ``fraction`` quantile of how late the sender's probes left, against their schedule,
+    between two instants (None for traces that do not record it)."""
+    sent = sender_trace.get("sent", {})
+    late = sent.get("late_us")
+    if not late:
+        return None
+    times = sent["ns"]
+    low, high = bisect.bisect_left(times, start_ns), bisect.bisect_right(times, end_ns)
+    window = late[low:high]
+    return percentile(window, fraction) / 1000 if window else None
+
+
+def fidelity_of(handover: dict, mn_trace: dict, ha_trace: dict, tolerances: dict | None) -> dict:
+    """The runner's fidelity record, completed with the probes' send lateness (p99) over the
+    handover, and judged against the scenario's tolerances."""
+    result = dict(handover.get("fidelity") or {"violations": []})
+    result["violations"] = list(result.get("violations", []))
+    start = handover.get("anticipation_start_ns") or handover["detach_start_ns"]
+    end = handover.get("window_end_ns") or start
+    for name, trace in (("mn", mn_trace), ("ha", ha_trace)):
+        late = probe_lateness_ms(trace, start, end)
+        result[f"probe_late_p99_ms_{name}"] = late
+        if tolerances and late is not None and late > tolerances["max_probe_late_ms"]:
+            result["violations"].append(f"{name} probes up to {late:.1f} ms late (p99)")
+    return result
+
+
 def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
-                 traces: dict[str, list[dict]] | None = None) -> list[dict[str, Any]]:
-    """Both directions (and, with agent traces, the signalling) for every handover."""
+                 traces: dict[str, list[dict]] | None = None, tolerances: dict | None = None) -> list[dict[str, Any]]:
+    """Both directions (and, with agent traces, the signalling and timeline) for every handover,
+    with its emulation fidelity."""
     results = []
     for position, handover in enumerate(handovers):
         following = handovers[position + 1] if position + 1 < len(handovers) else None
@@ -178,6 +266,9 @@ def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
                 row[direction] = {"error": str(error)}
         if traces is not None:
             row["signalling"] = signalling(handover, traces, horizon if horizon is not None else float("inf"))
+            row["timeline"] = timeline(handover, traces, row, horizon if horizon is not None else float("inf"))
+        row["fidelity"] = fidelity_of(handover, mn_trace, ha_trace, tolerances)
+        row["fidelity_ok"] = not row["fidelity"]["violations"]
         if "tables_check" in handover:
             row["tables_ok"] = not handover["tables_check"]
             row["tables_problems"] = handover["tables_check"]
@@ -220,9 +311,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     measured = [row for row in rows if not row.get("warmup")]
     for key in sorted({_group_key(row) for row in measured}, key=lambda k: (k.split("@")[0], k)):
         everything = [row for row in measured if _group_key(row) == key]
-        group = [row for row in everything if row.get("outcome", "ok") == "ok"]
+        succeeded = [row for row in everything if row.get("outcome", "ok") == "ok"]
+        group = [row for row in succeeded if row.get("fidelity_ok", True)]
         entry: dict[str, Any] = {"method": everything[0]["method"], "sweep_value": everything[0].get("sweep_value"),
-                                 "handovers": len(everything), "failed_handovers": len(everything) - len(group),
+                                 "handovers": len(everything), "failed_handovers": len(everything) - len(succeeded),
+                                 "fidelity_violations": len(succeeded) - len(group),
                                  "restored_by": dict(Counter(row.get("restored_by") for row in everything
                                                              if row.get("outcome", "ok") != "ok"))}
         for direction in ("ha_to_mn", "mn_to_ha"):
@@ -250,13 +343,69 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def ratios(summary: dict[str, Any], baselines: Iterable[str], methods: Iterable[str]) -> list[dict[str, Any]]:
+#: bootstrap resamples per interval, and the fixed seed that makes a report reproducible
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 4067
+
+
+def _resampled_medians(values: list[float], rng: random.Random, resamples: int) -> list[float]:
+    n = len(values)
+    return [statistics.median(rng.choices(values, k=n)) for _ in range(resamples)]
+
+
+def bootstrap_interval(values: list[float], *, against: list[float] | None = None, ratio: bool = False,
+                       resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the median of ``values``; with ``against``, of the
+    difference (or, with ``ratio``, the quotient) of the two medians, each sample resampled on
+    its own. None when a sample is too small to say anything (fewer than 3 values)."""
+    if len(values) < 3 or (against is not None and len(against) < 3):
+        return None
+    rng = random.Random(seed)
+    medians = _resampled_medians(list(values), rng, resamples)
+    if against is not None:
+        others = _resampled_medians(list(against), rng, resamples)
+        if ratio:
+            medians = [a / b for a, b in zip(medians, others) if b > 0]
+        else:
+            medians = [a - b for a, b in zip(medians, others)]
+    tail = (1 - level) / 2
+    return percentile(medians, tail), percentile(medians, 1 - tail)
+
+
+def interruptions(rows: list[dict], method: str, sweep_value, direction: str) -> list[float]:
+    """The interruptions that count (measured, succeeded, emulation faithful) of one group."""
+    return [row[direction]["interruption_ms"] for row in rows
+            if row["method"] == method and row.get("sweep_value") == sweep_value and not row.get("warmup")
+            and row.get("outcome", "ok") == "ok" and row.get("fidelity_ok", True)
+            and "interruption_ms" in row.get(direction, {})]
+
+
+def add_intervals(summary: dict[str, Any], rows: list[dict], reference: str) -> None:
+    """Per group and direction: a 95% interval of the median interruption and, against the
+    reference method of the same run (the one without security), the security overhead (the
+    difference of the medians) with its interval."""
+    for entry in summary.values():
+        for direction in ("ha_to_mn", "mn_to_ha"):
+            values = interruptions(rows, entry["method"], entry.get("sweep_value"), direction)
+            stats = entry[direction]["interruption_ms"]
+            stats["ci95"] = bootstrap_interval(values)
+            base = interruptions(rows, reference, None, direction)
+            if entry["method"] != reference and values and base:
+                entry[direction]["overhead_ms"] = {
+                    "median": statistics.median(values) - statistics.median(base),
+                    "ci95": bootstrap_interval(values, against=base)}
+
+
+def ratios(summary: dict[str, Any], baselines: Iterable[str], methods: Iterable[str],
+           rows: list[dict] | None = None) -> list[dict[str, Any]]:
     """Median interruption of each re-authentication group over each CXTP method, per direction,
     from one run (a CXTP method run once at the base parameters serves every swept value)."""
     def groups(method: str) -> list[dict]:
         return [entry for entry in summary.values() if entry["method"] == method]
 
-    rows = []
+    per_handover_rows = rows
+    result = []
     for baseline in baselines:
         for reference in groups(baseline):
             for method in methods:
@@ -269,5 +418,10 @@ def ratios(summary: dict[str, Any], baselines: Iterable[str], methods: Iterable[
                         bottom = entry[direction]["interruption_ms"]
                         row[direction] = (top["median"] / bottom["median"]
                                           if top.get("n") and bottom.get("n") and bottom["median"] > 0 else None)
-                    rows.append(row)
-    return rows
+                        if per_handover_rows is not None and row[direction] is not None:
+                            row[f"{direction}_ci95"] = bootstrap_interval(
+                                interruptions(per_handover_rows, baseline, reference.get("sweep_value"), direction),
+                                against=interruptions(per_handover_rows, method, entry.get("sweep_value"), direction),
+                                ratio=True)
+                    result.append(row)
+    return result

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
-from scenarios import methods, metrics
+from scenarios import methods, metrics, packets
 
 DIRECTIONS = (("ha_to_mn", "HA->MN"), ("mn_to_ha", "MN->HA"))
 REFERENCE = methods.reference_name()
@@ -37,19 +38,35 @@ def compute(run_dir: Path) -> dict:
     handovers = json.loads((run_dir / "handovers.json").read_text())
     mn_trace = json.loads((run_dir / "probe-mn.json").read_text())
     ha_trace = json.loads((run_dir / "probe-ha.json").read_text())
-    rows = metrics.per_handover(handovers, mn_trace, ha_trace, _read_traces(run_dir))
     record = json.loads((run_dir / "record.json").read_text())
+    tolerances = record["parameters"].get("fidelity")
+    rows = metrics.per_handover(handovers, mn_trace, ha_trace, _read_traces(run_dir), tolerances)
+    per_method = metrics.summarize(rows)
+    metrics.add_intervals(per_method, rows, REFERENCE)
     summary = {
-        "per_method": metrics.summarize(rows),
+        "per_method": per_method,
         "units": "interruption and signalling in milliseconds; lost in probes; per_link in messages and octets",
         "probe_decode_errors": {"mn": mn_trace["decode_errors"], "ha": ha_trace["decode_errors"]},
         "xfrm_stat_delta": record.get("xfrm_stat_delta"),
         "sweep": record["parameters"].get("sweep"),
     }
-    summary["ratios"] = metrics.ratios(summary["per_method"], methods.reauth_names(), methods.cxtp_names())
+    summary["ratios"] = metrics.ratios(summary["per_method"], methods.reauth_names(), methods.cxtp_names(), rows)
+    summary["fidelity"] = {"tolerances": tolerances,
+                           "violations": sum(1 for row in rows if not row.get("warmup") and not row["fidelity_ok"]),
+                           "repeated": sum(1 for handover in handovers if handover.get("repeated"))}
+    # handovers.json holds every step of every handover on the one clock, once computed
+    timelines = {row["index"]: row.get("timeline") for row in rows}
+    for handover in handovers:
+        handover["timeline_ms"] = timelines.get(handover["index"])
+    (run_dir / "handovers.json").write_text(json.dumps(handovers, indent=2))
     (run_dir / "per_handover.json").write_text(json.dumps(rows, indent=2))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(run_dir, rows, summary)
+    if (run_dir / "captures").is_dir():
+        try:
+            packets.plot(run_dir)
+        except packets.PacketsError as error:
+            print(f"report: no packet sequences: {error}", file=sys.stderr)
     return summary
 
 
@@ -57,25 +74,34 @@ def _cell(stats: dict, key: str = "median", width: int = 8, digits: int = 1) -> 
     return f"{stats[key]:>{width}.{digits}f}" if stats.get("n") else f"{'-':>{width}}"
 
 
+def _interval(stats: dict | None, width: int = 15) -> str:
+    interval = (stats or {}).get("ci95")
+    return f"{f'[{interval[0]:.1f}, {interval[1]:.1f}]':>{width}}" if interval else f"{'-':>{width}}"
+
+
 def table(run_dir: Path) -> str:
     summary = json.loads((run_dir / "summary.json").read_text())
     per_method = summary["per_method"]
     lines = [f"run {run_dir}", "",
-             "interruption at the receiver (ms): median / p95 / min / max over n handovers; lost probes (median)",
-             f"{'method':<22} {'dir':<7} {'median':>8} {'p95':>8} {'min':>8} {'max':>8} {'n':>4} {'lost':>6}"
-             f" {'vs none':>8}"]
-    reference = {direction: per_method.get(REFERENCE, {}).get(direction, {}).get("interruption_ms", {})
-                 for direction, _ in DIRECTIONS}
+             "interruption at the receiver (ms), from the last in-order probe before the detach to the first probe",
+             "through the new path: median [95% bootstrap interval], p95, max, n handovers; lost probes (median);",
+             f"security overhead = median minus {REFERENCE}'s, from this run, with its 95% interval",
+             f"{'method':<22} {'dir':<7} {'median':>8} {'95% interval':>15} {'p95':>8} {'max':>8} {'n':>4} {'lost':>6}"
+             f" {'overhead':>9} {'95% interval':>15}"]
     for key, entry in per_method.items():
         for direction, label in DIRECTIONS:
             stats = entry[direction]["interruption_ms"]
             lost = entry[direction]["lost"]
-            extra = ""
-            if stats.get("n") and reference[direction].get("n") and entry["method"] != REFERENCE:
-                extra = f"{stats['median'] - reference[direction]['median']:>+8.1f}"
-            failed = f"  ({entry[direction]['failed']} failed)" if entry[direction]["failed"] else ""
-            lines.append(f"{key:<22} {label:<7} {_cell(stats)} {_cell(stats, 'p95')} {_cell(stats, 'min')} "
-                         f"{_cell(stats, 'max')} {stats.get('n', 0):>4} {_cell(lost, width=6, digits=0)} {extra}{failed}")
+            overhead = entry[direction].get("overhead_ms")
+            extra = (f" {overhead['median']:>+9.1f} {_interval(overhead)}" if overhead else "")
+            lines.append(f"{key:<22} {label:<7} {_cell(stats)} {_interval(stats)} {_cell(stats, 'p95')} "
+                         f"{_cell(stats, 'max')} {stats.get('n', 0):>4} {_cell(lost, width=6, digits=0)}{extra}")
+    fidelity = summary.get("fidelity") or {}
+    violations = {key: entry["fidelity_violations"] for key, entry in per_method.items() if entry.get("fidelity_violations")}
+    lines += ["", f"emulation fidelity (tolerances {json.dumps(fidelity.get('tolerances'))}): "
+              f"{fidelity.get('violations', 0)} measured handovers outside them, left out of the figures"
+              + (f" ({', '.join(f'{key} {count}' for key, count in violations.items())})" if violations else "")
+              + f"; {fidelity.get('repeated', 0)} repeated"]
     failed = {key: entry for key, entry in per_method.items() if entry.get("failed_handovers")}
     lines += ["", "failed handovers (left out of the figures above): "
               + ("none" if not failed else "; ".join(
@@ -103,11 +129,13 @@ def table(run_dir: Path) -> str:
                      f"{_cell(sig.get('bu_to_ba_ms', {}), width=7)} {link_cell('access')} {link_cell('ar_ar')} "
                      f"{link_cell('ike')} {link_cell('radius')} {tables:>7}")
     if summary.get("ratios"):
-        lines += ["", "re-authentication / CXTP, ratio of median interruptions from this run (HA->MN, MN->HA)"]
+        lines += ["", "re-authentication / CXTP, ratio of median interruptions from this run, with 95% intervals"]
         for row in summary["ratios"]:
             at = f"@{row['sweep_value']:g}" if row["sweep_value"] is not None else ""
-            cells = " ".join(f"{row[d]:>6.2f}" if row[d] is not None else f"{'-':>6}" for d, _ in DIRECTIONS)
-            lines.append(f"  {row['baseline'] + at:<22} / {row['method']:<16} {cells}")
+            cells = "  ".join(
+                (f"{label} {row[d]:>5.2f} {_interval({'ci95': row.get(d + '_ci95')}, 14)}" if row[d] is not None
+                 else f"{label} {'-':>5}") for d, label in DIRECTIONS)
+            lines.append(f"  {row['baseline'] + at:<18} / {row['method']:<18} {cells}")
     errors = {node: {k: v for k, v in delta.items() if "Error" in k or "No" in k}
               for node, delta in (summary.get("xfrm_stat_delta") or {}).items()}
     errors = {node: delta for node, delta in errors.items() if delta}
@@ -127,8 +155,8 @@ def plot(run_dir: Path, rows: list[dict], summary: dict) -> None:
     methods = list(dict.fromkeys(row["method"] for row in measured))
     figure, axes = plt.subplots(1, 2, figsize=(max(8, 2.4 * len(methods)), 4.5), sharey=True)
     for axis, (direction, label) in zip(axes, DIRECTIONS):
-        data = [[row[direction]["interruption_ms"] for row in measured
-                 if row["method"] == method and "interruption_ms" in row[direction]] for method in methods]
+        data = [[interruption for value in dict.fromkeys(r.get("sweep_value") for r in measured if r["method"] == method)
+                 for interruption in metrics.interruptions(rows, method, value, direction)] for method in methods]
         axis.boxplot(data, showfliers=False)
         axis.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right")
         for position, values in enumerate(data, start=1):
@@ -140,6 +168,7 @@ def plot(run_dir: Path, rows: list[dict], summary: dict) -> None:
     figure.tight_layout()
     figure.savefig(run_dir / "interruption_by_method.png", dpi=100)
     plt.close(figure)
+    plot_timelines(run_dir, rows, plt)
 
     sweep = summary.get("sweep") or {}
     if not sweep.get("parameter"):
@@ -165,6 +194,75 @@ def plot(run_dir: Path, rows: list[dict], summary: dict) -> None:
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(run_dir / f"interruption_vs_{sweep['parameter'].replace('.', '_')}.png", dpi=100)
+    plt.close(figure)
+
+
+#: the ladder's lanes, and where each timeline step happens
+LANES = ("MN", "pAR", "nAR", "HA")
+STEP_LANES = {
+    "detach_start": "MN", "attached": "MN", "mn_trigger": "MN", "ctar_sent": "MN", "mn_rehomed": "MN",
+    "ctar_predictive_sent": "MN",
+    "ctaa_received": "MN", "bu_sent": "MN", "ba_received": "MN", "first_ha_to_mn": "MN", "ike_initiate_sent": "MN",
+    "ike_child_installed": "MN", "anticipation_start": "MN",
+    "par_ctar_received": "pAR", "pctd_sent": "pAR", "ctd_sent": "pAR", "ct_req_received": "pAR",
+    "ctdr_received": "pAR", "par_released": "pAR",
+    "pctd_received": "nAR", "ctd_received": "nAR", "ct_req_sent": "nAR", "nar_ctar_received": "nAR",
+    "nar_activated": "nAR", "ctaa_sent": "nAR", "ctdr_sent": "nAR",
+    "ha_bu_received": "HA", "ha_ba_sent": "HA", "first_mn_to_ha": "HA",
+}
+#: messages: (label, send step, receive step); the CTAR goes to the pAR or to the nAR
+MESSAGES = (("CTAR", "ctar_predictive_sent", "par_ctar_received"), ("CTAR", "ctar_sent", "nar_ctar_received"),
+            ("PCTD", "pctd_sent", "pctd_received"), ("CT-Req", "ct_req_sent", "ct_req_received"),
+            ("CTD", "ctd_sent", "ctd_received"), ("CTAA", "ctaa_sent", "ctaa_received"),
+            ("CTDR", "ctdr_sent", "ctdr_received"), ("BU", "bu_sent", "ha_bu_received"),
+            ("BA", "ha_ba_sent", "ba_received"))
+
+
+def median_timelines(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per method, the median time (ms from the detach) of every step that at least half of its
+    measured, successful handovers have: the method's median handover."""
+    result = {}
+    for method in dict.fromkeys(row["method"] for row in rows):
+        timelines = [row["timeline"] for row in rows if row["method"] == method and row.get("timeline")
+                     and not row.get("warmup") and row.get("outcome", "ok") == "ok" and row.get("fidelity_ok", True)]
+        steps = {step for timeline in timelines for step in timeline}
+        result[method] = {step: statistics.median(t[step] for t in timelines if step in t) for step in steps
+                          if sum(step in t for t in timelines) * 2 >= len(timelines)}
+    return result
+
+
+def plot_timelines(run_dir: Path, rows: list[dict], plt) -> None:
+    """``timeline_by_method.png``: the median handover of each method as a ladder diagram."""
+    medians = {method: steps for method, steps in median_timelines(rows).items() if steps}
+    if not medians:
+        return
+    figure, axes = plt.subplots(1, len(medians), figsize=(3.3 * len(medians), 6.5), squeeze=False)
+    for axis, (method, steps) in zip(axes[0], medians.items()):
+        x = {lane: index for index, lane in enumerate(LANES)}
+        for lane in LANES:
+            axis.axvline(x[lane], color="0.7", linewidth=1)
+        for label, send, receive in MESSAGES:
+            if send in steps and receive in steps:
+                start = (x[STEP_LANES[send]], steps[send])
+                end = (x[STEP_LANES[receive]], steps[receive])
+                axis.annotate("", end, start, arrowprops={"arrowstyle": "->", "color": "C0", "linewidth": 1})
+                axis.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, label, fontsize=6, color="C0",
+                          ha="center", va="bottom")
+        for step, t in steps.items():
+            lane = STEP_LANES.get(step)
+            if lane and not any(step in message[1:] for message in MESSAGES):
+                axis.plot([x[lane]], [t], marker="s", markersize=3, color="C3")
+                axis.text(x[lane] + 0.05, t, step.replace("_", " "), fontsize=5, color="C3", va="center")
+        if "attached" in steps:
+            axis.axhspan(0, steps["attached"], color="0.92")  # the L2 handover
+        axis.set_xticks(range(len(LANES)), LANES, fontsize=7)
+        axis.set_xlim(-0.4, len(LANES) - 0.2)
+        axis.invert_yaxis()
+        axis.set_title(method, fontsize=8)
+        axis.tick_params(axis="y", labelsize=7)
+    axes[0][0].set_ylabel("ms from the detach (median handover; grey: detached)", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(run_dir / "timeline_by_method.png", dpi=110)
     plt.close(figure)
 
 

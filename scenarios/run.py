@@ -23,8 +23,9 @@ from pathlib import Path
 
 from ipsec import Xfrm
 from nodes import ipsec_handler, netns
+from nodes.capture import Capture
 from nodes.agent import raise_agent_priority
-from scenarios import config, methods, record, report
+from scenarios import config, methods, record, report, wireshark
 from scenarios.experiment import STEP_ERRORS, Experiment, HandoverFailed, _pause
 from topo import plan
 from topo.network import Testbed
@@ -58,6 +59,9 @@ def _progress_line(handover: dict, total: int, scenario: config.Scenario) -> str
     line = (f"[{handover['index']:>3}/{total}] {handover['method']:<16} {handover.get('from_ar', '?')}->"
             f"{handover.get('to_ar', '?')}" + (f" {scenario.sweep_parameter}={value:g}" if value is not None else "")
             + (" (warm-up)" if handover["warmup"] else ""))
+    violations = handover.get("fidelity", {}).get("violations")
+    if violations:
+        line += f" FIDELITY: {'; '.join(violations)}" + (", repeated" if handover.get("repeated") else "")
     if outcome == "ok":
         return line + (" tables ok" if "tables_check" in handover else "")
     if outcome == "recovered":
@@ -65,22 +69,81 @@ def _progress_line(handover: dict, total: int, scenario: config.Scenario) -> str
     return line + f" FAILED: {handover['failure']['reason']}"
 
 
+def capture_points(link_classes) -> list[tuple[str, str, str]]:
+    """(node, interface, link) of every capture point of the chosen link classes: both ends of
+    the access and AR-AR links, the AR's end of the AR-HA and AR-AAA links."""
+    points = []
+    for link in plan.LINKS:
+        if link.link_class not in link_classes:
+            continue
+        ends = (link.a, link.b) if link.link_class in (plan.ACCESS, plan.AR_AR) else \
+            tuple(node for node in (link.a, link.b) if node in plan.ACCESS_ROUTERS)
+        points += [(node, link.interface(node), link.name) for node in ends]
+    return points
+
+
+def start_captures(testbed: Testbed, run_dir: Path, link_classes) -> list[Capture]:
+    captures = []
+    try:
+        for node, interface, link in capture_points(link_classes):
+            capture = Capture(testbed.host(node), run_dir / "captures", node, interface, link)
+            capture.start()
+            captures.append(capture)
+    except BaseException:
+        for capture in captures:
+            capture.stop()
+        raise
+    return captures
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of this kernel's CPUs (the guest's one virtual CPU in UML)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict) -> dict:
+    """How far the emulation kept its own timing during one handover: the L2 delay as it happened
+    against the scenario's, the detach and attach steps, the kernel's busy time. Violations of
+    the scenario's tolerances are listed (the probes' send lateness is judged from their traces
+    when the run is reported)."""
+    result: dict = {"guest_busy": busy, "violations": []}
+    if "attached_ns" not in handover:
+        return result
+    l2_actual = (handover["attach_start_ns"] - handover["detached_ns"]) / 1e6
+    result.update(l2_delay_actual_ms=l2_actual, l2_drift_ms=l2_actual - handover["l2_delay_ms"],
+                  detach_ms=(handover["detached_ns"] - handover["detach_start_ns"]) / 1e6,
+                  attach_ms=(handover["attached_ns"] - handover["attach_start_ns"]) / 1e6)
+    if abs(result["l2_drift_ms"]) > tolerances["max_l2_drift_ms"]:
+        result["violations"].append(f"L2 delay off by {result['l2_drift_ms']:.1f} ms")
+    for step in ("detach_ms", "attach_ms"):
+        if result[step] > tolerances["max_step_ms"]:
+            result["violations"].append(f"{step[:-3]} took {result[step]:.1f} ms")
+    return result
+
+
 def run_handover(experiment: Experiment, method, l2_delay: float, scenario: config.Scenario,
-                  release_timeout_s: float) -> dict:
+                 release_timeout_s: float) -> dict:
     """One handover that always ends in a defined state: ``ok``; ``recovered`` (the method's transfer
     failed and the MN's fall-back restored the traffic); or ``failed``, recorded with its reason and
     every node's SAD/SPD, after which the testbed is brought back to a clean state and a fresh
     attach (``restored_by``)."""
+    cpu_before = cpu_times()
     try:
         handover = experiment.handover(method, l2_delay)
         problems = None
     except HandoverFailed as failure:
         handover, problems = failure.record, [failure.reason]
+    handover["l2_delay_ms"] = l2_delay
     if problems is None:
         _pause(scenario.settle_ms)
         # The handover's measurement window ends here: what the runner does next (a check, a
         # change of method or of a swept parameter) is not its doing.
         handover["window_end_ns"] = time.monotonic_ns()
+        busy, total = (after - before for after, before in zip(cpu_times(), cpu_before))
+        handover["fidelity"] = emulation_fidelity(handover, busy / total if total else None, scenario.fidelity)
         try:
             problems = experiment.verify(method, handover, release_timeout_s)
         except STEP_ERRORS as error:
@@ -108,6 +171,8 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     run_dir.mkdir(parents=True, exist_ok=False)
     run_record = record.new_record(scenario.parameters())
     run_record["run_id"] = run_id
+    # pcapng timestamps are wall-clock; every record here is on the monotonic clock
+    run_record["realtime_minus_monotonic_ns"] = time.time_ns() - time.monotonic_ns()
     run_record["method_notes"] = {name: methods.get(name).note for name in scenario.methods if methods.get(name).note}
     (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
     rng = random.Random(scenario.seed)
@@ -124,7 +189,16 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
             experiment = Experiment(testbed, run_dir, scenario.probe_rate, scenario.probe_size, scenario.profile,
                                     scenario.ar_transport, scenario.anticipation_ms, scenario.seed,
                                     scenario.cxtp_timers(scenario.links))
+            captures: list[Capture] = []
             try:
+                if scenario.captures:
+                    # Every SA that exists during the run goes into the profile, before it can go
+                    # away: after each change of security state and after each handover.
+                    profile = wireshark.write_profile(run_dir / "wireshark")
+                    experiment.on_state_change = lambda: wireshark.export_testbed_sas(profile, testbed)
+                    experiment.on_state_change()
+                    captures = start_captures(testbed, run_dir, scenario.captures)
+                    progress(f"capturing on {len(captures)} interfaces into {run_dir / 'captures'}")
                 stats_before = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
                 _pause(scenario.warmup_ms)
                 applied: object = "unset"
@@ -136,17 +210,28 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                         applied = value
                     timers = experiment.timers
                     release_timeout_s = timers["release_hold"] + timers["late_ctdr_grace"]
-                    for index in range(scenario.warmup_handovers + scenario.handovers):
+                    index = repeats = 0
+                    while index < scenario.warmup_handovers + scenario.handovers:
                         # A random offset within one probe interval keeps handover instants from
                         # locking to the probe schedule; it comes from the scenario's seed.
                         _pause(rng.uniform(0, 1000 / scenario.probe_rate))
                         handover = run_handover(experiment, method, l2_delay, scenario, release_timeout_s)
-                        handover.update(warmup=index < scenario.warmup_handovers, sweep_value=value,
-                                        index=len(handovers) + 1)
+                        warmup = index < scenario.warmup_handovers
+                        handover.update(warmup=warmup, sweep_value=value, index=len(handovers) + 1)
                         handovers.append(handover)
+                        violated = handover.get("fidelity", {}).get("violations")
+                        # the emulator slipped: this one does not count, another runs in its place
+                        handover["repeated"] = bool(violated and not warmup and handover["outcome"] == "ok"
+                                                    and repeats < scenario.fidelity["max_repeats"])
                         progress(_progress_line(handover, total, scenario))
+                        if handover["repeated"]:
+                            repeats += 1
+                            continue
+                        index += 1
                 stats_after = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
             finally:
+                for capture in captures:
+                    capture.stop()
                 experiment.stop()
     finally:
         # Whatever happened, the run leaves its records behind.

@@ -57,6 +57,7 @@ class _FakeExperiment(Experiment):
         self.security = None
         self.baseline = _FakeBaseline(self.steps)
         self.transfer_result = transfer_result
+        self.on_state_change = None
 
     def enter(self, security) -> None:
         self.steps.append(("enter", security.name))
