@@ -247,6 +247,11 @@ class MobileNode(_Engine):
     def sequence_number(self) -> int | None:
         return self._tx.sequence_number if self._tx else None
 
+    def moved_to(self, address: str) -> None:
+        """The MN's own address from now on: the next transaction names the MN by it (its
+        "previous address" then). A transaction in progress keeps the address it started with."""
+        self.address = normalize_address(address)
+
     def request_predictive(self, par: str, nar: str, now: float, fpts: Sequence[int] | None = None) -> None:
         """Send a CTAR to the pAR naming the nAR: mobile-initiated predictive transfer (§2.5.1)."""
         transition(ROLE_MN, self.state, MnEvent.REQUEST_PREDICTIVE)  # one transaction at a time (§2)

@@ -1,7 +1,8 @@
 """The Mobile Node agent: CXTP's MN role, its own IPsec state, and Mobile IPv6 binding updates.
 
-On ``attached`` (sent by the runner right after the handover primitive attached the MN to the
-new AR: the L2 trigger) the MN, depending on the method:
+At the attach (learnt from the kernel: the route event of the default route through the new AR,
+for the move the runner announced with ``expect_move``; ``attached`` is the runner's fall-back
+when no event came) the MN, depending on the method:
 
 * re-homes its own SAs and policies to (MN_n, nAR) through XFRM migrate (Tables I and III);
 * sends the CTAR to the nAR (RFC 4067 §2.5.1: always, also after a predictive transfer);
@@ -16,19 +17,24 @@ from __future__ import annotations
 
 import argparse
 import random
+import socket
 import sys
 import time
+
+from pyroute2.netlink.rtnl import RTM_NEWROUTE, RTMGRP_IPV6_ROUTE
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from cxtp import Config
 from cxtp.engine import TRANSPORT_ICMP, MobileNode
 from cxtp.events import TransferCompleted, TransferFailed
-from cxtp.messages import normalize_address
 from cxtp.registry import Registry
 from ipsec import IpsecContext, Xfrm, capture_context, install_context, remove_context
 from nodes import ipsec_handler, mobility
 from nodes.agent import Agent, main_guard
 from nodes.cxtp_node import CxtpRuntime
 from nodes.cxtp_transport import IcmpTransport
+
+NETLINK_ROUTE = 0
 
 
 class MobileNodeAgent:
@@ -48,11 +54,21 @@ class MobileNodeAgent:
         self.outcome: dict | None = None
         self.mh = mobility.mobility_socket()
         agent.add_reader(self.mh, self._mh_readable)
+        # The link-layer trigger, as a real host gets it: the kernel's route events. The attach
+        # ends with the default route through the new AR; that event starts the MN's work.
+        self.route_events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.route_events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.route_events.bind((0, RTMGRP_IPV6_ROUTE))
+        self.route_events.setblocking(False)
+        self._marshal = MarshalRtnl()
+        agent.add_reader(self.route_events, self._route_event)
+        self.expected_move: dict | None = None
+        self.triggers = 0
         self.bu_sequence = self.rng.randrange(1 << 16)
         self.bu_pending: tuple[int, float] | None = None  # (sequence, current timeout)
         self.bypass: list = []
         self.mh_decode_errors = 0
-        for name in ("set_key", "predictive", "attached", "retry_reactive", "provision", "clear",
+        for name in ("set_key", "predictive", "expect_move", "attached", "retry_reactive", "provision", "clear",
                      "fresh_attach", "signalling_bypass", "status"):
             agent.command(name, getattr(self, name))
 
@@ -73,16 +89,46 @@ class MobileNodeAgent:
         self.runtime.pump()
         return {}
 
-    def attached(self, nar: str, par: str, new_address: str, cxtp: bool, ipsec: bool) -> dict:
+    def expect_move(self, interface: str, nar: str, par: str, new_address: str, cxtp: bool, ipsec: bool) -> dict:
+        """What to do at the next attach on ``interface`` (the scenario's method, known to the MN as
+        its configuration is): the attach itself is learnt from the kernel, not from the runner."""
+        self.expected_move = {"ifindex": socket.if_nametoindex(interface), "nar": nar, "par": par,
+                              "new_address": new_address, "cxtp": cxtp, "ipsec": ipsec}
+        return {}
+
+    def _route_event(self) -> None:
+        while True:
+            try:
+                data = self.route_events.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as error:  # ENOBUFS: events were lost; the runner's fall-back covers it
+                self.agent.trace("route_events_error", error=str(error))
+                return
+            move = self.expected_move
+            if move is None:
+                continue
+            for message in self._marshal.parse(data):
+                if (message["header"]["type"] == RTM_NEWROUTE and message["family"] == socket.AF_INET6
+                        and message["dst_len"] == 0 and message.get_attr("RTA_OIF") == move["ifindex"]):
+                    self.expected_move = None
+                    self.triggers += 1
+                    self.attached(move["nar"], move["par"], move["new_address"], move["cxtp"], move["ipsec"],
+                                  trigger="kernel")
+                    break
+
+    def attached(self, nar: str, par: str, new_address: str, cxtp: bool, ipsec: bool,
+                 trigger: str = "runner") -> dict:
         previous = self.address
-        self.agent.trace("attached", nar=nar, par=par, previous=previous, new=new_address)
+        self.expected_move = None
+        self.agent.trace("attached", nar=nar, par=par, previous=previous, new=new_address, trigger=trigger)
         if cxtp:
             self.transactions += 1
             self.engine.attached(nar, par, time.monotonic(), new_address=new_address)
             self.runtime.pump()  # the CTAR leaves first: it is on the critical path
         # The engine names the MN by its previous address; from now on that is the new one
         # (the engine also does this itself when a transfer completes).
-        self.engine.address = normalize_address(new_address)
+        self.engine.moved_to(new_address)
         if ipsec:
             moved = self.handler.move(previous, new_address, par, nar)
             self.agent.trace("ipsec_moved", sas=moved)
@@ -95,7 +141,7 @@ class MobileNodeAgent:
         runner gave) for the context the pAR still holds under the MN's previous address. The MN's
         own SAs already serve its new address."""
         self.transactions += 1
-        self.engine.address = normalize_address(previous)
+        self.engine.moved_to(previous)
         self.engine.attached(nar, par, time.monotonic(), new_address=self.address)
         self.runtime.pump()
         return {"transaction": self.transactions}
@@ -123,7 +169,7 @@ class MobileNodeAgent:
         """After a failed handover: the MN is where the link layer put it, with nothing of its old
         state; it takes ``address`` and tells the HA (the security state comes from the runner)."""
         self.address = address
-        self.engine.address = normalize_address(address)
+        self.engine.moved_to(address)
         self.handler.current_ar = None
         self._send_bu(first=True)
         return {}
@@ -145,7 +191,8 @@ class MobileNodeAgent:
     def status(self) -> dict:
         return {"address": self.address, "bu_pending": self.bu_pending is not None,
                 "engine": dict(self.engine.counters), "cxtp_in_progress": self.engine.in_progress,
-                "transactions": self.transactions, "outcome": self.outcome,
+                "transactions": self.transactions, "outcome": self.outcome, "triggers": self.triggers,
+                "move_expected": self.expected_move is not None,
                 "mh_decode_errors": self.mh_decode_errors,
                 "idle": self.bu_pending is None and not self.engine.in_progress}
 

@@ -37,6 +37,8 @@ SPI_MN_IN, SPI_MN_OUT = 0x102, 0x101  # the paper's §VI-A values: pAR->MN 0x102
 #: how long the MN may take to finish a handover (its CTAR retransmissions end at CT_RETRY_MAX,
 #: 15 s; a Binding Update is retransmitted from 1 s on): beyond this the handover has failed
 IDLE_TIMEOUT_S = 20.0
+#: how long the MN's kernel-driven trigger may take to be seen before the runner gives it itself
+TRIGGER_TIMEOUT_S = 1.0
 
 
 class ExperimentError(RuntimeError):
@@ -78,6 +80,11 @@ class Move:
     @property
     def mn_new(self) -> str:
         return plan.MN_COA[self.nar]
+
+    @property
+    def mn_interface(self) -> str:
+        """The MN's interface on the nAR's access link."""
+        return plan.LINKS_BY_NAME[plan.ACCESS_LINK[self.nar]].interface(plan.MN)
 
 
 class AgentProcess(Daemon):
@@ -157,6 +164,8 @@ class Experiment:
         #: handover done, a recovery): the run's Wireshark profile collects the SAs there
         self.on_state_change = None
         self.state_change_errors: list[str] = []
+        self._pending_trigger: tuple | None = None
+        self._fallback_triggered = False
         self._static_algorithms: dict[int, tuple] = {}
         try:
             for ar in plan.ACCESS_ROUTERS:
@@ -274,6 +283,7 @@ class Experiment:
         :class:`HandoverFailed` (with the partial record) if the handover did not succeed, after the
         MN's own fall-back (a reactive retry of a failed transfer) did not help either."""
         record: dict = {"method": method.name, "anticipation_start_ns": None}
+        self._pending_trigger, self._fallback_triggered = None, False
         try:
             self.enter(method.security)
             move = Move(self.testbed.current_ar, self.testbed.other_ar())
@@ -290,13 +300,18 @@ class Experiment:
                 record["anticipation_start_ns"] = time.monotonic_ns()
                 method.before_detach(self, move)
                 _pause(self.anticipation_ms)
+            # The MN learns of the attach from its kernel (the default route through the new AR),
+            # as a real host does; the runner only says beforehand what the method will be.
+            self.request(plan.MN, "expect_move", interface=move.mn_interface, nar=move.nar_address,
+                         par=move.par_address, new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
             record.update(self.testbed.handover(move.nar, l2_delay_ms).as_dict())
-            self.request(plan.MN, "attached", nar=move.nar_address, par=move.par_address, new_address=move.mn_new,
-                         cxtp=method.cxtp, ipsec=method.cxtp)
-            record["trigger_sent_ns"] = time.monotonic_ns()
+            self._pending_trigger = (move, method, time.monotonic() + TRIGGER_TIMEOUT_S)
+            record["trigger"] = "kernel"
             if method.after_attach is not None:
                 record["reauth"] = method.after_attach(self, move)
             status = self.wait_idle()
+            if self._fallback_triggered:
+                record["trigger"] = "runner-fallback"
             record["completed"] = status["idle"]
             record["restored_by"] = "method"
             if method.cxtp:
@@ -314,6 +329,20 @@ class Experiment:
         except STEP_ERRORS as error:
             raise HandoverFailed(f"{type(error).__name__}: {error}", record) from None
         return record
+
+    def _trigger_fallback(self, status: dict) -> None:
+        """The MN's own trigger comes from the kernel's route event; if it has not come within
+        the timeout (an event lost to a full socket buffer), the runner tells the MN itself."""
+        if self._pending_trigger is None:
+            return
+        move, method, deadline = self._pending_trigger
+        if not status.get("move_expected"):
+            self._pending_trigger = None
+        elif time.monotonic() >= deadline:
+            self._pending_trigger = None
+            self._fallback_triggered = True
+            self.request(plan.MN, "attached", nar=move.nar_address, par=move.par_address,
+                         new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
 
     def _fresh_key(self, move: Move) -> None:
         """A fresh CXTP key for one transaction, shared by the MN and its current AR: RFC 4067 leaves
@@ -350,7 +379,8 @@ class Experiment:
             if dead:
                 raise HandoverFailed(f"agent {', '.join(dead)} died during the handover")
             status = self.request(plan.MN, "status")
-            if status["idle"] or time.monotonic() >= deadline:
+            self._trigger_fallback(status)
+            if (status["idle"] and not status.get("move_expected")) or time.monotonic() >= deadline:
                 return status
             _pause(poll_ms)
 

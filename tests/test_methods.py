@@ -58,6 +58,7 @@ class _FakeExperiment(Experiment):
         self.baseline = _FakeBaseline(self.steps)
         self.transfer_result = transfer_result
         self.on_state_change = None
+        self._pending_trigger, self._fallback_triggered = None, False
 
     def enter(self, security) -> None:
         self.steps.append(("enter", security.name))
@@ -67,7 +68,8 @@ class _FakeExperiment(Experiment):
         self.steps.append((agent, cmd))
         if cmd == "status":
             outcome = {"transaction": 1, "result": self.transfer_result, "reason": "test", "statuses": [(0x8001, 0x83)]}
-            return {"idle": True, "cxtp_in_progress": False, "transactions": 1, "outcome": outcome}
+            return {"idle": True, "cxtp_in_progress": False, "transactions": 1, "outcome": outcome,
+                    "move_expected": False}
         return {}
 
     def xfrm_state(self, node: str, address: str) -> IpsecContext:
@@ -82,8 +84,9 @@ def test_every_method_runs_through_the_same_path(name):
     steps = experiment.steps
     # the shared steps, in order, for every method
     assert steps[0] == ("enter", method.security.name)
-    attached = steps.index((plan.MN, "attached"))
+    attached = steps.index((plan.MN, "expect_move"))
     assert steps.index((plan.MN, "status")) > attached
+    assert record["trigger"] == "kernel"
     assert record["method"] == name and record["restored_by"] == "method"
     assert record["from_ar"] == plan.PAR and record["to_ar"] == plan.NAR
     # and the method's own steps where it declares them
