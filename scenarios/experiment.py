@@ -34,6 +34,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 90.0
 MN_IDENTITY = "mn@testbed"
 SPI_MN_IN, SPI_MN_OUT = 0x102, 0x101  # the paper's §VI-A values: pAR->MN 0x102, MN->pAR 0x101
+STATIC_SPI_STRIDE = 0x1000  # later static attaches: 0x1102/0x1101, 0x2102/0x2101, ...
 #: how long the MN may take to finish a handover (its CTAR retransmissions end at CT_RETRY_MAX,
 #: 15 s; a Binding Update is retransmitted from 1 s on): beyond this the handover has failed
 IDLE_TIMEOUT_S = 20.0
@@ -167,6 +168,7 @@ class Experiment:
         self._pending_trigger: tuple | None = None
         self._fallback_triggered = False
         self._static_algorithms: dict[int, tuple] = {}
+        self._static_generation = 0
         try:
             for ar in plan.ACCESS_ROUTERS:
                 peers = [f"--peer={plan.AR_ACCESS_ADDRESS[other]}={plan.AR_LINK_ADDRESS[other]}"
@@ -235,8 +237,13 @@ class Experiment:
         ar = self.testbed.current_ar
         self.security = security  # from here on, a failure is cleaned up by leave()
         if security.static_tunnel:
+            # Each attach with static SAs gets SAs of its own (the paper's SPIs the first time,
+            # then SPIs of a new generation), so that nothing of an earlier attach (a packet still
+            # in flight, a replay window) can meet the new SAs.
+            generation, self._static_generation = self._static_generation, self._static_generation + 1
+            spi_in, spi_out = (SPI_MN_IN + STATIC_SPI_STRIDE * generation, SPI_MN_OUT + STATIC_SPI_STRIDE * generation)
             mn_side, ar_side = (self._same_keys(context) for context in ipsec_handler.initial_contexts(
-                self.mn_address, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, self.profile, SPI_MN_IN, SPI_MN_OUT))
+                self.mn_address, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, self.profile, spi_in, spi_out))
             self.request(ar, "provision", context=ar_side.encode().hex())
             self.request(plan.MN, "provision", context=mn_side.encode().hex())
         elif security.ike_auth is not None:
@@ -414,10 +421,10 @@ class Experiment:
                 found[node] = f"{len(context.sas)} SAs and {len(context.policies)} policies"
         return found
 
-    def recover(self) -> dict:
+    def recover(self, security: Security) -> dict:
         """Back to a known clean state after a failed handover: dead agents restarted, nothing of
         the MN on any node, then a fresh attach at the AR the MN is on, with the security state the
-        method needs. Returns what was done, for the record."""
+        method needs (``security``). Returns what was done, for the record."""
         restarted = []
         for name, agent in self.agents.items():
             if not agent.alive:
@@ -426,7 +433,6 @@ class Experiment:
         if restarted and any(ar in restarted for ar in plan.ACCESS_ROUTERS):
             for ar in plan.ACCESS_ROUTERS:
                 self.request(ar, "provision", context=self._ar_ar[ar])
-        security = self.security or methods.NO_SECURITY
         self.leave()
         left = {address: self.leftovers(address) for address in (plan.MN_COA[ar] for ar in plan.ACCESS_ROUTERS)}
         left = {address: nodes for address, nodes in left.items() if nodes}

@@ -159,7 +159,7 @@ def run_handover(experiment: Experiment, method, l2_delay: float, scenario: conf
     handover["failure"] = {"reason": problems[0], "problems": problems, "t_ns": time.monotonic_ns(),
                            "state": experiment.snapshot()}
     handover["restored_by"] = "fresh-attach"
-    handover["recovery"] = experiment.recover()
+    handover["recovery"] = experiment.recover(method.security)
     handover["restored_ns"] = handover["recovery"]["fresh_attach_ns"]
     _pause(scenario.settle_ms)
     return handover

@@ -159,7 +159,7 @@ def test_par_agent_killed_before_the_handover_and_restarted(clean):
     record = _handover(clean, "cxtp-reactive")
     assert record["outcome"] == "failed" and record["restored_by"] == "fresh-attach"
     assert par in record["recovery"]["restarted_agents"] and clean.agents[par].process.pid != old_pid
-    assert record["failure"]["state"][plan.MN], "the failure records every node's SAD/SPD"
+    assert set(record["failure"]["state"]) == {plan.MN, *plan.ACCESS_ROUTERS}, "every node's SAD/SPD is recorded"
     _assert_only_current_attachment(clean)
     _assert_traffic_through_current_ar(clean)
     # and the restarted agent serves the next handover as before
