@@ -82,7 +82,7 @@ def test_access_link_carries_only_esp_for_the_protected_flow(experiment, tmp_pat
     testbed = experiment.testbed
     interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[testbed.current_ar]].interface(plan.MN)
     capture = tmp_path / "access.pcap"
-    tcpdump = testbed.host(plan.MN).popen(["tcpdump", "-U", "-n", "-i", interface, "-w", str(capture), "-c", "600"],
+    tcpdump = testbed.host(plan.MN).popen(["tcpdump", "-U", "-n", "-i", interface, "-w", str(capture), "-c", "3000"],
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         output = tcpdump.communicate(timeout=30)[0].decode(errors="replace")

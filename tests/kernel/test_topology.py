@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import time
 
 import pytest
 
-from scenarios import metrics
-from scenarios import methods
+from scenarios import config, methods, metrics
+from scenarios.run import emulation_fidelity
 from scenarios.experiment import Experiment, _pause
 from topo import plan
 from topo.network import LinkParams, Testbed, TopologyError
@@ -112,32 +113,47 @@ def test_probe_interruption_follows_l2_delay(testbed, tmp_path):
     median excess, from the path: uplink (MN->HA, at the HA): the attach (four netlink requests,
     up to ~10 ms in UML; link-layer addresses come with the attach, so no neighbour discovery),
     one probe interval (1 ms), and the guest's scheduling on its one virtual CPU under the probe
-    load (observed up to ~40 ms): 60 ms. Downlink (at the MN): the same, plus the MN agent being
-    told of the attach over its control socket and sending the Binding Update, the BU's way to
-    the HA (22 ms) and the probe's way back (22 ms): 120 ms.
+    load (observed up to ~40 ms): 60 ms. Downlink (at the MN): the same, plus the MN agent learning
+    of the attach from its kernel's route event and sending the Binding Update, the BU's way to
+    the HA (22 ms) and the probe's way back (22 ms): 120 ms. Handovers outside the emulation's
+    own tolerances (scenarios' fidelity defaults) are left out and repeated, as in a run.
     Medians, because one handover can meet a host-side stall of the guest (the host is shared);
     single values only get a sanity bound of 1 s (a stuck handover). The difference between the
     200 ms and the 50 ms medians must be 150 ms within 25 ms.
     """
     _ensure_at(testbed, plan.PAR)
     experiment = Experiment(testbed, tmp_path, probe_rate=1000, probe_size=64)
+    tolerances = config.load(None).fidelity
     handovers = []
     try:
         _pause(300)
-        for l2_delay in [50.0] * 5 + [200.0] * 5:
-            handovers.append(experiment.handover(methods.get("none"), l2_delay))
-            _pause(350)
+        # As a run does: a handover during which the emulator did not keep its own timing (the
+        # L2 delay, the attach; the host is shared) does not count, and another one runs.
+        for l2_delay in (50.0, 200.0):
+            faithful = 0
+            for _ in range(20):
+                handover = experiment.handover(methods.get("none"), l2_delay)
+                handover["window_end_ns"] = time.monotonic_ns() + 300_000_000
+                handover["fidelity"] = emulation_fidelity(handover, None, tolerances)
+                handovers.append(handover)
+                _pause(350)
+                faithful += not handover["fidelity"]["violations"]
+                if faithful == 5:
+                    break
     finally:
         experiment.stop()
     rows = metrics.per_handover(handovers, json.loads((tmp_path / "probe-mn.json").read_text()),
-                                json.loads((tmp_path / "probe-ha.json").read_text()))
+                                json.loads((tmp_path / "probe-ha.json").read_text()), tolerances=tolerances)
     assert all(handover["completed"] for handover in handovers)
+    rows = [row for row in rows if row["fidelity_ok"]]
     by_delay: dict[float, dict[str, list[float]]] = {}
     for row in rows:
         for direction in ("mn_to_ha", "ha_to_mn"):
             assert "interruption_ms" in row[direction], row
             by_delay.setdefault(row["l2_delay_ms"], {}).setdefault(direction, []).append(
                 row[direction]["interruption_ms"])
+    assert all(len(by_delay.get(value, {}).get("mn_to_ha", [])) >= 3 for value in (50.0, 200.0)), \
+        f"too few handovers within the emulation's tolerances: {[h['fidelity'] for h in handovers]}"
     for l2_delay, directions in by_delay.items():
         for direction, median_excess in (("mn_to_ha", 60), ("ha_to_mn", 120)):
             values = directions[direction]
