@@ -11,7 +11,7 @@ B ?=
 CMD ?= true
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-pure test-kernel run-scenario run-scenario-loaded report compare kernel-run probe bench clean
+.PHONY: setup test test-pure test-kernel run-scenario run-scenario-loaded report compare kernel-run probe bench clean image container-test
 
 setup:
 	@bash scripts/setup.sh
@@ -59,3 +59,13 @@ bench: setup
 
 clean:
 	rm -rf .pytest_cache .hypothesis
+
+# The testbed in its OCI image (docs/containers.md): `make image` builds it, or reuses it while
+# Containerfile, scripts/setup.sh and requirements.txt are unchanged; `make container-test` runs
+# the kernel probe and scenarios/smoke.toml in it, privileged and unprivileged, results in
+# results/ (FULL=1: also .ci/run in it).
+image:
+	@bash scripts/image.sh
+
+container-test:
+	@bash scripts/container-test.sh

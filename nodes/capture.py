@@ -35,5 +35,6 @@ class Capture(Daemon):
             self.path.unlink()
 
     def ready(self) -> bool:
-        """dumpcap has opened the interface and written the file's header."""
-        return self.path.exists() and self.path.stat().st_size > 0
+        """dumpcap says it is capturing (it writes the file as packets come: a quiet link's file
+        may stay empty for a while)."""
+        return "Capturing on" in self.output_text()

@@ -15,11 +15,12 @@ import subprocess
 from pathlib import Path
 
 from scenarios.wireshark import PROFILE_NAME, WiresharkProfile
+from topo import plan
 
 PROBE_PORT = "40000"
 CXTP_NAMES = {"1": "CTAR", "2": "CTAA", "3": "CTD", "4": "PCTD", "5": "CTDR", "6": "CTC", "7": "CT-Req"}
 MH_NAMES = {"5": "BU", "6": "BA"}
-FIELDS = ("frame.time_epoch", "cxtp.type", "esp.spi", "udp.port", "mip6.mhtype", "isakmp.exch_type", "radius.code")
+FIELDS = ("frame.time_epoch", "cxtp.type", "esp.spi", "udp.port", "mip6.mhtype", "isakmp.exchangetype", "radius.code")
 #: labels drawn as text on the figure (the rest are marks)
 SIGNALLING = ("CTAR", "CTAA", "CTD", "PCTD", "CTDR", "CTC", "CT-Req", "BU", "BA", "IKE", "RADIUS")
 
@@ -35,7 +36,7 @@ def label(values: dict[str, str]) -> str:
         return CXTP_NAMES.get(cxtp.split(",")[0], "CXTP")
     if values.get("mip6.mhtype"):
         return MH_NAMES.get(values["mip6.mhtype"], "MH")
-    if values.get("isakmp.exch_type"):
+    if values.get("isakmp.exchangetype"):
         return "IKE"
     if values.get("radius.code"):
         return "RADIUS"
@@ -45,6 +46,26 @@ def label(values: dict[str, str]) -> str:
     if values.get("esp.spi"):
         return "ESP"
     return "other"
+
+
+#: a clear probe this soon after an ESP probe on an access link is the kernel's re-injected copy
+#: of the decapsulated packet (it never crossed the wire), not a probe that left in clear
+DECAPSULATED_COPY_S = 0.002
+LEAK = "probe in clear on the access link"
+
+
+def classify_access(packets: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """On an access link: a clear probe right after an ESP probe is its decapsulated copy; any
+    other clear probe is a leak, the thing the MN's guard policy exists to prevent."""
+    result = []
+    previous: tuple[float, str] | None = None
+    for t, name in packets:
+        if name == "probe (clear)":
+            copy = previous is not None and previous[1] == "probe (ESP)" and t - previous[0] <= DECAPSULATED_COPY_S
+            name = "probe (decapsulated copy)" if copy else LEAK
+        result.append((t, name))
+        previous = (t, name)
+    return result
 
 
 def read_window(capture: Path, profile: WiresharkProfile, start_s: float, end_s: float) -> list[tuple[float, str]]:
@@ -85,6 +106,8 @@ def sequences(run_dir: Path) -> dict[str, dict]:
         points = {}
         for capture in captures:
             packets = read_window(capture, profile, (start_ns + offset_ns) / 1e9, (end_ns + offset_ns) / 1e9)
+            if capture.stem.endswith(f"-{plan.MN}"):  # the AR's end of an access link
+                packets = classify_access(packets)
             points[capture.stem] = [((t * 1e9 - offset_ns - detach_ns) / 1e6, name) for t, name in packets]
         result[method] = {"index": handover["index"], "points": points,
                           "attached_ms": (handover["attached_ns"] - detach_ns) / 1e6}
@@ -102,15 +125,16 @@ def plot(run_dir: Path) -> Path:
     (run_dir / "packet_sequences.json").write_text(json.dumps(data, indent=1))
     points = sorted({point for entry in data.values() for point in entry["points"]})
     figure, axes = plt.subplots(len(data), 1, figsize=(12, 1.2 + 0.32 * len(points) * len(data)), squeeze=False)
-    colours = {"probe (ESP)": "0.75", "probe (clear)": "red", "ESP": "0.55", "other": "0.85"}
+    colours = {"probe (ESP)": "0.7", "probe (clear)": "0.45", "probe (decapsulated copy)": "0.88", "ESP": "0.55",
+               "other": "0.88", LEAK: "red"}
     for axis, (method, entry) in zip(axes[:, 0], data.items()):
         for row, point in enumerate(points):
             packets = entry["points"].get(point, [])
-            for name in ("probe (ESP)", "ESP", "other", "probe (clear)"):
+            for name in colours:
                 times = [t for t, kind in packets if kind == name]
                 if times:
-                    axis.scatter(times, [row] * len(times), s=4 if name != "probe (clear)" else 14,
-                                 color=colours[name], marker="|", label=name if row == 0 else None)
+                    axis.scatter(times, [row] * len(times), s=4 if name != LEAK else 16,
+                                 color=colours[name], marker="|", label=name)
             for t, kind in packets:
                 if kind in SIGNALLING:
                     axis.annotate(kind, (t, row), fontsize=6, rotation=60, ha="left", va="bottom")
@@ -121,7 +145,9 @@ def plot(run_dir: Path) -> Path:
         axis.set_title(f"{method} (handover {entry['index']}): detach at 0, attach dashed", fontsize=8)
         axis.set_xlabel("ms from the detach", fontsize=7)
         axis.tick_params(axis="x", labelsize=7)
-    axes[0, 0].legend(fontsize=6, loc="upper right")
+    handles = [axis.get_legend_handles_labels() for axis in axes[:, 0]]
+    labels = dict((label, handle) for pair in handles for handle, label in zip(*pair))
+    axes[0, 0].legend(labels.values(), labels.keys(), fontsize=6, loc="upper right")
     figure.tight_layout()
     path = run_dir / "packets_by_method.png"
     figure.savefig(path, dpi=110)

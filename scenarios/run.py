@@ -71,12 +71,14 @@ def _progress_line(handover: dict, total: int, scenario: config.Scenario) -> str
 
 def capture_points(link_classes) -> list[tuple[str, str, str]]:
     """(node, interface, link) of every capture point of the chosen link classes: both ends of
-    the access and AR-AR links, the AR's end of the AR-HA and AR-AAA links."""
+    the AR-AR link, the AR's end of every other link. (The MN's end of an access link is taken
+    down at each detach, and a capture cannot outlive its interface going down; the AR's end
+    stays up, without carrier, and sees the same wire.)"""
     points = []
     for link in plan.LINKS:
         if link.link_class not in link_classes:
             continue
-        ends = (link.a, link.b) if link.link_class in (plan.ACCESS, plan.AR_AR) else \
+        ends = (link.a, link.b) if link.link_class == plan.AR_AR else \
             tuple(node for node in (link.a, link.b) if node in plan.ACCESS_ROUTERS)
         points += [(node, link.interface(node), link.name) for node in ends]
     return points
@@ -261,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(scenario.methods)}, L2 delay {scenario.l2_delay_ms} ms"
           + (f", sweep {scenario.sweep_parameter} over {list(scenario.sweep_values)}" if scenario.sweep_parameter else ""),
           file=sys.stderr)
-    run_dir = run(scenario, Path(arguments.results), progress=lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        run_dir = run(scenario, Path(arguments.results), progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except STEP_ERRORS as error:  # the testbed could not be set up; what was recorded is kept
+        print(f"run failed before its handovers could run: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
     report.show(run_dir)
     handovers = json.loads((run_dir / "handovers.json").read_text())
     failed = [h for h in handovers if h["outcome"] != "ok"]
