@@ -33,7 +33,7 @@ from pathlib import Path
 
 UML_BINARY = "/usr/bin/linux.uml"
 UML_MODULES_ROOT = Path("/usr/lib/uml/modules")
-UML_MEMORY = os.environ.get("UML_MEMORY", "3G")
+UML_MEMORY = os.environ.get("UML_MEMORY", "8G")  # backed by a file in the guest's work directory: only what is touched costs host memory
 IN_GUEST_VARIABLE = "TESTBED_IN_GUEST"
 
 # Kernel modules the guest loads before the command runs: ESP/AH and the XFRM user interface,
