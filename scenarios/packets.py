@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from scenarios import methods
 from scenarios.wireshark import PROFILE_NAME, WiresharkProfile
 from topo import plan
 
@@ -54,17 +55,19 @@ DECAPSULATED_COPY_S = 0.002
 LEAK = "probe in clear on the access link"
 
 
-def classify_access(packets: list[tuple[float, str]]) -> list[tuple[float, str]]:
-    """On an access link: a clear probe right after an ESP probe is its decapsulated copy; any
-    other clear probe is a leak, the thing the MN's guard policy exists to prevent."""
+def classify_access(packets: list[tuple[float, str]], secure: bool = True) -> list[tuple[float, str]]:
+    """On an access link: a clear probe within ``DECAPSULATED_COPY_S`` after an ESP packet is a
+    decapsulated copy; with a secure method, any other clear probe is a leak, the thing the
+    MN's guard policy exists to prevent (without security, clear probes are the method)."""
     result = []
-    previous: tuple[float, str] | None = None
+    last_esp: float | None = None
     for t, name in packets:
-        if name == "probe (clear)":
-            copy = previous is not None and previous[1] == "probe (ESP)" and t - previous[0] <= DECAPSULATED_COPY_S
+        if name in ("probe (ESP)", "ESP"):
+            last_esp = t
+        elif name == "probe (clear)" and secure:
+            copy = last_esp is not None and t - last_esp <= DECAPSULATED_COPY_S
             name = "probe (decapsulated copy)" if copy else LEAK
         result.append((t, name))
-        previous = (t, name)
     return result
 
 
@@ -107,7 +110,7 @@ def sequences(run_dir: Path) -> dict[str, dict]:
         for capture in captures:
             packets = read_window(capture, profile, (start_ns + offset_ns) / 1e9, (end_ns + offset_ns) / 1e9)
             if capture.stem.endswith(f"-{plan.MN}"):  # the AR's end of an access link
-                packets = classify_access(packets)
+                packets = classify_access(packets, methods.get(method).security.secure)
             points[capture.stem] = [((t * 1e9 - offset_ns - detach_ns) / 1e6, name) for t, name in packets]
         result[method] = {"index": handover["index"], "points": points,
                           "attached_ms": (handover["attached_ns"] - detach_ns) / 1e6}

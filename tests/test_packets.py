@@ -46,6 +46,9 @@ def test_packet_labels(fields, expected):
 
 
 def test_decapsulated_copies_are_not_leaks():
-    packets_ = [(1.0000, "probe (ESP)"), (1.0004, "probe (clear)"), (1.0100, "probe (clear)"), (1.0200, "BU")]
+    packets_ = [(1.0000, "probe (ESP)"), (1.0002, "ESP"), (1.0004, "probe (clear)"), (1.0100, "probe (clear)"),
+                (1.0200, "BU")]
     assert [name for _, name in packets.classify_access(packets_)] == [
-        "probe (ESP)", "probe (decapsulated copy)", packets.LEAK, "BU"]
+        "probe (ESP)", "ESP", "probe (decapsulated copy)", packets.LEAK, "BU"]
+    # without security, clear probes are the method, not a leak
+    assert [name for _, name in packets.classify_access(packets_, secure=False)][3] == "probe (clear)"
