@@ -31,11 +31,14 @@ from .rewrite import (
 )
 from .transfer import (
     Installation,
+    PreparedInstall,
     apply_mn_handover,
     apply_spi_changes,
     capture_context,
     capture_contexts,
     install_context,
+    install_prepared,
+    prepare_install,
     remove_context,
 )
 from .xfrm import Migration, Xfrm

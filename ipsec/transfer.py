@@ -213,6 +213,43 @@ def install_context(
     return Installation(installed, changes)
 
 
+@dataclass(frozen=True)
+class PreparedInstall:
+    """A context's installation encoded ahead of time (what the nAR can do when the context
+    arrives, before the MN does): the SAs (lifetimes carried as of the preparation) and
+    policies, as netlink requests ready to be sent in one write."""
+
+    context: IpsecContext
+    requests: tuple[bytes, ...]
+
+
+def prepare_install(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> PreparedInstall:
+    now = _now(now)
+    sas = tuple(carry_lifetime(sa, ctx.captured_at, now) for sa in ctx.sas)
+    policies = tuple(replace(policy, index=0) for policy in ctx.policies)
+    requests = tuple(xfrm.encode_add_sa(sa) for sa in sas) + tuple(xfrm.encode_add_policy(p) for p in policies)
+    return PreparedInstall(replace(ctx, sas=sas, policies=policies), requests)
+
+
+def install_prepared(xfrm: Xfrm, prepared: PreparedInstall) -> Installation:
+    """Install a prepared context in one netlink write, all of it or nothing: if the kernel
+    refuses any part (an SPI taken, an entry already there), what it accepted is removed and
+    the first refusal is raised; the caller then takes the careful path, ``install_context``,
+    which resolves SPI collisions and leftovers one request at a time."""
+    outcomes = xfrm.send_batch(list(prepared.requests))
+    failures = [outcome for outcome in outcomes if outcome is not None]
+    if not failures:
+        return Installation(prepared.context, ())
+    count = len(prepared.context.sas)
+    for policy, outcome in zip(reversed(prepared.context.policies), reversed(outcomes[count:])):
+        if outcome is None:
+            _delete_policy(xfrm, policy)
+    for sa, outcome in zip(reversed(prepared.context.sas), reversed(outcomes[:count])):
+        if outcome is None:
+            _delete_sa(xfrm, sa)
+    raise failures[0]
+
+
 def remove_context(xfrm: Xfrm, ctx: IpsecContext) -> None:
     """Delete the context's policies, then its SAs (pAR side, after the nAR
     confirmed).  Entries already gone are not an error."""

@@ -383,6 +383,60 @@ class Xfrm:
                     # a GET answers with one message and no ACK
                     return replies
 
+    # --- batches: requests encoded in advance, sent in one go ---
+
+    @staticmethod
+    def encode_request(msg_type: int, body) -> bytes:
+        """A request's bytes, encoded once (ahead of time) for :meth:`send_batch`; its sequence
+        number is set when it is sent."""
+        body["header"]["type"] = msg_type
+        body["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+        body["header"]["sequence_number"] = 0
+        body["header"]["pid"] = 0
+        body.encode()
+        data = bytes(body.data)
+        return data + bytes(-len(data) % 4)
+
+    def send_batch(self, requests: list[bytes]) -> list[XfrmError | None]:
+        """Send requests encoded by :meth:`encode_request` in one write; the kernel handles them
+        in order and acknowledges each. Returns each one's outcome (None, or its error): unlike
+        :meth:`_request`, a failure does not stop the ones after it, so the caller undoes what
+        succeeded. One system call instead of one per request: in the UML guest, where a system
+        call costs tens of microseconds, this is most of a handover's kernel time."""
+        data = bytearray()
+        sequences = []
+        for request in requests:
+            self._sequence = (self._sequence + 1) & 0xFFFFFFFF or 1
+            chunk = bytearray(request)
+            struct.pack_into("=I", chunk, 8, self._sequence)  # nlmsg_seq
+            sequences.append(self._sequence)
+            data += chunk
+        self._socket.send(bytes(data))
+        outcomes: dict[int, XfrmError | None] = {}
+        wanted = set(sequences)
+        while len(outcomes) < len(sequences):
+            reply = self._socket.recv(1 << 20)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(reply):
+                length, reply_type, reply_flags, sequence, _pid = _NLMSGHDR.unpack_from(reply, offset)
+                if length < _NLMSGHDR.size:
+                    raise XfrmError(71, "batch", "truncated netlink reply")  # EPROTO
+                chunk = reply[offset:offset + length]
+                offset += (length + 3) & ~3
+                if reply_type != NLMSG_ERROR or sequence not in wanted:
+                    continue
+                (code,) = struct.unpack_from("=i", chunk, _NLMSGHDR.size)
+                request_type = struct.unpack_from("=H", requests[sequences.index(sequence)], 4)[0]
+                outcomes[sequence] = None if code == 0 else XfrmError(
+                    -code, XFRM_MSG_NAMES.get(request_type, str(request_type)), _extack_message(chunk, reply_flags))
+        return [outcomes[sequence] for sequence in sequences]
+
+    def encode_add_sa(self, sa: SecurityAssociation, carry_current: bool = True) -> bytes:
+        return self.encode_request(XFRM_MSG_NEWSA, sa_to_message(sa, carry_current=carry_current))
+
+    def encode_add_policy(self, policy: SecurityPolicy) -> bytes:
+        return self.encode_request(XFRM_MSG_NEWPOLICY, policy_to_message(policy))
+
     # --- SAs ---
 
     def add_sa(self, sa: SecurityAssociation, carry_current: bool = True) -> None:

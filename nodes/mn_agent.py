@@ -150,6 +150,7 @@ class MobileNodeAgent:
         """The initial attach's SAs and policies (static SAs, paper §VI-A)."""
         installation = install_context(self.xfrm, IpsecContext.decode(bytes.fromhex(context)))
         self.handler.current_ar = None
+        self.handler.know(installation.context)
         return {"sas": len(installation.context.sas)}
 
     def clear(self, addresses: list[str] | None = None) -> dict:
@@ -160,6 +161,7 @@ class MobileNodeAgent:
             context = capture_context(self.xfrm, address)
             remove_context(self.xfrm, context)
             removed += len(context.sas)
+        self.handler.know(None)
         if self.engine.in_progress:
             self.engine.cancel(time.monotonic())
             self.runtime.pump()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from topo.network import Testbed
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 90.0
+STATE_ROOT = "/run/testbed-state"
 MN_IDENTITY = "mn@testbed"
 SPI_MN_IN, SPI_MN_OUT = 0x102, 0x101  # the paper's §VI-A values: pAR->MN 0x102, MN->pAR 0x101
 STATIC_SPI_STRIDE = 0x1000  # later static attaches: 0x1102/0x1101, 0x2102/0x2101, ...
@@ -159,6 +161,9 @@ class Experiment:
         self.anticipation_ms = anticipation_ms
         self.timers = dict(timers or {})
         self.agents: dict[str, AgentProcess] = {}
+        # The ARs' install journals: on a tmpfs (they guard against a process that dies, not a
+        # reboot), off the measured path's slow file system; removed when the experiment stops.
+        self.state_root = Path(STATE_ROOT) / f"{run_dir.name}-{os.getpid()}"
         self.security: Security | None = methods.NO_SECURITY
         self.baseline = None
         #: called after every change of kernel state the runner makes (security entered, a
@@ -178,7 +183,7 @@ class Experiment:
                     "--access-interface", plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(ar),
                     "--ar-transport", ar_transport, "--seed", str(seed),
                     "--link-address", plan.AR_LINK_ADDRESS[ar], *peers,
-                    "--state-dir", str(run_dir / f"state-{ar}"), "--config", json.dumps(self.timers)], run_dir)
+                    "--state-dir", str(self.state_root / ar), "--config", json.dumps(self.timers)], run_dir)
             self._provision_ar_ar()
             self.agents[plan.HA] = AgentProcess(testbed, plan.HA, "nodes.ha_agent", [
                 "--probe-out", str(run_dir / "probe-ha.json"), "--initial-peer", self.mn_address,
@@ -221,6 +226,7 @@ class Experiment:
         for agent in reversed(list(self.agents.values())):
             agent.stop()
         self.agents.clear()
+        shutil.rmtree(self.state_root, ignore_errors=True)
 
     # -- security state -----------------------------------------------------------------------------------
     def enter(self, security: Security) -> None:

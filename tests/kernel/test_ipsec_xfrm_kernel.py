@@ -272,3 +272,30 @@ def test_dump_with_address_filter(netns, xfrm):
     assert {sa.spi for sa in xfrm.dump_sas(daddr=B)} == {0x100}
     assert {sa.spi for sa in xfrm.dump_sas(saddr=B)} == {0x101}
     assert len(xfrm.dump_sas()) == 3
+
+
+def test_prepared_install_in_one_write_all_or_nothing(netns, xfrm):
+    """A context prepared ahead of time goes in with one netlink write; if the kernel refuses a
+    part, what it took is removed again and the refusal is raised (the caller then takes the
+    careful path)."""
+    from ipsec import install_prepared, prepare_install, remove_context
+    from nodes.ipsec_handler import initial_contexts
+
+    _, ar_side = initial_contexts("2001:db8:2::100", "2001:db8:2::1", "2001:db8:3::1", "aes-cbc-sha256", 0x2102, 0x2101)
+    prepared = prepare_install(xfrm, ar_side)
+    installation = install_prepared(xfrm, prepared)
+    assert {sa.spi for sa in xfrm.dump_sas()} >= {0x2102, 0x2101}
+    assert len([p for p in xfrm.dump_policies() if p.templates]) >= 3
+    assert installation.spi_changes == ()
+    # the same again: every part is refused (EEXIST) and nothing changes
+    before_sas, before_policies = xfrm.dump_sas(), xfrm.dump_policies()
+    with pytest.raises(XfrmError) as refused:
+        install_prepared(xfrm, prepared)
+    assert refused.value.errno == errno.EEXIST
+    # one SA removed by hand: the batch adds it, is refused for the rest, and takes it away again
+    xfrm.delete_sa(ar_side.sas[0].daddr, ar_side.sas[0].spi)
+    with pytest.raises(XfrmError):
+        install_prepared(xfrm, prepared)
+    assert {sa.spi for sa in xfrm.dump_sas()} == {sa.spi for sa in before_sas} - {ar_side.sas[0].spi}
+    assert len(xfrm.dump_policies()) == len(before_policies)
+    remove_context(xfrm, ar_side)

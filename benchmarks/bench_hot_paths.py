@@ -1,0 +1,94 @@
+"""The CXTP hot paths of a handover, as the agents run them, one MN, in the testbed's kernel:
+
+* nAR: the CTAR's activation (``ArIpsecHandler.activate``: the rewrite per Tables II and IV, the
+  install journal, the kernel writes), with the context received (``install``) beforehand, as a
+  PCTD delivers it before the MN arrives;
+* MN: the re-homing of its own SAs and policies (``MnIpsecHandler.move``: XFRM migrate).
+
+Each in a scratch network namespace of its own; medians and p90 over many rounds. Run as root in
+a kernel with ESP (the UML guest):
+
+    make kernel-run CMD='.venv/bin/python benchmarks/bench_hot_paths.py'
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cxtp.registry import TransferInfo  # noqa: E402
+from ipsec import Xfrm, install_context  # noqa: E402
+from nodes import ipsec_handler  # noqa: E402
+
+ROUNDS = 60
+#: the install journal lives where the runner puts it: on a tmpfs (a process crash, not a reboot)
+STATE_ROOT = "/run" if os.path.isdir("/run") else None
+MN_P, MN_N, PAR, NAR, HA = "2001:db8:1::100", "2001:db8:2::100", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:3::1"
+
+
+def _namespace(name: str) -> str:
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    return name
+
+
+def _quantiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    return (f"median {statistics.median(values):.3f} ms, p90 {ordered[int(0.9 * (len(ordered) - 1))]:.3f} ms "
+            f"over {len(values)}")
+
+
+def bench_nar_activation(namespace: str) -> list[float]:
+    mn_side, ar_side = ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
+    data = ar_side.encode()
+    times = []
+    with Xfrm(netns=namespace) as xfrm, tempfile.TemporaryDirectory(dir=STATE_ROOT) as state:
+        handler = ipsec_handler.ArIpsecHandler(xfrm, NAR, state_dir=state)
+        ipsec_handler.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
+        info = TransferInfo(MN_P, PAR, NAR, MN_N)
+        for _ in range(ROUNDS):
+            handler.install(MN_P, data, info)  # the PCTD, before the MN arrives
+            started = time.perf_counter_ns()
+            status, _ = handler.activate(MN_P, info)  # the CTAR
+            times.append((time.perf_counter_ns() - started) / 1e6)
+            assert status == ipsec_handler.STATUS_OK, status
+            handler.release(MN_N)
+    return times
+
+
+def bench_mn_rehome(namespace: str) -> list[float]:
+    times = []
+    with Xfrm(netns=namespace) as xfrm:
+        ipsec_handler.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
+        handler = ipsec_handler.MnIpsecHandler(xfrm)
+        mn_side, _ = ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
+        install_context(xfrm, mn_side)
+        here, there = (MN_P, PAR), (MN_N, NAR)
+        for _ in range(ROUNDS):
+            started = time.perf_counter_ns()
+            handler.move(here[0], there[0], here[1], there[1])
+            times.append((time.perf_counter_ns() - started) / 1e6)
+            here, there = there, here
+    return times
+
+
+def main() -> int:
+    suffix = f"{os.getpid()}"
+    namespaces = [_namespace(f"bench-nar-{suffix}"), _namespace(f"bench-mn-{suffix}")]
+    try:
+        print(f"nAR activation (CTAR -> context installed and active): {_quantiles(bench_nar_activation(namespaces[0]))}")
+        print(f"MN re-homing (attach -> its SAs and policies serve the new address): "
+              f"{_quantiles(bench_mn_rehome(namespaces[1]))}")
+    finally:
+        for namespace in namespaces:
+            subprocess.run(["ip", "netns", "del", namespace], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
