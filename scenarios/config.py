@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "probe": {"rate": 1000.0, "size": 64},
     # Emulation fidelity (in the way of Mininet-HiFi's monitors): a handover during which the
     # emulator did not keep its own timing is marked, left out of the figures and repeated
-    "fidelity": {"max_l2_drift_ms": 5.0, "max_step_ms": 20.0, "max_probe_late_ms": 5.0,
+    "fidelity": {"max_l2_drift_ms": 10.0, "max_step_ms": 100.0, "max_probe_late_ms": 10.0,
                  "max_repeats": 5},
     # CXTP timers (ms); 0 derives them from the scenario's network (see Scenario.cxtp_timers)
     "cxtp": {"transfer_time_ms": 0.0, "handover_time_ms": 0.0, "release_hold_ms": 0.0,

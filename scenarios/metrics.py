@@ -222,8 +222,16 @@ def probe_lateness_ms(sender_trace: dict, start_ns: int, end_ns: int, fraction: 
 def fidelity_of(handover: dict, mn_trace: dict, ha_trace: dict, tolerances: dict | None) -> dict:
     """The runner's fidelity record, completed with the probes' send lateness (p99) over the
     handover, and judged against the scenario's tolerances."""
-    result = dict(handover.get("fidelity") or {"violations": []})
-    result["violations"] = list(result.get("violations", []))
+    result = dict(handover.get("fidelity") or {})
+    # judged here, from the values, against the run's tolerances (a report with other
+    # tolerances judges the same run again)
+    result["violations"] = []
+    if tolerances:
+        if result.get("l2_drift_ms") is not None and abs(result["l2_drift_ms"]) > tolerances["max_l2_drift_ms"]:
+            result["violations"].append(f"L2 delay off by {result['l2_drift_ms']:.1f} ms")
+        for step in ("detach_ms", "attach_ms"):
+            if result.get(step) is not None and result[step] > tolerances["max_step_ms"]:
+                result["violations"].append(f"{step[:-3]} took {result[step]:.1f} ms")
     start = handover.get("anticipation_start_ns") or handover["detach_start_ns"]
     end = handover.get("window_end_ns") or start
     for name, trace in (("mn", mn_trace), ("ha", ha_trace)):
