@@ -96,10 +96,12 @@ class AccessRouterAgent:
         self.ar_link = ar_link
         transports = {TRANSPORT_ICMP: IcmpTransport(interface=access_interface),
                       TRANSPORT_AR: PeerAddressTransport(ar_link, peers)}
+        self.transports = transports
         self.runtime = CxtpRuntime(agent, self.engine, transports, on_event=self._on_event)
         self._apply_lifetime()
-        # CXTP with other ARs only under ESP, from the first moment (RFC 4067 §6.2)
-        require_esp = ipsec_handler.cxtp_requires_esp()
+        # CXTP with other ARs only under ESP, from the first moment (RFC 4067 §6.2); and nothing
+        # forwarded that claims to be this AR's (it would leave in this AR's own SA)
+        require_esp = (*ipsec_handler.cxtp_requires_esp(), *ipsec_handler.no_forwarding_as((link_address, address)))
         self._remove_policies(require_esp)
         for policy in require_esp:
             self.xfrm.add_policy(policy)
@@ -190,7 +192,9 @@ class AccessRouterAgent:
         return {"removed_sas": len(context.sas), "removed_policies": len(context.policies)}
 
     def counters(self) -> dict:
-        return {"engine": dict(self.engine.counters)}
+        """The engine's counters, and what each transport dropped before the engine saw it."""
+        return {"engine": dict(self.engine.counters),
+                **{kind: dict(transport.counters) for kind, transport in self.transports.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ destination)``, ``fileno()`` for a selector loop, ``recv() -> (data, source) | N
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
 import socket
@@ -179,10 +180,15 @@ class TcpTransport:
     """AR-AR CXTP over TCP: the option of §3.1 for networks without SCTP.
 
     Messages are cut from the byte stream by their own header: read 4 octets, then Length - 4.
-    ``fileno()`` is an epoll descriptor covering the listener and every connection.
+    ``fileno()`` is an epoll descriptor covering the listener and every connection. Sending never
+    waits for a peer: a connection is set up in the background (non-blocking connect), and what a
+    socket does not take at once waits, bounded, until it is writable.
     """
 
     kind = TRANSPORT_AR
+    #: octets waiting for one peer; beyond it a message is refused (the peer takes nothing, and a
+    #: CXTP message older than the transfer time is of no use to it anyway)
+    MAX_PENDING = 1 << 20
 
     def __init__(self, bind_address: str = "::", port: int = c.CXTP_SCTP_PORT,
                  family: int = socket.AF_INET6, namespace: str | int | None = None) -> None:
@@ -197,6 +203,7 @@ class TcpTransport:
         self._selector.register(self.listener, selectors.EVENT_READ)
         self._outgoing: dict[str, socket.socket] = {}
         self._buffers: dict[socket.socket, bytearray] = {}
+        self._pending: dict[socket.socket, bytearray] = {}  # outgoing octets not yet taken
         self._ready: list[tuple[bytes, str]] = []
         # a self-pipe keeps fileno() readable while parsed messages wait in _ready
         self._wake_read, self._wake_write = os.pipe()
@@ -211,11 +218,38 @@ class TcpTransport:
         if conn is None:
             conn = _make_socket(self.namespace, self.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.connect((destination, self.port))
+            conn.setblocking(False)
+            error = conn.connect_ex((destination, self.port))
+            if error not in (0, errno.EINPROGRESS):
+                conn.close()
+                raise OSError(error, f"connect to {destination}: {os.strerror(error)}")
             self._outgoing[destination] = conn
-            self._watch(conn)
-        conn.sendall(data)
+            self._buffers[conn] = bytearray()
+            self._pending[conn] = bytearray()
+            self._selector.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        pending = self._pending[conn]
+        if len(pending) + len(data) > self.MAX_PENDING:
+            self.counters["send_queue_full"] += 1
+            raise OSError(errno.ENOBUFS, f"{destination} takes nothing: {len(pending)} octets wait")
+        pending += data
+        self._flush(conn)
         self.counters["sent"] += 1
+
+    def _flush(self, conn: socket.socket) -> None:
+        """Hand the socket what it takes now; watch for writability only while octets wait."""
+        pending = self._pending.get(conn)
+        if pending is None:
+            return
+        if pending:
+            try:
+                del pending[:conn.send(pending)]
+            except (BlockingIOError, InterruptedError):  # still connecting, or the buffer is full
+                pass
+            except OSError:  # refused, reset, unreachable: what waited is lost with the connection
+                self.counters["send_errors"] += 1
+                self._drop(conn)
+                return
+        self._selector.modify(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0))
 
     def _watch(self, conn: socket.socket) -> None:
         conn.setblocking(True)
@@ -225,6 +259,7 @@ class TcpTransport:
     def _drop(self, conn: socket.socket) -> None:
         self._selector.unregister(conn)
         self._buffers.pop(conn, None)
+        self._pending.pop(conn, None)
         for peer, outgoing in list(self._outgoing.items()):
             if outgoing is conn:
                 del self._outgoing[peer]
@@ -232,7 +267,7 @@ class TcpTransport:
 
     def recv(self) -> tuple[bytes, str] | None:
         if not self._ready:
-            for key, _ in self._selector.select(0):
+            for key, mask in self._selector.select(0):
                 if key.fileobj == self._wake_read:
                     continue
                 if key.fileobj is self.listener:
@@ -243,7 +278,16 @@ class TcpTransport:
                     self._watch(conn)
                     continue
                 conn = key.fileobj  # type: ignore[assignment]
-                chunk = conn.recv(MAX_MESSAGE)
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(conn)
+                if not mask & selectors.EVENT_READ or conn not in self._buffers:
+                    continue
+                try:
+                    chunk = conn.recv(MAX_MESSAGE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:  # a connection that failed
+                    chunk = b""
                 if not chunk:
                     self._drop(conn)
                     continue

@@ -30,6 +30,7 @@ import ipaddress
 import os
 import signal
 
+from cxtp.constants import ICMPV6_TYPE_EXPERIMENTAL_MOBILITY
 from ipsec import (
     IPSEC_CONTEXT_FPT,
     Algorithm,
@@ -46,7 +47,10 @@ from ipsec import (
     decode_spi_changes,
     encode_spi_changes,
     install_context,
+    install_prepared,
+    prepare_install,
     remove_context,
+    rewrite_for_mn,
     rewrite_for_nar,
     same_address,
 )
@@ -66,6 +70,7 @@ STATUS_INSTALL_FAILED = 0x12    # the kernel refused it (nothing left installed)
 
 # Policy priorities: lower wins. MN tunnels beat the operator's access-link block, and the
 # bypasses (neighbour discovery, CXTP's ICMPv6, Mobile IPv6 signalling, IKE) beat everything.
+PRIORITY_ANTI_SPOOF = 1  # an AR forwards nothing claiming to be its own: before any bypass
 PRIORITY_BYPASS = 10
 PRIORITY_TUNNEL = 1000
 PRIORITY_BLOCK = 0x7FFFF000  # below the priorities charon computes for its own policies
@@ -129,7 +134,12 @@ def cxtp_requires_esp(port: int = 5091) -> tuple[SecurityPolicy, ...]:
     the CXTP port, in and out, any address, need an ESP transport SA. The kernel then drops CXTP
     in clear from any host that is not a configured peer AR (it has no SA with us), and never
     sends CXTP in clear to one (no SA: nothing leaves). The per-peer policies of
-    :func:`ar_ar_contexts` take precedence for the peers themselves."""
+    :func:`ar_ar_contexts` take precedence for the peers themselves.
+
+    And an AR forwards no CXTP: a host that forges CXTP with this AR's link address as source and
+    sends it to the peer through this AR would otherwise have it wrapped in this AR's own SA (the
+    per-peer ``out`` policy also selects forwarded packets), and the peer would take it for this
+    AR's. Legitimate CXTP never crosses an AR: the ARs speak it to each other directly."""
     transport = (Template(daddr="::", saddr="::", mode=XFRM_MODE_TRANSPORT),)
     policies = []
     for proto in (IPPROTO_SCTP, IPPROTO_TCP):
@@ -138,17 +148,56 @@ def cxtp_requires_esp(port: int = 5091) -> tuple[SecurityPolicy, ...]:
             for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT):
                 policies.append(SecurityPolicy(selector=selector, dir=direction, templates=transport,
                                                priority=PRIORITY_TUNNEL + 1))
+            policies.append(SecurityPolicy(selector=selector, dir=XFRM_POLICY_FWD, action=XFRM_POLICY_BLOCK,
+                                           priority=PRIORITY_BYPASS))
     return tuple(policies)
+
+
+def no_forwarding_as(addresses) -> tuple[SecurityPolicy, ...]:
+    """An AR forwards nothing that claims to come from the AR itself. Its ``out`` policies select
+    packets by their addresses, forwarded ones too: a forgery with the AR's link address as source,
+    sent to the peer AR through this AR, would be wrapped in this AR's own ESP SA, and the peer
+    would take it for this AR's. The port-based block of :func:`cxtp_requires_esp` does not see
+    fragments (their flow has no ports); this does, whatever the protocol."""
+    return tuple(SecurityPolicy(selector=Selector(saddr=address, prefixlen_s=128), dir=XFRM_POLICY_FWD,
+                                action=XFRM_POLICY_BLOCK, priority=PRIORITY_ANTI_SPOOF)
+                 for address in dict.fromkeys(addresses) if ipaddress.ip_address(address) != ipaddress.ip_address("::"))
+
+
+#: ICMPv6 types that stay outside every tunnel: neighbour discovery (RFC 4861: RS, RA, NS, NA,
+#: Redirect) and CXTP's Experimental Mobility (CTAR, CTAA; RFC 4067 §3.2). Nothing else: an echo,
+#: an error or any other ICMPv6 message between the MN and the HA goes through the tunnel like
+#: the rest of their traffic. MLD needs no bypass: its reports and queries go to link-local
+#: multicast groups from link-local sources, which no tunnel or block selector here matches.
+ND_ICMPV6_TYPES = (133, 134, 135, 136, 137)
+CXTP_ICMPV6_TYPE = ICMPV6_TYPE_EXPERIMENTAL_MOBILITY
+SIGNALLING_ICMPV6_TYPES = (*ND_ICMPV6_TYPES, CXTP_ICMPV6_TYPE)
+
+
+def icmpv6_selector(icmp_type: int, **fields) -> Selector:
+    """A selector for one ICMPv6 type, any code. XFRM carries the ICMPv6 type in the selector's
+    source port and the code in its destination port (the kernel's flow key aliases
+    ``fl6_icmp_type`` to the source port, in network order: ``ip xfrm`` shows ``type 135``);
+    ``dport_mask`` 0 leaves the code free."""
+    return Selector(proto=IPPROTO_ICMPV6, sport=icmp_type, sport_mask=0xFFFF, **fields)
+
+
+def _signalling_selectors(**fields) -> tuple[Selector, ...]:
+    """Neighbour discovery, CXTP's ICMPv6 and the Mobility Header, nothing more."""
+    return (*(icmpv6_selector(icmp_type, **fields) for icmp_type in SIGNALLING_ICMPV6_TYPES),
+            Selector(proto=IPPROTO_MH, **fields))
 
 
 def mn_bypass_policies(ha: str | None = None) -> tuple[SecurityPolicy, ...]:
     """The MN's signalling stays outside the tunnel (paper §VI-A: MIPv6 signalling is not protected
-    by it, and the CTAR must not be): ICMPv6 and the Mobility Header, both directions, any address,
-    so that they are no part of the context that moves. With ``ha``, everything else the MN sends
-    to the HA is blocked unless a tunnel policy (higher priority) takes it: the protected flow never
-    leaves the MN in clear, also between an attach and the moment its SAs serve the new address."""
-    bypass = tuple(SecurityPolicy(selector=Selector(proto=proto), dir=direction, priority=PRIORITY_BYPASS)
-                   for proto in (IPPROTO_ICMPV6, IPPROTO_MH) for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT))
+    by it, and the CTAR must not be): neighbour discovery, CXTP's ICMPv6 type 150 and the Mobility
+    Header, both directions, any address, so that they are no part of the context that moves.
+    Any other ICMPv6 (an echo to the HA, say) is the tunnel's like any other traffic. With ``ha``,
+    everything else the MN sends to the HA is blocked unless a tunnel policy (higher priority)
+    takes it: the protected flow never leaves the MN in clear, also between an attach and the
+    moment its SAs serve the new address."""
+    bypass = tuple(SecurityPolicy(selector=selector, dir=direction, priority=PRIORITY_BYPASS)
+                   for selector in _signalling_selectors() for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT))
     if ha is None:
         return bypass
     guard = SecurityPolicy(selector=Selector(daddr=ha, prefixlen_d=128), dir=XFRM_POLICY_OUT,
@@ -187,25 +236,27 @@ def initial_contexts(mn: str, ar: str, ha: str, profile: str, spi_mn_in: int, sp
 def access_policies(access_prefix: str) -> tuple[SecurityPolicy, ...]:
     """The operator's policy, the same on every AR (paper §V-A2: ISPs share one SPD).
 
-    No plaintext leaves the AR towards its access link, and none from it is forwarded, except
-    ICMPv6 (neighbour discovery, CXTP's CTAR/CTAA), Mobile IPv6 signalling and IKE. Without it a
-    nAR that has not yet received an MN's context would forward the HA's traffic to the MN in
-    clear; with it, that traffic waits for the context (RFC 4067 §3.1: the nAR should not
-    process the MN's traffic before the transfer completes).
+    No plaintext leaves the AR towards its access link except signalling: neighbour discovery,
+    CXTP's CTAA (ICMPv6 type 150), Mobile IPv6 signalling and IKE's answers. Nothing in clear from
+    the access link is forwarded except Mobile IPv6 signalling (the Binding Update to the HA):
+    neighbour discovery and the CTAR end at the AR, and an MN's other traffic travels in its
+    tunnel. Without it a nAR that has not yet received an MN's context would forward the HA's
+    traffic to the MN in clear; with it, that traffic waits for the context (RFC 4067 §3.1: the
+    nAR should not process the MN's traffic before the transfer completes).
     """
     network = ipaddress.ip_network(access_prefix)
     prefix, length = network.network_address.compressed, network.prefixlen
     policies = []
     for direction, selector_side in ((XFRM_POLICY_OUT, "daddr"), (XFRM_POLICY_FWD, "saddr")):
         side = {selector_side: prefix, f"prefixlen_{selector_side[0]}": length}
-        for proto in (IPPROTO_ICMPV6, IPPROTO_MH):
-            policies.append(SecurityPolicy(selector=Selector(proto=proto, **side), dir=direction,
-                                           priority=PRIORITY_BYPASS))
         if direction == XFRM_POLICY_OUT:
-            for port in (500, 4500):  # IKE answers from the AR to the MN
-                policies.append(SecurityPolicy(
-                    selector=Selector(proto=IPPROTO_UDP, sport=port, sport_mask=0xFFFF, **side),
-                    dir=direction, priority=PRIORITY_BYPASS))
+            allowed = [*_signalling_selectors(**side),
+                       # IKE answers from the AR to the MN
+                       *(Selector(proto=IPPROTO_UDP, sport=port, sport_mask=0xFFFF, **side) for port in (500, 4500))]
+        else:
+            allowed = [Selector(proto=IPPROTO_MH, **side)]
+        policies += [SecurityPolicy(selector=selector, dir=direction, priority=PRIORITY_BYPASS)
+                     for selector in allowed]
         policies.append(SecurityPolicy(selector=Selector(**side), dir=direction, action=XFRM_POLICY_BLOCK,
                                        priority=PRIORITY_BLOCK))
     return tuple(policies)
@@ -220,6 +271,17 @@ class InstallFault:
         if action not in ("fail", "die"):
             raise ValueError(f"install fault action must be fail or die, got {action!r}")
         self._xfrm, self.after, self.action = xfrm, after, action
+
+    def send_batch(self, requests: list[bytes]):
+        """A batch: the first ``after`` requests reach the kernel, then the fault strikes."""
+        if self.after >= len(requests):
+            self.after -= len(requests)
+            return self._xfrm.send_batch(requests)
+        head = self._xfrm.send_batch(requests[:self.after]) if self.after else []
+        self.after = 0
+        if self.action == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return head + [XfrmError(errno.ENOSPC, "injected fault in a batch")] * (len(requests) - len(head))
 
     def __getattr__(self, name):
         attribute = getattr(self._xfrm, name)
@@ -294,6 +356,7 @@ class ArIpsecHandler:
         self.own_address = own_address
         self.trace = trace
         self.inactive: dict[str, IpsecContext] = {}
+        self.prepared: dict[str, tuple] = {}  # MN -> (predicted new address, pAR, PreparedInstall)
         self.collected: dict[str, IpsecContext] = {}
         self.journal = InstallJournal(state_dir)
         self.install_fault: InstallFault | None = None
@@ -311,16 +374,48 @@ class ArIpsecHandler:
 
     def install(self, mn_address: str, data: bytes, transfer) -> int:
         try:
-            self.inactive[mn_address] = IpsecContext.decode(data)
+            self.inactive[mn_address] = context = IpsecContext.decode(data)
         except IpsecError as error:
             self.trace("ipsec_install_failed", mn=mn_address, error=str(error))
             return STATUS_BAD_CONTEXT
+        self._prepare(mn_address, context, transfer)
         return STATUS_OK
+
+    def _prepare(self, mn_address: str, context: IpsecContext, transfer) -> None:
+        """Everything that can be done before the MN arrives: its new care-of address is, in all
+        likelihood, this link's prefix with the interface identifier it had on the old link (as
+        SLAAC forms it); the context is rewritten for that address now and its netlink requests
+        encoded, so that the CTAR only has to send them. A CTAR from another address takes the
+        ordinary path."""
+        try:
+            prefix = ipaddress.ip_network(f"{self.own_address}/64", strict=False)
+            identifier = int(ipaddress.ip_address(mn_address)) & ((1 << 64) - 1)
+            predicted = str(ipaddress.ip_address(int(prefix.network_address) | identifier))
+            par = next((sa.saddr for sa in context.sas if same_address(sa.daddr, mn_address)), transfer.par_address)
+            rewritten = rewrite_for_nar(context, mn_address, predicted, par, self.own_address)
+            self.prepared[mn_address] = (predicted, par, prepare_install(self.xfrm, rewritten))
+        except (IpsecError, ValueError) as error:  # the ordinary path will say what is wrong
+            self.trace("ipsec_prepare_skipped", mn=mn_address, error=str(error))
 
     def activate(self, mn_address: str, transfer) -> tuple[int, bytes]:
         context = self.inactive.pop(mn_address, None)
+        prepared = self.prepared.pop(mn_address, None)
         if context is None or not transfer.mn_new_address:
             return STATUS_NO_CONTEXT, b""
+        if prepared is not None and same_address(prepared[0], transfer.mn_new_address):
+            predicted, par, requests = prepared
+            xfrm, self.install_fault = (self.install_fault or self.xfrm), None
+            self.journal.begin(predicted, requests.context)
+            try:
+                install_prepared(xfrm, requests)
+            except XfrmError as error:  # a leftover, an SPI taken: the ordinary path resolves it
+                self.trace("ipsec_prepared_refused", mn=mn_address, error=str(error))
+                self.install_fault = xfrm if xfrm is not self.xfrm else None
+            else:
+                self.trace("ipsec_activated", mn=mn_address, new=predicted, par=par, spi_changes=[], prepared=True)
+                return STATUS_OK, b""
+            finally:
+                self.journal.end(predicted)
         # The pAR's tunnel end point is the source of the SA that carried traffic to the MN.
         par = next((sa.saddr for sa in context.sas if same_address(sa.daddr, mn_address)), transfer.par_address)
         rewritten = rewrite_for_nar(context, mn_address, transfer.mn_new_address, par, self.own_address)
@@ -347,6 +442,7 @@ class ArIpsecHandler:
 
     def discard(self, mn_address: str) -> None:
         self.inactive.pop(mn_address, None)
+        self.prepared.pop(mn_address, None)
 
     def release(self, mn_address: str) -> None:
         self.collected.pop(mn_address, None)
@@ -358,6 +454,7 @@ class ArIpsecHandler:
     def forget(self, mn_address: str) -> None:
         """Drop the handler's own memory of an MN (its kernel state is the caller's business)."""
         self.inactive.pop(mn_address, None)
+        self.prepared.pop(mn_address, None)
         self.collected.pop(mn_address, None)
 
     def acknowledged(self, mn_address: str, status: int, data: bytes) -> None:
@@ -374,13 +471,28 @@ class MnIpsecHandler:
         self.trace = trace
         self.current_ar: str | None = None
         self.last_status: int | None = None
+        self.known: IpsecContext | None = None
 
     def move(self, mn_prev: str, mn_new: str, par: str, nar: str) -> int:
-        """Tables I and III: the MN's own SAs and policies now name MN_n and the nAR."""
-        context = capture_context(self.xfrm, mn_prev)
+        """Tables I and III: the MN's own SAs and policies now name MN_n and the nAR. The MN
+        knows its own SAs (it installed or moved them), so no kernel dump is on this path unless
+        that knowledge is stale."""
+        context = self.known if self.known is not None and self._concerns(self.known, mn_prev) else None
+        if context is None:
+            context = capture_context(self.xfrm, mn_prev)
         apply_mn_handover(self.xfrm, context, mn_prev, mn_new, par, nar)
+        self.known = rewrite_for_mn(context, mn_prev, mn_new, par, nar)
         self.current_ar = nar
         return len(context.sas)
+
+    def know(self, context: IpsecContext | None) -> None:
+        """What the MN itself installed (or None: read it from the kernel next time)."""
+        self.known = context
+
+    @staticmethod
+    def _concerns(context: IpsecContext, address: str) -> bool:
+        return bool(context.sas) and all(same_address(sa.saddr, address) or same_address(sa.daddr, address)
+                                         for sa in context.sas)
 
     # ContextHandler hooks: the MN only receives acknowledgements.
     def collect(self, mn_address):
@@ -403,5 +515,6 @@ class MnIpsecHandler:
         if status == STATUS_OK and data and self.current_ar:
             changes = decode_spi_changes(data)
             apply_spi_changes(self.xfrm, changes, self.current_ar)
+            self.known = None  # an SPI changed: read the SAs from the kernel at the next move
             self.trace("ipsec_spi_changed", changes=[(c.old_spi, c.new_spi) for c in changes])
 
