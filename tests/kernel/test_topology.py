@@ -138,7 +138,7 @@ def test_probe_interruption_follows_l2_delay(testbed, tmp_path):
                 handovers.append(handover)
                 _pause(350)
                 faithful += not handover["fidelity"]["violations"]
-                if faithful == 5:
+                if faithful == 8:  # some more are left out below for late probes
                     break
     finally:
         experiment.stop()
