@@ -11,7 +11,7 @@ B ?=
 CMD ?= true
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-pure test-kernel run-scenario run-scenario-loaded report compare kernel-run probe bench clean image container-test
+.PHONY: setup test test-pure test-kernel run-scenario run-scenario-loaded report compare targets reference kernel-run probe bench clean image container-test
 
 setup:
 	@bash scripts/setup.sh
@@ -47,6 +47,17 @@ report:
 compare:
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<run dir> B=<run dir>"; exit 2; }
 	$(PY) -m scenarios.compare $(A) $(B)
+
+# Issue 10's targets (security overheads, CTAR -> CTAA, EAP against CXTP, fidelity, and with B
+# the agreement of two runs), judged on stored runs: make targets A=<run dir> [B=<run dir>]
+targets:
+	@test -n "$(A)" || { echo "usage: make targets A=<run dir> [B=<run dir>]"; exit 2; }
+	$(PY) -m scenarios.targets $(A) $(B)
+
+# Keep a reported run's compact part (records, figures, plots, table) in results/reference/
+reference:
+	@test -n "$(RUN)" || { echo "usage: make reference RUN=results/<scenario>/<run-id>"; exit 2; }
+	$(PY) -m scenarios.reference $(RUN)
 
 kernel-run: setup
 	$(KERNEL_RUN) sh -c '$(CMD)'

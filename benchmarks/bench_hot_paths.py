@@ -1,9 +1,13 @@
 """The CXTP hot paths of a handover, as the agents run them, one MN, in the testbed's kernel:
 
-* nAR: the CTAR's activation (``ArIpsecHandler.activate``: the rewrite per Tables II and IV, the
-  install journal, the kernel writes), with the context received (``install``) beforehand, as a
-  PCTD delivers it before the MN arrives;
-* MN: the re-homing of its own SAs and policies (``MnIpsecHandler.move``: XFRM migrate).
+* nAR: the CTAR's activation (``ArIpsecHandler.activate``: the policies, in one netlink write),
+  with the context received (``install``: decoded, rewritten for the predicted care-of address,
+  its requests encoded and its SAs installed inactive) beforehand, as a PCTD delivers it before
+  the MN arrives;
+* MN: the re-homing of its own SAs and policies (``MnIpsecHandler.move``: the policies' new
+  selectors and templates, in one write), prepared when the move is expected (``prepare_move``,
+  at the runner's ``expect_move``, before the detach: copies of its SAs under the new
+  addresses, installed inactive); the old ones go after the Binding Update (``finish_move``).
 
 Each in a scratch network namespace of its own; medians and p90 over many rounds. Run as root in
 a kernel with ESP (the UML guest):
@@ -67,12 +71,15 @@ def bench_mn_rehome(namespace: str) -> list[float]:
         ipsec_handler.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
         handler = ipsec_handler.MnIpsecHandler(xfrm)
         mn_side, _ = ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
-        install_context(xfrm, mn_side)
         here, there = (MN_P, PAR), (MN_N, NAR)
+        handler.know(install_context(xfrm, mn_side).context)  # what the MN installed, it knows
         for _ in range(ROUNDS):
+            # at the runner's expect_move, before the detach: the attach then sends one write
+            assert handler.prepare_move(here[0], there[0], here[1], there[1])
             started = time.perf_counter_ns()
             handler.move(here[0], there[0], here[1], there[1])
             times.append((time.perf_counter_ns() - started) / 1e6)
+            handler.finish_move()  # the old SAs and policies, after the Binding Update has left
             here, there = there, here
     return times
 

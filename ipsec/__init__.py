@@ -32,13 +32,20 @@ from .rewrite import (
 from .transfer import (
     Installation,
     PreparedInstall,
+    PreparedMove,
     apply_mn_handover,
+    apply_prepared_move,
+    discard_prepared_move,
+    finish_prepared_move,
     apply_spi_changes,
     capture_context,
     capture_contexts,
     install_context,
     install_prepared,
+    install_prepared_policies,
+    install_prepared_sas,
     prepare_install,
+    prepare_mn_handover,
     remove_context,
 )
 from .xfrm import Migration, Xfrm

@@ -22,6 +22,7 @@ from .rewrite import (
     advance_oseq,
     carry_lifetime,
     rewrite_policy,
+    rewrite_sa,
 )
 from .xfrm import Migration, Xfrm
 from .xfrm_messages import XFRM_POLICY_IN
@@ -236,18 +237,40 @@ def install_prepared(xfrm: Xfrm, prepared: PreparedInstall) -> Installation:
     refuses any part (an SPI taken, an entry already there), what it accepted is removed and
     the first refusal is raised; the caller then takes the careful path, ``install_context``,
     which resolves SPI collisions and leftovers one request at a time."""
-    outcomes = xfrm.send_batch(list(prepared.requests))
-    failures = [outcome for outcome in outcomes if outcome is not None]
-    if not failures:
-        return Installation(prepared.context, ())
-    count = len(prepared.context.sas)
-    for policy, outcome in zip(reversed(prepared.context.policies), reversed(outcomes[count:])):
-        if outcome is None:
-            _delete_policy(xfrm, policy)
-    for sa, outcome in zip(reversed(prepared.context.sas), reversed(outcomes[:count])):
-        if outcome is None:
+    install_prepared_sas(xfrm, prepared)
+    try:
+        install_prepared_policies(xfrm, prepared)
+    except XfrmError:
+        for sa in reversed(prepared.context.sas):
             _delete_sa(xfrm, sa)
-    raise failures[0]
+        raise
+    return Installation(prepared.context, ())
+
+
+def install_prepared_sas(xfrm: Xfrm, prepared: PreparedInstall) -> None:
+    """The SAs of a prepared context, in one write, all or nothing. SAs alone are inactive: no
+    policy sends traffic through them, and the kernel drops what an SA decapsulates unless a
+    policy admits it (``XfrmInNoPols``); the policies are the activation."""
+    count = len(prepared.context.sas)
+    _send_all_or_nothing(xfrm, prepared.requests[:count],
+                         [partial(_delete_sa, xfrm, sa) for sa in prepared.context.sas])
+
+
+def install_prepared_policies(xfrm: Xfrm, prepared: PreparedInstall) -> None:
+    """The policies of a prepared context, in one write, all or nothing (its SAs are there)."""
+    count = len(prepared.context.sas)
+    _send_all_or_nothing(xfrm, prepared.requests[count:],
+                         [partial(_delete_policy, xfrm, policy) for policy in prepared.context.policies])
+
+
+def _send_all_or_nothing(xfrm: Xfrm, requests, undo: list[Callable[[], None]]) -> None:
+    outcomes = xfrm.send_batch(list(requests))
+    failures = [outcome for outcome in outcomes if outcome is not None]
+    if failures:
+        for undo_one, outcome in reversed(list(zip(undo, outcomes))):
+            if outcome is None:
+                undo_one()
+        raise failures[0]
 
 
 def remove_context(xfrm: Xfrm, ctx: IpsecContext) -> None:
@@ -312,6 +335,85 @@ def apply_mn_handover(
             xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
     if spi_changes:
         apply_spi_changes(xfrm, spi_changes, nar, oseq_margin)
+
+
+@dataclass(frozen=True)
+class PreparedMove:
+    """The MN's re-homing for one expected move, done ahead as far as the kernel allows.
+
+    At preparation (before the detach) the MN's SAs are copied under the new addresses and
+    installed: the copies are inactive, since no policy refers to them (an SA is found by
+    destination and SPI, so a copy for the nAR does not disturb the original for the pAR). The
+    outbound copy's sequence number is ahead of the original's by ``oseq_margin``, so that no
+    number the original sends until the detach is sent again. At the attach, ``activation``
+    adds the policies with their new selectors and templates (or replaces them in place when
+    the selector does not name a moving address): one write, and the MN's traffic uses the
+    copies. ``cleanup`` then deletes the old policies and SAs, off the critical path.
+    """
+
+    mn_prev: str
+    mn_new: str
+    par: str
+    nar: str
+    copies: tuple[SecurityAssociation, ...]
+    moved: IpsecContext
+    activation: tuple[bytes, ...]
+    cleanup: tuple[bytes, ...]
+
+    def matches(self, mn_prev: str, mn_new: str, par: str, nar: str) -> bool:
+        return all(same_address(a, b) for a, b in ((self.mn_prev, mn_prev), (self.mn_new, mn_new),
+                                                   (self.par, par), (self.nar, nar)))
+
+
+def prepare_mn_handover(xfrm: Xfrm, ctx: IpsecContext, mn_prev: str, mn_new: str, par: str, nar: str,
+                        oseq_margin: int = DEFAULT_OSEQ_MARGIN) -> PreparedMove:
+    """Install the copies of the MN's SAs under (MN_n, nAR) and encode the rest of the move
+    (see :class:`PreparedMove`); the SAs' state (replay, lifetime) is the kernel's, read now.
+    All or nothing: a refused copy removes the others and raises."""
+    addresses = AddressMap({mn_prev: mn_new, par: nar})
+    copies = []
+    for sa in ctx.sas:
+        if addresses.touches(sa.selector.saddr) or addresses.touches(sa.selector.daddr):
+            raise IpsecError(f"SA {sa.spi:#x} has a selector naming a moving address")
+        current = xfrm.get_sa(sa.daddr, sa.spi, sa.proto, sa.mark)
+        copy = rewrite_sa(current, addresses)
+        if same_address(current.saddr, mn_prev):  # the MN sends on it
+            copy = advance_oseq(copy, oseq_margin)
+        copies.append(copy)
+    moved_policies = tuple(replace(rewrite_policy(policy, addresses), index=0) for policy in ctx.policies)
+    activation = tuple(xfrm.encode_update_policy(policy) for policy in moved_policies)
+    cleanup = tuple(xfrm.encode_delete_policy(old.selector, old.dir, old.mark, old.if_id)
+                    for old, new in zip(ctx.policies, moved_policies) if new.selector != old.selector)
+    cleanup += tuple(xfrm.encode_delete_sa(sa) for sa in ctx.sas)
+    _send_all_or_nothing(xfrm, [xfrm.encode_add_sa(copy) for copy in copies],
+                         [partial(_delete_sa, xfrm, copy) for copy in copies])
+    moved = replace(ctx, sas=tuple(copies), policies=moved_policies)
+    return PreparedMove(mn_prev, mn_new, par, nar, tuple(copies), moved, activation, cleanup)
+
+
+def apply_prepared_move(xfrm: Xfrm, prepared: PreparedMove) -> None:
+    """The attach: the policies in one write. A refusal removes what it accepted and the copies,
+    and is raised; the caller then moves the MN request by request (:func:`apply_mn_handover`)."""
+    try:
+        _send_all_or_nothing(xfrm, prepared.activation,
+                             [partial(_delete_policy, xfrm, policy) for policy in prepared.moved.policies])
+    except XfrmError:
+        discard_prepared_move(xfrm, prepared)
+        raise
+
+
+def finish_prepared_move(xfrm: Xfrm, prepared: PreparedMove) -> None:
+    """After the attach, off its critical path: the old policies and SAs go (entries already
+    gone are not an error)."""
+    for outcome in xfrm.send_batch(list(prepared.cleanup)):
+        if outcome is not None and outcome.errno != errno.ENOENT:
+            raise outcome
+
+
+def discard_prepared_move(xfrm: Xfrm, prepared: PreparedMove) -> None:
+    """The expected move did not happen as prepared: its inactive copies go."""
+    for copy in prepared.copies:
+        _delete_sa(xfrm, copy)
 
 
 def apply_spi_changes(

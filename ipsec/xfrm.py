@@ -437,6 +437,12 @@ class Xfrm:
     def encode_add_policy(self, policy: SecurityPolicy) -> bytes:
         return self.encode_request(XFRM_MSG_NEWPOLICY, policy_to_message(policy))
 
+    def encode_update_policy(self, policy: SecurityPolicy) -> bytes:
+        return self.encode_request(XFRM_MSG_UPDPOLICY, policy_to_message(policy))
+
+    def encode_delete_sa(self, sa: SecurityAssociation) -> bytes:
+        return self.encode_request(XFRM_MSG_DELSA, self._usersa_id(sa.daddr, sa.spi, sa.proto, sa.mark))
+
     # --- SAs ---
 
     def add_sa(self, sa: SecurityAssociation, carry_current: bool = True) -> None:
@@ -637,6 +643,10 @@ class Xfrm:
         entries = [to_struct(migration) for migration in migrations]
         msg["attrs"] = [("XFRMA_MIGRATE", entries)]
         self._request(XFRM_MSG_MIGRATE, msg)
+
+    def encode_delete_policy(self, selector: Selector, direction: int, mark: Mark | None = None,
+                             if_id: int = 0) -> bytes:
+        return self.encode_request(XFRM_MSG_DELPOLICY, self._userpolicy_id(selector, direction, mark, if_id))
 
 
 def _extack_message(chunk: bytes, flags: int) -> str:

@@ -67,8 +67,11 @@ class Agent:
         signal.signal(signal.SIGINT, lambda *_: self.stop())
 
     # -- trace ------------------------------------------------------------------------------------
-    def trace(self, event: str, **fields: Any) -> None:
-        record = {"t_ns": time.monotonic_ns(), "node": self.name, "event": event, **fields}
+    def trace(self, event: str, t_ns: int | None = None, **fields: Any) -> None:
+        """One event of the trace, stamped now, or at ``t_ns`` when the caller took the time
+        before the act (a send: on the guest's one CPU the receiver can run before the sender
+        returns from the system call, so a stamp taken after it can be later than the arrival)."""
+        record = {"t_ns": time.monotonic_ns() if t_ns is None else t_ns, "node": self.name, "event": event, **fields}
         self._trace.write(json.dumps(record, default=str) + "\n")
 
     # -- loop plumbing ----------------------------------------------------------------------------

@@ -73,9 +73,10 @@ class CxtpRuntime:
     def _send(self, datagram) -> None:
         name = message_name(datagram.data)
         try:
+            handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.transports[datagram.transport].send(datagram.data, datagram.destination)
-            self.agent.trace("cxtp_sent", type=name, bytes=len(datagram.data), link=datagram.transport,
-                             destination=datagram.destination)
+            self.agent.trace("cxtp_sent", t_ns=handed_over, type=name, bytes=len(datagram.data),
+                             link=datagram.transport, destination=datagram.destination)
         except OSError as error:
             self.agent.trace("cxtp_send_failed", type=name, link=datagram.transport,
                              destination=datagram.destination, error=str(error))

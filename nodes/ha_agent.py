@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from nodes import mobility
 from nodes.agent import Agent, main_guard
@@ -47,9 +48,10 @@ class HomeAgent:
         if message.acknowledge:
             ack = mobility.BindingAck(sequence=message.sequence, status=status, lifetime_s=message.lifetime_s)
             encoded = ack.encode()
+            handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.sock.sendto(encoded, (care_of, 0))
-            self.agent.trace("ba_sent", destination=care_of, seq=message.sequence, status=status,
-                             bytes=len(encoded))
+            self.agent.trace("ba_sent", t_ns=handed_over, destination=care_of, seq=message.sequence,
+                             status=status, bytes=len(encoded))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,14 +41,20 @@ from ipsec import (
     Selector,
     Template,
     XfrmError,
+    PreparedMove,
     apply_mn_handover,
+    apply_prepared_move,
+    discard_prepared_move,
+    finish_prepared_move,
     apply_spi_changes,
     capture_context,
     decode_spi_changes,
     encode_spi_changes,
     install_context,
-    install_prepared,
+    install_prepared_policies,
+    install_prepared_sas,
     prepare_install,
+    prepare_mn_handover,
     remove_context,
     rewrite_for_mn,
     rewrite_for_nar,
@@ -374,48 +380,72 @@ class ArIpsecHandler:
 
     def install(self, mn_address: str, data: bytes, transfer) -> int:
         try:
-            self.inactive[mn_address] = context = IpsecContext.decode(data)
+            context = IpsecContext.decode(data)
         except IpsecError as error:
             self.trace("ipsec_install_failed", mn=mn_address, error=str(error))
             return STATUS_BAD_CONTEXT
+        self.discard(mn_address)  # a context already here for the MN (a PCTD, then a CTD): this one
+        self.inactive[mn_address] = context
         self._prepare(mn_address, context, transfer)
         return STATUS_OK
 
     def _prepare(self, mn_address: str, context: IpsecContext, transfer) -> None:
         """Everything that can be done before the MN arrives: its new care-of address is, in all
         likelihood, this link's prefix with the interface identifier it had on the old link (as
-        SLAAC forms it); the context is rewritten for that address now and its netlink requests
-        encoded, so that the CTAR only has to send them. A CTAR from another address takes the
-        ordinary path."""
+        SLAAC forms it); the context is rewritten for that address now, its netlink requests
+        encoded, and its SAs installed, inactive: no policy uses them, and the kernel drops what
+        they would decapsulate (``XfrmInNoPols``) until the policies come. The CTAR, once its
+        token is verified, only adds the policies: the activation. A CTAR from another address,
+        or a kernel that refuses the SAs now, takes the ordinary path."""
         try:
             prefix = ipaddress.ip_network(f"{self.own_address}/64", strict=False)
             identifier = int(ipaddress.ip_address(mn_address)) & ((1 << 64) - 1)
             predicted = str(ipaddress.ip_address(int(prefix.network_address) | identifier))
             par = next((sa.saddr for sa in context.sas if same_address(sa.daddr, mn_address)), transfer.par_address)
             rewritten = rewrite_for_nar(context, mn_address, predicted, par, self.own_address)
-            self.prepared[mn_address] = (predicted, par, prepare_install(self.xfrm, rewritten))
+            prepared = prepare_install(self.xfrm, rewritten)
         except (IpsecError, ValueError) as error:  # the ordinary path will say what is wrong
             self.trace("ipsec_prepare_skipped", mn=mn_address, error=str(error))
+            return
+        # journalled before the first write: an agent that dies holding inactive SAs leaves
+        # its successor a record of them
+        self.journal.begin(predicted, prepared.context)
+        try:
+            install_prepared_sas(self.install_fault or self.xfrm, prepared)
+        except XfrmError as error:  # a leftover, an SPI taken: the ordinary path resolves it
+            self.journal.end(predicted)
+            self.trace("ipsec_prepared_refused", mn=mn_address, error=str(error))
+            return
+        self.prepared[mn_address] = (predicted, par, prepared)
+
+    def _unprepare(self, prepared: tuple) -> None:
+        """Remove a prepared context's inactive SAs (the MN went elsewhere, or the transfer ended)."""
+        predicted, _par, requests = prepared
+        remove_context(self.xfrm, requests.context)
+        self.journal.end(predicted)
 
     def activate(self, mn_address: str, transfer) -> tuple[int, bytes]:
         context = self.inactive.pop(mn_address, None)
         prepared = self.prepared.pop(mn_address, None)
         if context is None or not transfer.mn_new_address:
+            if prepared is not None:
+                self._unprepare(prepared)
             return STATUS_NO_CONTEXT, b""
         if prepared is not None and same_address(prepared[0], transfer.mn_new_address):
             predicted, par, requests = prepared
             xfrm, self.install_fault = (self.install_fault or self.xfrm), None
-            self.journal.begin(predicted, requests.context)
             try:
-                install_prepared(xfrm, requests)
-            except XfrmError as error:  # a leftover, an SPI taken: the ordinary path resolves it
+                install_prepared_policies(xfrm, requests)
+            except XfrmError as error:  # a leftover policy: the ordinary path resolves it
                 self.trace("ipsec_prepared_refused", mn=mn_address, error=str(error))
                 self.install_fault = xfrm if xfrm is not self.xfrm else None
+                self._unprepare(prepared)
             else:
+                self.journal.end(predicted)
                 self.trace("ipsec_activated", mn=mn_address, new=predicted, par=par, spi_changes=[], prepared=True)
                 return STATUS_OK, b""
-            finally:
-                self.journal.end(predicted)
+        elif prepared is not None:
+            self._unprepare(prepared)
         # The pAR's tunnel end point is the source of the SA that carried traffic to the MN.
         par = next((sa.saddr for sa in context.sas if same_address(sa.daddr, mn_address)), transfer.par_address)
         rewritten = rewrite_for_nar(context, mn_address, transfer.mn_new_address, par, self.own_address)
@@ -442,7 +472,9 @@ class ArIpsecHandler:
 
     def discard(self, mn_address: str) -> None:
         self.inactive.pop(mn_address, None)
-        self.prepared.pop(mn_address, None)
+        prepared = self.prepared.pop(mn_address, None)
+        if prepared is not None:
+            self._unprepare(prepared)
 
     def release(self, mn_address: str) -> None:
         self.collected.pop(mn_address, None)
@@ -452,9 +484,9 @@ class ArIpsecHandler:
         self.trace("ipsec_released", mn=mn_address, sas=len(context.sas), policies=len(context.policies))
 
     def forget(self, mn_address: str) -> None:
-        """Drop the handler's own memory of an MN (its kernel state is the caller's business)."""
-        self.inactive.pop(mn_address, None)
-        self.prepared.pop(mn_address, None)
+        """Drop the handler's own memory of an MN (its kernel state is the caller's business,
+        but for the inactive SAs of a prepared context, which only this handler knows of)."""
+        self.discard(mn_address)
         self.collected.pop(mn_address, None)
 
     def acknowledged(self, mn_address: str, status: int, data: bytes) -> None:
@@ -472,11 +504,49 @@ class MnIpsecHandler:
         self.current_ar: str | None = None
         self.last_status: int | None = None
         self.known: IpsecContext | None = None
+        self.prepared: PreparedMove | None = None
+
+    def prepare_move(self, mn_prev: str, mn_new: str, par: str, nar: str) -> bool:
+        """Before the attach, for an expected move (the MN knows its own SAs, and the candidate
+        nAR and its prefix before it associates): copies of its SAs under the new addresses go
+        into the kernel, inactive, and the policies' new versions are encoded, so that the
+        attach costs one netlink write (:class:`ipsec.PreparedMove`). False when there is
+        nothing known to prepare from, or the kernel refused the copies."""
+        self.drop_prepared()
+        context = self.known if self.known is not None and self._concerns(self.known, mn_prev) else None
+        if context is None:
+            return False
+        try:
+            self.prepared = prepare_mn_handover(self.xfrm, context, mn_prev, mn_new, par, nar)
+        except (IpsecError, XfrmError) as error:  # the ordinary path will say what is wrong
+            self.trace("ipsec_prepare_skipped", mn=mn_prev, error=str(error))
+            return False
+        return True
+
+    def drop_prepared(self) -> None:
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:
+            discard_prepared_move(self.xfrm, prepared)
 
     def move(self, mn_prev: str, mn_new: str, par: str, nar: str) -> int:
         """Tables I and III: the MN's own SAs and policies now name MN_n and the nAR. The MN
         knows its own SAs (it installed or moved them), so no kernel dump is on this path unless
-        that knowledge is stale."""
+        that knowledge is stale; a move prepared for exactly this attach is one write, and its
+        clean-up waits for :meth:`finish_move`."""
+        prepared = self.prepared
+        if prepared is not None and prepared.matches(mn_prev, mn_new, par, nar):
+            try:
+                apply_prepared_move(self.xfrm, prepared)  # a refusal also removes the copies
+            except XfrmError as error:  # stale knowledge: move from what the kernel holds
+                self.prepared = None
+                self.trace("ipsec_prepared_refused", mn=mn_prev, error=str(error))
+                self.known = None
+            else:
+                self.known = prepared.moved
+                self.current_ar = nar
+                return len(prepared.copies)
+        else:
+            self.drop_prepared()
         context = self.known if self.known is not None and self._concerns(self.known, mn_prev) else None
         if context is None:
             context = capture_context(self.xfrm, mn_prev)
@@ -485,8 +555,15 @@ class MnIpsecHandler:
         self.current_ar = nar
         return len(context.sas)
 
+    def finish_move(self) -> None:
+        """The old policies and SAs of a prepared move go, once the MN's traffic uses the new ones."""
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:
+            finish_prepared_move(self.xfrm, prepared)
+
     def know(self, context: IpsecContext | None) -> None:
         """What the MN itself installed (or None: read it from the kernel next time)."""
+        self.drop_prepared()
         self.known = context
 
     @staticmethod

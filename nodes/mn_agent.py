@@ -94,7 +94,8 @@ class MobileNodeAgent:
         its configuration is): the attach itself is learnt from the kernel, not from the runner."""
         self.expected_move = {"ifindex": socket.if_nametoindex(interface), "nar": nar, "par": par,
                               "new_address": new_address, "cxtp": cxtp, "ipsec": ipsec}
-        return {}
+        prepared = ipsec and self.handler.prepare_move(self.address, new_address, par, nar)
+        return {"prepared": prepared}
 
     def _route_event(self) -> None:
         while True:
@@ -134,6 +135,8 @@ class MobileNodeAgent:
             self.agent.trace("ipsec_moved", sas=moved)
         self.address = new_address
         self._send_bu(first=True)
+        if ipsec:
+            self.handler.finish_move()  # the old SAs and policies, after the BU has left
         return {}
 
     def retry_reactive(self, par: str, nar: str, previous: str) -> dict:
@@ -208,9 +211,10 @@ class MobileNodeAgent:
         sequence, timeout = self.bu_pending
         update = mobility.BindingUpdate(sequence=sequence, identity=self.identity)
         try:
+            handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.mh.sendto(update.encode(), (self.ha, 0))
-            self.agent.trace("bu_sent", seq=sequence, source=self.address, retransmission=not first,
-                             bytes=len(update.encode()))
+            self.agent.trace("bu_sent", t_ns=handed_over, seq=sequence, source=self.address,
+                             retransmission=not first, bytes=len(update.encode()))
         except OSError as error:
             self.agent.trace("bu_send_failed", seq=sequence, error=str(error))
         self.bu_pending = (sequence, min(timeout * 2, mobility.MAX_BINDACK_TIMEOUT))

@@ -152,7 +152,7 @@ class AgentProcess(Daemon):
 class Experiment:
     """Agents on every node of a running testbed, and one handover of any declared method."""
 
-    def __init__(self, testbed: Testbed, run_dir: Path, probe_rate: float = 1000.0, probe_size: int = 64,
+    def __init__(self, testbed: Testbed, run_dir: Path, probe_rate: float = 500.0, probe_size: int = 64,
                  profile: str = "aes-cbc-sha256", ar_transport: str = "sctp", anticipation_ms: float = 100.0,
                  seed: int = 1, timers: dict[str, float] | None = None) -> None:
         self.testbed = testbed

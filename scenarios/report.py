@@ -30,6 +30,12 @@ def _read_traces(run_dir: Path) -> dict[str, list[dict]]:
     return traces
 
 
+def is_compact(run_dir: Path) -> bool:
+    """A run kept without its raw probe traces (``results/reference/``): records, summary,
+    per-handover figures and plots only."""
+    return (run_dir / "summary.json").is_file() and not (run_dir / "probe-mn.json").is_file()
+
+
 def compute(run_dir: Path) -> dict:
     """Compute per-handover figures and the summary from the traces; write both, and the plots."""
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
@@ -277,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     run_dir = Path(arguments.run_dir)
     try:
-        compute(run_dir)
+        if is_compact(run_dir):  # a kept reference run: its figures were computed when it ran
+            print(f"report: {run_dir} is a compact run (no probe traces): its stored summary", file=sys.stderr)
+        else:
+            compute(run_dir)
     except (ReportError, ValueError, KeyError) as error:  # ValueError: a file that is not JSON
         print(f"report: {error}", file=sys.stderr)
         return 2

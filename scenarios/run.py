@@ -25,7 +25,7 @@ from ipsec import Xfrm
 from nodes import ipsec_handler, netns
 from nodes.capture import Capture
 from nodes.agent import raise_agent_priority
-from scenarios import config, methods, record, report, wireshark
+from scenarios import config, methods, metrics, record, report, wireshark
 from scenarios.experiment import STEP_ERRORS, Experiment, HandoverFailed, _pause
 from topo import plan
 from topo.network import Testbed
@@ -118,11 +118,7 @@ def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict) -> 
     result.update(l2_delay_actual_ms=l2_actual, l2_drift_ms=l2_actual - handover["l2_delay_ms"],
                   detach_ms=(handover["detached_ns"] - handover["detach_start_ns"]) / 1e6,
                   attach_ms=(handover["attached_ns"] - handover["attach_start_ns"]) / 1e6)
-    if abs(result["l2_drift_ms"]) > tolerances["max_l2_drift_ms"]:
-        result["violations"].append(f"L2 delay off by {result['l2_drift_ms']:.1f} ms")
-    for step in ("detach_ms", "attach_ms"):
-        if result[step] > tolerances["max_step_ms"]:
-            result["violations"].append(f"{step[:-3]} took {result[step]:.1f} ms")
+    result["violations"] = metrics.emulation_violations(result, tolerances)
     return result
 
 

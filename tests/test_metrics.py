@@ -92,3 +92,20 @@ def test_no_probe_through_the_new_path_is_an_error():
     rows = [(n, float(n), n + 5.0, 1) for n in range(1, 300)]
     with pytest.raises(metrics.MetricsError, match="new path"):
         metrics.interruption(path_trace(rows), detach_ns=100 * MS, new_path={2})
+
+
+def test_emulation_fidelity_judges_steps_l2_drift_and_a_busy_guest():
+    """The runner's verdict on one handover (scenarios.run.emulation_fidelity), at the edges."""
+    from scenarios import config
+    from scenarios.run import emulation_fidelity
+
+    tolerances = config.load(None).fidelity
+    ms = 1_000_000
+    handover = {"l2_delay_ms": 50.0, "detach_start_ns": 0, "detached_ns": 10 * ms,
+                "attach_start_ns": 60 * ms, "attached_ns": 70 * ms}
+    assert emulation_fidelity(handover, 0.8, tolerances)["violations"] == []
+    handover["attached_ns"] += 1
+    assert emulation_fidelity(handover, 0.81, tolerances)["violations"] == [
+        "attach took 10.0 ms", "guest busy 81% of the handover"]
+    handover["attach_start_ns"] += 10 * ms + 1
+    assert "L2 delay off by 10.0 ms" in emulation_fidelity(handover, None, tolerances)["violations"]

@@ -13,7 +13,7 @@ def test_defaults_are_complete():
     assert scenario.handovers >= 20
     assert scenario.methods == methods.default_names()
     assert set(scenario.links) == set(plan.LINK_CLASSES)
-    assert scenario.probe_rate >= 1000
+    assert scenario.probe_rate >= 500  # 2 ms resolution, and the UML guest keeps up (README, "What the results mean")
     assert scenario.source == "built-in defaults"
 
 

@@ -218,6 +218,9 @@ def run_in_uml(command: list[str], timeout: float | None = None) -> int:
             )
             os.close(out_fd)
             os.close(err_fd)
+            # A runner stopped by SIGTERM or SIGHUP (CI's timeout, a closed terminal) ends its
+            # guest as Ctrl-C does: the guest's session, recorded above, goes with it.
+            previous = {number: signal.signal(number, _raise_interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
             try:
                 guest.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -232,6 +235,8 @@ def run_in_uml(command: list[str], timeout: float | None = None) -> int:
             finally:
                 # UML leaves helper processes in its session; end them by the session we recorded.
                 _kill_session(guest.pid)
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
         status_file = workdir / "status"
         if not status_file.exists():
             sys.stderr.write(f"[testbed] the UML guest died before the command finished; boot log:\n")
@@ -243,6 +248,10 @@ def run_in_uml(command: list[str], timeout: float | None = None) -> int:
         return status
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _raise_interrupt(number, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {number}")
 
 
 def _kill_session(session_id: int) -> None:

@@ -9,17 +9,18 @@ namespace, so no process start lands inside a measured interval.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import time
 from typing import Mapping
 
 from mininet.link import TCLink
 from mininet.log import setLogLevel
 from mininet.net import Mininet
-from pyroute2 import IPRoute
 
 from nodes import netns
-from topo import plan
+from topo import access_steps, plan
+
+
+STEP_PRIORITY = 70  # SCHED_FIFO, above the probe threads' 50 (nodes/probe.py)
 
 
 class TopologyError(RuntimeError):
@@ -75,7 +76,9 @@ class Testbed:
         self.current_ar: str | None = None
         self.initial_ar = initial_ar
         self.net: Mininet | None = None
-        self._mn_netlink: IPRoute | None = None
+        self._mn_steps: access_steps.StepSocket | None = None
+        self._detach_batch: dict[str, tuple[bytes, ...]] = {}
+        self._attach_batch: dict[str, tuple[bytes, ...]] = {}
         self._handovers = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -94,7 +97,7 @@ class Testbed:
                             intfName2=link.interface(link.b), **params)
             net.build()
             self._configure()
-            self._mn_netlink = netns.iproute_in(self.pid(plan.MN))
+            self._prepare_access_steps()
             self._attach(self.initial_ar)
         except BaseException:
             self.stop()
@@ -102,9 +105,9 @@ class Testbed:
         return self
 
     def stop(self) -> None:
-        if self._mn_netlink is not None:
-            self._mn_netlink.close()
-            self._mn_netlink = None
+        if self._mn_steps is not None:
+            self._mn_steps.close()
+            self._mn_steps = None
         if self.net is not None:
             self.net.stop()  # ends the host shells Mininet started, by their recorded PIDs
             self.net = None
@@ -173,33 +176,38 @@ class Testbed:
             interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
             self.cmd(plan.MN, f"ip link set {interface} down")
 
-    def _mn_interface_index(self, ar: str) -> int:
-        assert self._mn_netlink is not None
-        name = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
-        indices = self._mn_netlink.link_lookup(ifname=name)
-        if not indices:
-            raise TopologyError(f"MN has no interface {name}")
-        return indices[0]
+    def _prepare_access_steps(self) -> None:
+        """Encode each AR's detach and attach once (see :mod:`topo.access_steps`)."""
+        with netns.iproute_in(self.pid(plan.MN)) as ipr:
+            for ar in plan.ACCESS_ROUTERS:
+                name = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
+                indices = ipr.link_lookup(ifname=name)
+                if not indices:
+                    raise TopologyError(f"MN has no interface {name}")
+                index = indices[0]
+                self._detach_batch[ar] = (access_steps.link_state(index, up=False),)
+                self._attach_batch[ar] = (
+                    access_steps.link_state(index, up=True),
+                    access_steps.address(index, plan.MN_COA[ar], 64),
+                    # learnt at association (see _configure): no neighbour discovery
+                    access_steps.permanent_neighbour(index, plan.AR_ACCESS_ADDRESS[ar], self.access_lladdr[ar]),
+                    access_steps.default_route(index, plan.AR_ACCESS_ADDRESS[ar]))
+        self._mn_steps = access_steps.StepSocket(self.pid(plan.MN))
+
+    def _step(self, batch: tuple[bytes, ...], what: str) -> None:
+        assert self._mn_steps is not None
+        try:
+            self._mn_steps.send(batch)
+        except (OSError, access_steps.StepError) as error:
+            raise TopologyError(f"{what}: {error}") from error
 
     def _detach(self, ar: str) -> None:
-        assert self._mn_netlink is not None
-        self._mn_netlink.link("set", index=self._mn_interface_index(ar), state="down")
+        self._step(self._detach_batch[ar], f"detaching the MN from {ar}")
         self.current_ar = None
 
     def _attach(self, ar: str) -> None:
         """Bring the access link up, take the care-of address from the AR's prefix, route via it."""
-        assert self._mn_netlink is not None
-        index = self._mn_interface_index(ar)
-        ipr = self._mn_netlink
-        ipr.link("set", index=index, state="up")
-        try:
-            ipr.addr("add", index=index, address=plan.MN_COA[ar], prefixlen=64, flags=0x02)  # IFA_F_NODAD
-        except Exception as error:  # the address may survive a previous attach
-            if getattr(error, "code", None) != errno.EEXIST:
-                raise
-        ipr.neigh("replace", dst=plan.AR_ACCESS_ADDRESS[ar], lladdr=self.access_lladdr[ar], ifindex=index,
-                  family=10, state=0x80)  # NUD_PERMANENT: learnt at association (see _configure)
-        ipr.route("replace", dst="::/0", family=10, gateway=plan.AR_ACCESS_ADDRESS[ar], oif=index)
+        self._step(self._attach_batch[ar], f"attaching the MN to {ar}")
         self.current_ar = ar
 
     # -- the handover primitive ------------------------------------------------------------------
@@ -213,15 +221,18 @@ class Testbed:
             raise TopologyError(f"cannot hand over from {self.current_ar} to {to_ar}")
         self._handovers += 1
         record = HandoverRecord(self._handovers, self.current_ar, to_ar, l2_delay_ms)
-        record.detach_start_ns = time.monotonic_ns()
-        self._detach(self.current_ar)
-        record.detached_ns = time.monotonic_ns()
-        deadline = record.detached_ns + int(l2_delay_ms * 1e6)
-        while (remaining := deadline - time.monotonic_ns()) > 0:
-            time.sleep(remaining / 1e9)
-        record.attach_start_ns = time.monotonic_ns()
-        self._attach(to_ar)
-        record.attached_ns = time.monotonic_ns()
+        # The emulator's own steps, above the probes' real-time priority: the L2 delay is the
+        # scenario's, and neither step waits behind the measurement it is measured by.
+        with access_steps.realtime(STEP_PRIORITY):
+            record.detach_start_ns = time.monotonic_ns()
+            self._detach(self.current_ar)
+            record.detached_ns = time.monotonic_ns()
+            deadline = record.detached_ns + int(l2_delay_ms * 1e6)
+            while (remaining := deadline - time.monotonic_ns()) > 0:
+                time.sleep(remaining / 1e9)
+            record.attach_start_ns = time.monotonic_ns()
+            self._attach(to_ar)
+            record.attached_ns = time.monotonic_ns()
         return record
 
     def set_link_params(self, link_class: str, params: LinkParams) -> None:

@@ -419,3 +419,90 @@ def test_capture_context_of_several_care_of_addresses(namespaces):
     assert {s.spi for s in one.sas} == {SPI_MN_IN, SPI_MN_OUT} and len(one.policies) == 2
     assert {s.spi for s in both.sas} == {SPI_MN_IN, SPI_MN_OUT, 0x3003}
     assert len(both.policies) == 3
+
+
+# -- the prepared hot paths (issue 10): what is done before the CTAR, and before the attach -----
+
+def _handler_contexts():
+    from nodes import ipsec_handler
+
+    return ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
+
+
+def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when_discarded(namespaces, tmp_path):
+    """The context's arrival installs its SAs, rewritten for the predicted care-of address, and
+    no policy: nothing routes through them. The CTAR adds the policies; a discarded transfer,
+    or a CTAR from an unpredicted address, removes the SAs; the journal holds the predicted
+    address exactly while its SAs are inactive."""
+    from cxtp.registry import TransferInfo
+    from nodes import ipsec_handler
+
+    _, ar_side = _handler_contexts()
+    data = ar_side.encode()
+    with Xfrm(namespaces["nar"]) as nar:
+        handler = ipsec_handler.ArIpsecHandler(nar, NAR, state_dir=str(tmp_path))
+        predicted = TransferInfo(MN_P, PAR, NAR, MN_N)
+        assert handler.install(MN_P, data, predicted) == ipsec_handler.STATUS_OK
+        sas, policies = _kernel_state(nar)
+        assert {(sa.saddr, sa.daddr) for sa in sas} == {(MN_N, NAR), (NAR, MN_N)} and policies == []
+        assert [name for name in tmp_path.iterdir() if name.suffix == ".ctx"], "journalled while inactive"
+        handler.discard(MN_P)
+        assert _kernel_state(nar) == ([], []) and not list(tmp_path.iterdir())
+
+        handler.install(MN_P, data, predicted)
+        status, _ = handler.activate(MN_P, predicted)
+        assert status == ipsec_handler.STATUS_OK
+        sas, policies = _kernel_state(nar)
+        assert len(sas) == 2 and len(policies) == len(ar_side.policies)
+        assert not list(tmp_path.iterdir())
+        handler.release(MN_N)
+        assert _kernel_state(nar) == ([], [])
+
+        elsewhere = "2001:db8:2::77"  # not the old interface identifier: the ordinary path
+        handler.install(MN_P, data, predicted)
+        status, _ = handler.activate(MN_P, TransferInfo(MN_P, PAR, NAR, elsewhere))
+        assert status == ipsec_handler.STATUS_OK
+        sas, _ = _kernel_state(nar)
+        assert {sa.daddr for sa in sas} == {NAR, elsewhere}, "the predicted copies went, the real ones came"
+
+
+def test_mn_prepared_move_is_one_write_and_ends_as_the_ordinary_move(namespaces):
+    """Before the attach, copies of the MN's SAs under (MN_n, nAR), inactive: the old policies
+    still use the old SAs. The attach's write moves the policies; the clean-up leaves exactly
+    the state the ordinary move (XFRM migrate) leaves, with the outbound sequence number ahead."""
+    from nodes import ipsec_handler
+
+    mn_side, _ = _handler_contexts()
+    with Xfrm(namespaces["mn"]) as mn:
+        handler = ipsec_handler.MnIpsecHandler(mn)
+        handler.know(install_context(mn, mn_side).context)
+        old_out = next(sa for sa in mn.dump_sas() if sa.saddr == MN_P)
+        policies_before = _kernel_state(mn)[1]
+        assert handler.prepare_move(MN_P, MN_N, PAR, NAR)
+        sas, policies = _kernel_state(mn)
+        assert len(sas) == 4 and policies == policies_before, "copies only, inactive"
+        handler.move(MN_P, MN_N, PAR, NAR)
+        handler.finish_move()
+        prepared_state = _kernel_state(mn)
+        copy_out = next(sa for sa in prepared_state[0] if sa.saddr == MN_N)
+        assert copy_out.spi == old_out.spi and copy_out.replay.oseq >= old_out.replay.oseq + 65536
+        assert all(MN_P not in (sa.saddr, sa.daddr) for sa in prepared_state[0])
+
+        # the same move, unprepared, back and forth: the same SAs and policies (but the sequence)
+        handler.move(MN_N, MN_P, NAR, PAR)
+        handler.know(None)
+        handler.move(MN_P, MN_N, PAR, NAR)
+        ordinary_state = _kernel_state(mn)
+
+        def shape(state):
+            sas, policies = state
+            return ({(sa.saddr, sa.daddr, sa.spi, sa.reqid) for sa in sas},
+                    {(p.dir, p.selector, p.templates) for p in policies})
+
+        assert shape(prepared_state) == shape(ordinary_state)
+
+        # prepared for one nAR, attached elsewhere: the copies go, the ordinary path moves it
+        assert handler.prepare_move(MN_N, MN_P, NAR, PAR)
+        handler.move(MN_N, "2001:db8:3::10", NAR, "2001:db8:3::1")
+        assert all(MN_P not in (sa.saddr, sa.daddr) for sa in mn.dump_sas())
+        assert len(mn.dump_sas()) == 2
