@@ -142,6 +142,10 @@ def ensure_uml_modules_visible() -> None:
     link.symlink_to(UML_MODULES_ROOT / release)
 
 
+#: SCHED_FIFO priority of the guest's ksoftirqd: above the probes' 50, below the handover steps' 70
+KSOFTIRQD_PRIORITY = 60
+
+
 def _guest_init_script(workdir: Path, command: list[str], cwd: str, environment: dict[str, str]) -> str:
     exports = "\n".join(f"export {key}={shlex.quote(value)}" for key, value in sorted(environment.items()))
     modules = " ".join(GUEST_MODULES)
@@ -164,6 +168,12 @@ stty -F /dev/ttyS1 raw -echo 2>/dev/null
 modprobe -a {modules} 2>/dev/null || for m in {modules}; do modprobe $m 2>/dev/null; done
 ip link set lo up
 hostname testbed-guest
+# The kernel's deferred packet work (ksoftirqd) runs above the probes' real-time threads (50,
+# nodes/probe.py): else, once the softirq load goes to ksoftirqd, every packet waits behind the
+# probes, and an interface going down waits a jiffy (10 ms here) for its queue to drain.
+for task in /proc/[0-9]*; do
+  case "$(cat $task/comm 2>/dev/null)" in ksoftirqd/*) chrt -f -p {KSOFTIRQD_PRIORITY} "${{task#/proc/}}" >/dev/null 2>&1;; esac
+done
 {exports}
 export {IN_GUEST_VARIABLE}=1
 cd {shlex.quote(cwd)} || echo 126 > {status_file}
