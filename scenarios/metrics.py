@@ -221,18 +221,20 @@ def probe_lateness_ms(sender_trace: dict, start_ns: int, end_ns: int, fraction: 
 
 def emulation_violations(fidelity: dict, tolerances: dict) -> list[str]:
     """What of the runner's fidelity record (L2 delay as it happened, the detach and attach steps,
-    the guest's busy share) is outside the tolerances. A guest kept busy nearly all the time is
-    not keeping up: every process, the agents' and the kernel's own work included, then waits
-    for the CPU, and the figures measure the emulator's load, not the protocol."""
+    the guest's busy share once the handover settled) is outside the tolerances. A guest kept
+    busy nearly all the time by the measurement itself (the probes, with the agents idle) is not
+    keeping up: every process, the agents' and the kernel's own work included, then waits for
+    the CPU, and the figures measure the emulator's load, not the protocol. (The share over the
+    handover is recorded too, but not judged: it includes the method's own work.)"""
     violations = []
     if fidelity.get("l2_drift_ms") is not None and abs(fidelity["l2_drift_ms"]) > tolerances["max_l2_drift_ms"]:
         violations.append(f"L2 delay off by {fidelity['l2_drift_ms']:.1f} ms")
     for step in ("detach_ms", "attach_ms"):
         if fidelity.get(step) is not None and fidelity[step] > tolerances["max_step_ms"]:
             violations.append(f"{step[:-3]} took {fidelity[step]:.1f} ms")
-    busy = fidelity.get("guest_busy")
+    busy = fidelity.get("guest_busy_settled")
     if busy is not None and busy > tolerances.get("max_guest_busy", 1.0):
-        violations.append(f"guest busy {busy:.0%} of the handover")
+        violations.append(f"guest busy {busy:.0%} with the probes alone")
     return violations
 
 

@@ -106,12 +106,20 @@ def cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict) -> dict:
+def _busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    busy, total = (a - b for a, b in zip(after, before))
+    return busy / total if total else None
+
+
+def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict, settled: float | None = None) -> dict:
     """How far the emulation kept its own timing during one handover: the L2 delay as it happened
-    against the scenario's, the detach and attach steps, the kernel's busy time. Violations of
-    the scenario's tolerances are listed (the probes' send lateness is judged from their traces
-    when the run is reported)."""
-    result: dict = {"guest_busy": busy, "violations": []}
+    against the scenario's, the detach and attach steps, the kernel's busy share over the
+    handover (``guest_busy``: the method's own work included, IKE's Diffie-Hellman for one) and
+    once it settled (``guest_busy_settled``: the probes, the agents idle: the load the emulator
+    carries to measure at all, which is what the tolerance judges). Violations of the
+    scenario's tolerances are listed (the probes' send lateness is judged from their traces when
+    the run is reported)."""
+    result: dict = {"guest_busy": busy, "guest_busy_settled": settled, "violations": []}
     if "attached_ns" not in handover:
         return result
     l2_actual = (handover["attach_start_ns"] - handover["detached_ns"]) / 1e6
@@ -136,12 +144,14 @@ def run_handover(experiment: Experiment, method, l2_delay: float, scenario: conf
         handover, problems = failure.record, [failure.reason]
     handover["l2_delay_ms"] = l2_delay
     if problems is None:
+        settle_before = cpu_times()
         _pause(scenario.settle_ms)
         # The handover's measurement window ends here: what the runner does next (a check, a
         # change of method or of a swept parameter) is not its doing.
         handover["window_end_ns"] = time.monotonic_ns()
-        busy, total = (after - before for after, before in zip(cpu_times(), cpu_before))
-        handover["fidelity"] = emulation_fidelity(handover, busy / total if total else None, scenario.fidelity)
+        now = cpu_times()
+        handover["fidelity"] = emulation_fidelity(handover, _busy_share(cpu_before, now), scenario.fidelity,
+                                                  settled=_busy_share(settle_before, now))
         try:
             problems = experiment.verify(method, handover, release_timeout_s)
         except STEP_ERRORS as error:

@@ -103,9 +103,9 @@ def test_emulation_fidelity_judges_steps_l2_drift_and_a_busy_guest():
     ms = 1_000_000
     handover = {"l2_delay_ms": 50.0, "detach_start_ns": 0, "detached_ns": 10 * ms,
                 "attach_start_ns": 60 * ms, "attached_ns": 70 * ms}
-    assert emulation_fidelity(handover, 0.8, tolerances)["violations"] == []
+    assert emulation_fidelity(handover, 0.99, tolerances, settled=0.8)["violations"] == []  # the method's own work
     handover["attached_ns"] += 1
-    assert emulation_fidelity(handover, 0.81, tolerances)["violations"] == [
-        "attach took 10.0 ms", "guest busy 81% of the handover"]
+    assert emulation_fidelity(handover, 0.5, tolerances, settled=0.81)["violations"] == [
+        "attach took 10.0 ms", "guest busy 81% with the probes alone"]
     handover["attach_start_ns"] += 10 * ms + 1
     assert "L2 delay off by 10.0 ms" in emulation_fidelity(handover, None, tolerances)["violations"]

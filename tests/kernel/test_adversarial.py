@@ -716,7 +716,9 @@ class TestProtectedFlow:
             raise
         try:
             record = _handover(bed, declared)
-            _pause(300)
+            # the flow in ESP after the handover, for long enough to be sure it is there: at 1000/s
+            # the guest is saturated and the senders keep about half their schedule
+            _pause(800)
         finally:
             mn.stop()
             ar.stop()
