@@ -3,6 +3,8 @@ checked) and PCTD over SCTP/5091, then a whole reactive transfer across both car
 
 from __future__ import annotations
 
+import ctypes
+import os
 import random
 import select
 import socket
@@ -23,6 +25,19 @@ from nodes.cxtp_transport import (
 pytestmark = pytest.mark.kernel
 
 KEY = bytes(range(20))
+
+
+def _default_send_param(sock: socket.socket) -> tuple:
+    """SCTP_DEFAULT_SEND_PARAM as the kernel holds it. The option reads its association id from
+    the caller's buffer, which Python's getsockopt leaves uninitialised: a stray non-zero id is
+    EINVAL on this socket style now and then. A zeroed buffer asks for SCTP_FUTURE_ASSOC (0)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(_SCTP_SNDRCVINFO.size)
+    size = ctypes.c_uint32(_SCTP_SNDRCVINFO.size)
+    if libc.getsockopt(sock.fileno(), SOL_SCTP, SCTP_DEFAULT_SEND_PARAM, buffer, ctypes.byref(size)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return _SCTP_SNDRCVINFO.unpack(buffer.raw[:size.value])
 
 
 def _receive(transport, timeout: float = 3.0):
@@ -72,8 +87,7 @@ def test_pctd_over_sctp(veth_pair):
     try:
         # §3.1 socket options really took: no bundling, U bit, PPID 0, 200 ms PR-SCTP lifetime
         assert par.sock.getsockopt(SOL_SCTP, SCTP_NODELAY) == 1
-        params = _SCTP_SNDRCVINFO.unpack(par.sock.getsockopt(SOL_SCTP, SCTP_DEFAULT_SEND_PARAM,
-                                                              _SCTP_SNDRCVINFO.size))
+        params = _default_send_param(par.sock)
         assert params[2] & SCTP_UNORDERED and params[3] == 0 and params[5] == 200
         # What follows is about messages and their boundaries, not expiry: the first send also
         # sets the association up, which a busy guest can take longer than 200 ms to do (the
