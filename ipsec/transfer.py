@@ -65,6 +65,42 @@ def capture_context(
     return IpsecContext(tuple(dict.fromkeys(sas)), tuple(policies), captured_at=_now(now))
 
 
+def context_concerning(ctx: IpsecContext, address: str) -> IpsecContext:
+    """The part of ``ctx`` that ``capture_context(xfrm, address)`` would return: the SAs from or
+    to ``address`` and the policies that name it."""
+    wanted = normalise_address(address)
+    return replace(ctx,
+                   sas=tuple(sa for sa in ctx.sas if wanted in {normalise_address(sa.saddr), normalise_address(sa.daddr)}),
+                   policies=tuple(p for p in ctx.policies if wanted in {normalise_address(a) for a in _policy_addresses(p)}))
+
+
+def refresh_context(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> IpsecContext:
+    """``ctx`` as the kernel holds it now, without a dump: each SA read again (XFRM_MSG_GETSA:
+    keys, replay state, used lifetime), the policies as known (they carry no state a transfer
+    needs). What a node installed itself, it knows; a dump parses every entry of the tables.
+    Raises XfrmError (ENOENT, ESRCH) when an SA is gone: the caller then captures."""
+    sas = tuple(xfrm.get_sa(sa.daddr, sa.spi, sa.proto, sa.mark) for sa in ctx.sas)
+    return replace(ctx, sas=sas, captured_at=_now(now))
+
+
+def _sa_key(sa: SecurityAssociation) -> tuple:
+    return normalise_address(sa.daddr), sa.spi, sa.proto, sa.mark
+
+
+def _policy_key(policy: SecurityPolicy) -> tuple:
+    selector = replace(policy.selector, saddr=normalise_address(policy.selector.saddr),
+                       daddr=normalise_address(policy.selector.daddr))
+    return selector, policy.dir, policy.mark, policy.if_id
+
+
+def context_without(ctx: IpsecContext, *others: IpsecContext) -> IpsecContext:
+    """``ctx`` less the SAs and policies (by their kernel keys) that one of ``others`` holds."""
+    sa_keys = {_sa_key(sa) for other in others for sa in other.sas}
+    policy_keys = {_policy_key(p) for other in others for p in other.policies}
+    return replace(ctx, sas=tuple(sa for sa in ctx.sas if _sa_key(sa) not in sa_keys),
+                   policies=tuple(p for p in ctx.policies if _policy_key(p) not in policy_keys))
+
+
 def capture_contexts(
     xfrm: Xfrm, mn_addresses, now: int | None = None
 ) -> dict[str, IpsecContext]:

@@ -31,15 +31,23 @@ from typing import Any, Callable
 # real-time daemon would freeze the guest's single virtual CPU. Only the probe threads are
 # real-time (they sleep between probes), so that probes leave and are stamped on time.
 AGENT_NICE = -10
+#: Housekeeping off every critical path (an AR's release of a departed MN's SAs, the MN's removal
+#: of its old ones) runs at this nice value: in a real network the pAR's clean-up runs on its own
+#: CPU; on the guest's one CPU it must not delay the nAR's activation or the HA's Binding Ack.
+BACKGROUND_NICE = 19
 #: A control client that does not take its reply within this time is dropped.
 CONTROL_REPLY_TIMEOUT_S = 2.0
 
 
-def raise_agent_priority() -> None:
+def _set_nice(value: int) -> None:
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)
+        os.setpriority(os.PRIO_PROCESS, 0, value)
     except OSError:
         pass  # not root: the figures are noisier but still valid
+
+
+def raise_agent_priority() -> None:
+    _set_nice(AGENT_NICE)
 
 
 class AgentError(RuntimeError):
@@ -52,7 +60,10 @@ class Agent:
         self.selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_ids = itertools.count()
-        self._trace = open(trace_path, "a", buffering=1)
+        # Written out when the loop goes idle or answers the runner, not line by line: on the
+        # hot paths a write per event would cost a system call each (~25 us in the guest).
+        self._trace = open(trace_path, "a", buffering=1 << 16)
+        self._deferred: list[tuple[str, Callable[[], None]]] = []
         self._stopping = False
         self._commands: dict[str, Callable[..., Any]] = {"ping": lambda: {"name": self.name}}
         if os.path.exists(control_path):
@@ -82,6 +93,35 @@ class Agent:
         """Run ``callback`` at ``deadline`` (time.monotonic() seconds)."""
         heapq.heappush(self._timers, (deadline, next(self._timer_ids), callback))
 
+    def defer(self, label: str, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once nothing else is ready for this agent, at BACKGROUND_NICE: work
+        that must happen but is on no critical path. Deferred work runs in order; an exception
+        is traced, not fatal."""
+        self._deferred.append((label, callback))
+
+    def _run_deferred(self) -> None:
+        label, callback = self._deferred.pop(0)
+        # only where the agent's own priority can be restored afterwards (root): otherwise the
+        # work runs at the agent's priority
+        renice = os.getpriority(os.PRIO_PROCESS, 0) == AGENT_NICE
+        if renice:
+            _set_nice(BACKGROUND_NICE)
+        try:
+            callback()
+        except Exception as error:  # reported, not fatal: the agent must keep serving
+            self.trace("deferred_failed", work=label, error=repr(error), traceback=traceback.format_exc())
+        finally:
+            if renice:
+                _set_nice(AGENT_NICE)
+
+    def run_deferred_now(self) -> int:
+        """All pending deferred work, now (before the runner inspects the state it leaves)."""
+        done = 0
+        while self._deferred:
+            self._run_deferred()
+            done += 1
+        return done
+
     def command(self, name: str, handler: Callable[..., Any]) -> None:
         self._commands[name] = handler
 
@@ -106,6 +146,7 @@ class Agent:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             reply = self._dispatch(line)
+            self._trace.flush()  # the runner may read the trace as soon as it has the reply
             try:
                 connection.settimeout(CONTROL_REPLY_TIMEOUT_S)
                 connection.sendall(json.dumps(reply, default=str).encode() + b"\n")
@@ -145,15 +186,24 @@ class Agent:
         print(f"READY {self.name} {os.getpid()}", flush=True)
         self.trace("ready", pid=os.getpid())
         while not self._stopping:
-            timeout = None
+            timeout = 0.5
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            for key, _ in self.selector.select(timeout if timeout is not None else 0.5):
+            if self._deferred:
+                timeout = 0.0
+            else:
+                self._trace.flush()  # about to wait: the events so far go out now
+            ready = self.selector.select(timeout)
+            for key, _ in ready:
                 key.data(key.fileobj)
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, _, callback = heapq.heappop(self._timers)
                 callback()
+                ready = True
+            if self._deferred and not ready:
+                self._run_deferred()
+        self.run_deferred_now()
         self.trace("stopped")
         self.close()
 

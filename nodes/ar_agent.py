@@ -87,7 +87,7 @@ class AccessRouterAgent:
         self.access_interface = access_interface
         self.xfrm = Xfrm()
         self.ipr = IPRoute()
-        self.handler = ipsec_handler.ArIpsecHandler(self.xfrm, address, agent.trace, state_dir)
+        self.handler = ipsec_handler.ArIpsecHandler(self.xfrm, address, agent.trace, state_dir, defer=agent.defer)
         peers = peers or {}
         self.engine = AccessRouter(address, Registry([self.handler]), Config(**(config or {})), random.Random(seed),
                                    peers=peers)
@@ -162,6 +162,7 @@ class AccessRouterAgent:
         context = IpsecContext.decode(bytes.fromhex(context))
         remove_context(self.xfrm, context)
         installation = install_context(self.xfrm, context)
+        self.handler.know_installed(installation.context)
         return {"sas": len(installation.context.sas)}
 
     def access_policy(self, prefix: str, enable: bool) -> dict:

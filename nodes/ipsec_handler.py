@@ -48,18 +48,23 @@ from ipsec import (
     finish_prepared_move,
     apply_spi_changes,
     capture_context,
+    context_concerning,
+    context_without,
     decode_spi_changes,
     encode_spi_changes,
     install_context,
+    install_prepared,
     install_prepared_policies,
     install_prepared_sas,
     prepare_install,
     prepare_mn_handover,
+    refresh_context,
     remove_context,
     rewrite_for_mn,
     rewrite_for_nar,
     same_address,
 )
+from ipsec.addresses import normalise_address
 from ipsec.xfrm_messages import (
     XFRM_MODE_TRANSPORT,
     XFRM_POLICY_BLOCK,
@@ -320,12 +325,16 @@ class InstallJournal:
     def _path(self, mn_address: str) -> str:
         return os.path.join(self.directory, "install-" + ipaddress.ip_address(mn_address).exploded.replace(":", "") + ".ctx")
 
-    def begin(self, mn_address: str, context: IpsecContext) -> None:
+    def begin(self, mn_address: str) -> None:
+        """The MN address, in one write of a few octets (a process that dies cannot leave half of
+        it): recovery removes everything of that address, so the context itself is not needed,
+        and encoding it would cost the nAR's install path a millisecond in the guest."""
         if self.directory:
-            path = self._path(mn_address)
-            with open(path + ".tmp", "wb") as handle:
-                handle.write(ipaddress.ip_address(mn_address).compressed.encode() + b"\n" + context.encode().hex().encode())
-            os.replace(path + ".tmp", path)
+            descriptor = os.open(self._path(mn_address), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(descriptor, ipaddress.ip_address(mn_address).compressed.encode() + b"\n")
+            finally:
+                os.close(descriptor)
 
     def end(self, mn_address: str) -> None:
         if self.directory:
@@ -357,21 +366,43 @@ class ArIpsecHandler:
 
     fpt = IPSEC_CONTEXT_FPT
 
-    def __init__(self, xfrm, own_address: str, trace=lambda *a, **k: None, state_dir: str | None = None) -> None:
+    def __init__(self, xfrm, own_address: str, trace=lambda *a, **k: None, state_dir: str | None = None,
+                 defer=None) -> None:
         self.xfrm = xfrm
         self.own_address = own_address
         self.trace = trace
+        # where the release's kernel work goes: off the critical path (Agent.defer), or now
+        self.defer = defer or (lambda _label, work: work())
         self.inactive: dict[str, IpsecContext] = {}
         self.prepared: dict[str, tuple] = {}  # MN -> (predicted new address, pAR, PreparedInstall)
         self.collected: dict[str, IpsecContext] = {}
+        # What this node installed for each MN address (a transfer's activation, a provisioned
+        # context), as installed: the pAR reads it back SA by SA instead of dumping the tables,
+        # and a release that comes late spares it.
+        self.installed: dict[str, IpsecContext] = {}
         self.journal = InstallJournal(state_dir)
         self.install_fault: InstallFault | None = None
         recovered = self.journal.recover(xfrm)
         if recovered:
             self.trace("ipsec_journal_recovered", mns=recovered)
 
+    def know_installed(self, context: IpsecContext) -> None:
+        """A context installed here outside a transfer (provisioned): known per MN address."""
+        ends = {normalise_address(end) for sa in context.sas for end in (sa.saddr, sa.daddr)}
+        for end in ends - {normalise_address(self.own_address)}:
+            self.installed[end] = context_concerning(context, end)
+
+    def _collect_known(self, mn_address: str) -> IpsecContext | None:
+        known = self.installed.pop(normalise_address(mn_address), None)
+        if known is None or not known.sas:
+            return None
+        try:
+            return refresh_context(self.xfrm, known)
+        except XfrmError:  # an SA went (expired, removed by hand): what the kernel holds counts
+            return None
+
     def collect(self, mn_address: str) -> bytes | None:
-        context = capture_context(self.xfrm, mn_address)
+        context = self._collect_known(mn_address) or capture_context(self.xfrm, mn_address)
         if not context.sas:
             return None
         self.collected[mn_address] = context
@@ -409,7 +440,7 @@ class ArIpsecHandler:
             return
         # journalled before the first write: an agent that dies holding inactive SAs leaves
         # its successor a record of them
-        self.journal.begin(predicted, prepared.context)
+        self.journal.begin(predicted)
         try:
             install_prepared_sas(self.install_fault or self.xfrm, prepared)
         except XfrmError as error:  # a leftover, an SPI taken: the ordinary path resolves it
@@ -442,6 +473,7 @@ class ArIpsecHandler:
                 self._unprepare(prepared)
             else:
                 self.journal.end(predicted)
+                self.installed[normalise_address(predicted)] = requests.context
                 self.trace("ipsec_activated", mn=mn_address, new=predicted, par=par, spi_changes=[], prepared=True)
                 return STATUS_OK, b""
         elif prepared is not None:
@@ -449,26 +481,39 @@ class ArIpsecHandler:
         # The pAR's tunnel end point is the source of the SA that carried traffic to the MN.
         par = next((sa.saddr for sa in context.sas if same_address(sa.daddr, mn_address)), transfer.par_address)
         rewritten = rewrite_for_nar(context, mn_address, transfer.mn_new_address, par, self.own_address)
-        # Whatever this node still holds under the MN's new address is a leftover of the same MN
-        # (an earlier visit that never got released): the transfer replaces it.
-        leftover = capture_context(self.xfrm, transfer.mn_new_address)
-        if leftover.sas or leftover.policies:
-            remove_context(self.xfrm, leftover)
-            self.trace("ipsec_leftover_replaced", mn=transfer.mn_new_address, sas=len(leftover.sas),
-                       policies=len(leftover.policies))
         xfrm, self.install_fault = (self.install_fault or self.xfrm), None
-        self.journal.begin(transfer.mn_new_address, rewritten)
+        self.journal.begin(transfer.mn_new_address)
         try:
-            installation = install_context(xfrm, rewritten)
+            installation = self._install(xfrm, rewritten, transfer.mn_new_address)
         except XfrmError as error:
             self.trace("ipsec_install_failed", mn=mn_address, error=str(error))
             return STATUS_INSTALL_FAILED, b""
         finally:
             self.journal.end(transfer.mn_new_address)
+        self.installed[normalise_address(transfer.mn_new_address)] = installation.context
         changes = installation.spi_changes
         self.trace("ipsec_activated", mn=mn_address, new=transfer.mn_new_address, par=par,
                    spi_changes=[(c.old_spi, c.new_spi) for c in changes])
         return STATUS_OK, encode_spi_changes(changes) if changes else b""
+
+    def _install(self, xfrm, rewritten: IpsecContext, mn_new_address: str):
+        """The context in two writes (SAs, then policies) when nothing is in the way; when the
+        kernel refuses (a leftover of an earlier visit, an inbound SPI another peer holds), the
+        careful path: whatever this node still holds under the MN's new address is a leftover of
+        the same MN and is replaced, and the context goes in request by request, resolving SPI
+        collisions."""
+        try:
+            return install_prepared(xfrm, prepare_install(xfrm, rewritten))
+        except XfrmError as error:
+            if isinstance(xfrm, InstallFault) and xfrm.after <= 0:  # the injected fault fired
+                raise
+            self.trace("ipsec_install_careful", mn=mn_new_address, error=str(error))
+        leftover = capture_context(self.xfrm, mn_new_address)
+        if leftover.sas or leftover.policies:
+            remove_context(self.xfrm, leftover)
+            self.trace("ipsec_leftover_replaced", mn=mn_new_address, sas=len(leftover.sas),
+                       policies=len(leftover.policies))
+        return install_context(xfrm, rewritten)
 
     def discard(self, mn_address: str) -> None:
         self.inactive.pop(mn_address, None)
@@ -477,9 +522,21 @@ class ArIpsecHandler:
             self._unprepare(prepared)
 
     def release(self, mn_address: str) -> None:
+        """The nAR confirmed (or the hold expired): the MN's state goes, off the critical path
+        (``defer``): on the emulator's one CPU the release would otherwise delay the nAR's
+        activation and the HA's Binding Ack, which in a real network run on other machines."""
         self.collected.pop(mn_address, None)
-        # What the kernel holds now, not what was collected: nothing of the MN may stay behind.
-        context = capture_context(self.xfrm, mn_address)
+        self.defer("release " + mn_address, lambda: self._release_now(mn_address))
+
+    def _release_now(self, mn_address: str) -> None:
+        # What the kernel holds now, not what was collected: nothing of the MN may stay behind,
+        # but for what a newer transfer put here for the same address (the MN came back before
+        # this release ran): that is the MN's current state, not a leftover. A prepared transfer
+        # has only its SAs in the kernel; policies with its keys are the old ones.
+        newer = [self.installed.get(normalise_address(mn_address), IpsecContext())]
+        newer += [IpsecContext(sas=prepared[2].context.sas) for prepared in self.prepared.values()
+                  if same_address(prepared[0], mn_address)]
+        context = context_without(capture_context(self.xfrm, mn_address), *newer)
         remove_context(self.xfrm, context)
         self.trace("ipsec_released", mn=mn_address, sas=len(context.sas), policies=len(context.policies))
 
@@ -488,6 +545,7 @@ class ArIpsecHandler:
         but for the inactive SAs of a prepared context, which only this handler knows of)."""
         self.discard(mn_address)
         self.collected.pop(mn_address, None)
+        self.installed.pop(normalise_address(mn_address), None)
 
     def acknowledged(self, mn_address: str, status: int, data: bytes) -> None:
         pass  # only the MN acts on a CTAA
@@ -555,11 +613,14 @@ class MnIpsecHandler:
         self.current_ar = nar
         return len(context.sas)
 
-    def finish_move(self) -> None:
-        """The old policies and SAs of a prepared move go, once the MN's traffic uses the new ones."""
+    def finish_move(self, defer=None) -> None:
+        """The old policies and SAs of a prepared move go, once the MN's traffic uses the new ones:
+        through ``defer`` (Agent.defer: when the MN's agent is idle, at low priority), since on the
+        emulator's one CPU this work would delay the nAR's activation; or now."""
         prepared, self.prepared = self.prepared, None
-        if prepared is not None:
-            finish_prepared_move(self.xfrm, prepared)
+        if prepared is None:
+            return
+        (defer or (lambda _label, work: work()))("finish move", lambda: finish_prepared_move(self.xfrm, prepared))
 
     def know(self, context: IpsecContext | None) -> None:
         """What the MN itself installed (or None: read it from the kernel next time)."""

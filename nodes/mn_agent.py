@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import random
 import socket
+import struct
 import sys
 import time
 
 from pyroute2.netlink.rtnl import RTM_NEWROUTE, RTMGRP_IPV6_ROUTE
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from cxtp import Config
 from cxtp.engine import TRANSPORT_ICMP, MobileNode
@@ -35,6 +36,25 @@ from nodes.cxtp_node import CxtpRuntime
 from nodes.cxtp_transport import IcmpTransport
 
 NETLINK_ROUTE = 0
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG_HEAD = struct.Struct("=BB")  # rtm_family, rtm_dst_len
+
+
+def _default_routes(data: bytes):
+    """The IPv6 default routes added in one datagram of route events, decoded by pyroute2; the
+    rest (the attach's address, prefix and neighbour routes) is skipped on its header alone, as
+    decoding each costs more than the MN's whole re-homing."""
+    offset = 0
+    while offset + _NLMSGHDR.size + _RTMSG_HEAD.size <= len(data):
+        length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
+        if length < _NLMSGHDR.size:
+            return
+        family, dst_len = _RTMSG_HEAD.unpack_from(data, offset + _NLMSGHDR.size)
+        if kind == RTM_NEWROUTE and family == socket.AF_INET6 and dst_len == 0:
+            message = rtmsg(data[offset:offset + length])
+            message.decode()
+            yield message
+        offset += (length + 3) & ~3
 
 
 class MobileNodeAgent:
@@ -60,12 +80,12 @@ class MobileNodeAgent:
         self.route_events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.route_events.bind((0, RTMGRP_IPV6_ROUTE))
         self.route_events.setblocking(False)
-        self._marshal = MarshalRtnl()
         agent.add_reader(self.route_events, self._route_event)
         self.expected_move: dict | None = None
         self.triggers = 0
         self.bu_sequence = self.rng.randrange(1 << 16)
         self.bu_pending: tuple[int, float] | None = None  # (sequence, current timeout)
+        self._prepared_bu: tuple[int, bytes] | None = None  # the next BU, encoded before the attach
         self.bypass: list = []
         self.mh_decode_errors = 0
         for name in ("set_key", "predictive", "expect_move", "attached", "retry_reactive", "provision", "clear",
@@ -95,6 +115,7 @@ class MobileNodeAgent:
         self.expected_move = {"ifindex": socket.if_nametoindex(interface), "nar": nar, "par": par,
                               "new_address": new_address, "cxtp": cxtp, "ipsec": ipsec}
         prepared = ipsec and self.handler.prepare_move(self.address, new_address, par, nar)
+        self._prepared_bu = self._encode_bu((self.bu_sequence + 1) & 0xFFFF)
         return {"prepared": prepared}
 
     def _route_event(self) -> None:
@@ -109,9 +130,8 @@ class MobileNodeAgent:
             move = self.expected_move
             if move is None:
                 continue
-            for message in self._marshal.parse(data):
-                if (message["header"]["type"] == RTM_NEWROUTE and message["family"] == socket.AF_INET6
-                        and message["dst_len"] == 0 and message.get_attr("RTA_OIF") == move["ifindex"]):
+            for message in _default_routes(data):
+                if message.get_attr("RTA_OIF") == move["ifindex"]:
                     self.expected_move = None
                     self.triggers += 1
                     self.attached(move["nar"], move["par"], move["new_address"], move["cxtp"], move["ipsec"],
@@ -136,7 +156,7 @@ class MobileNodeAgent:
         self.address = new_address
         self._send_bu(first=True)
         if ipsec:
-            self.handler.finish_move()  # the old SAs and policies, after the BU has left
+            self.handler.finish_move(self.agent.defer)  # the old SAs and policies, once idle
         return {}
 
     def retry_reactive(self, par: str, nar: str, previous: str) -> dict:
@@ -209,16 +229,20 @@ class MobileNodeAgent:
         elif self.bu_pending is None:
             return
         sequence, timeout = self.bu_pending
-        update = mobility.BindingUpdate(sequence=sequence, identity=self.identity)
+        prepared, self._prepared_bu = self._prepared_bu, None
+        message = prepared[1] if prepared and prepared[0] == sequence else self._encode_bu(sequence)[1]
         try:
             handed_over = time.monotonic_ns()  # before the send: see Agent.trace
-            self.mh.sendto(update.encode(), (self.ha, 0))
+            self.mh.sendto(message, (self.ha, 0))
             self.agent.trace("bu_sent", t_ns=handed_over, seq=sequence, source=self.address,
-                             retransmission=not first, bytes=len(update.encode()))
+                             retransmission=not first, bytes=len(message))
         except OSError as error:
             self.agent.trace("bu_send_failed", seq=sequence, error=str(error))
         self.bu_pending = (sequence, min(timeout * 2, mobility.MAX_BINDACK_TIMEOUT))
         self.agent.call_at(time.monotonic() + timeout, lambda s=sequence: self._bu_timeout(s))
+
+    def _encode_bu(self, sequence: int) -> tuple[int, bytes]:
+        return sequence, mobility.BindingUpdate(sequence=sequence, identity=self.identity).encode()
 
     def _bu_timeout(self, sequence: int) -> None:
         if self.bu_pending is not None and self.bu_pending[0] == sequence:

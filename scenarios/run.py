@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import datetime
 import json
+import os
 import random
 import sys
 import time
@@ -98,17 +99,19 @@ def start_captures(testbed: Testbed, run_dir: Path, link_classes) -> list[Captur
     return captures
 
 
-def cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of this kernel's CPUs (the guest's one virtual CPU in UML)."""
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
+def cpu_times() -> tuple[float, float]:
+    """(idle CPU seconds, all CPUs together; monotonic seconds) of this kernel (the guest's one
+    virtual CPU in UML). The idle time is measured when a CPU enters and leaves idle; the busy
+    fields of /proc/stat are sampled at each tick instead, and the probes' timers, at a fixed
+    phase to the 10 ms tick, made them read 0% or 98% for the same load."""
+    with open("/proc/uptime") as uptime:
+        idle = float(uptime.read().split()[1])
+    return idle, time.monotonic()
 
 
-def _busy_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
-    busy, total = (a - b for a, b in zip(after, before))
-    return busy / total if total else None
+def _busy_share(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    idle, elapsed = after[0] - before[0], (after[1] - before[1]) * (os.cpu_count() or 1)
+    return min(1.0, max(0.0, 1.0 - idle / elapsed)) if elapsed > 0 else None
 
 
 def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict, settled: float | None = None) -> dict:

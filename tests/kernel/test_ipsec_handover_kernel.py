@@ -455,6 +455,7 @@ def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when
         sas, policies = _kernel_state(nar)
         assert len(sas) == 2 and len(policies) == len(ar_side.policies)
         assert not list(tmp_path.iterdir())
+        handler.collect(MN_N)  # handed on (as a pAR collects before it releases)
         handler.release(MN_N)
         assert _kernel_state(nar) == ([], [])
 
@@ -464,6 +465,47 @@ def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when
         assert status == ipsec_handler.STATUS_OK
         sas, _ = _kernel_state(nar)
         assert {sa.daddr for sa in sas} == {NAR, elsewhere}, "the predicted copies went, the real ones came"
+
+
+def test_late_release_removes_the_old_context_and_spares_the_newer_transfer_of_the_same_address(namespaces,
+                                                                                             tmp_path):
+    """An AR hands an MN on: the context it collects is what it installed, read back SA by SA
+    (no dump), the same as a capture. Its release is deferred (off the critical path), and the MN
+    comes back to the same address before it runs: the release removes the old context and
+    spares the newer transfer's inactive SAs; a stale release after the activation spares the
+    MN's current state."""
+    from cxtp.registry import TransferInfo
+    from nodes import ipsec_handler
+
+    _, old_context = _handler_contexts()
+    _, returning = ipsec_handler.initial_contexts(MN_N, NAR, HA, "aes-cbc-sha256", 0x202, 0x201)
+    with Xfrm(namespaces["par"]) as par:
+        queued = []
+        handler = ipsec_handler.ArIpsecHandler(par, PAR, state_dir=str(tmp_path),
+                                               defer=lambda _label, work: queued.append(work))
+        handler.know_installed(install_context(par, old_context).context)
+        collected = IpsecContext.decode(handler.collect(MN_P))
+        captured = capture_context(par, MN_P)
+        assert set(collected.sas) == set(captured.sas)
+        # the same policies; the kernel's index is not transferred (the nAR's kernel assigns its own)
+        assert {replace(p, index=0) for p in collected.policies} == {replace(p, index=0) for p in captured.policies}
+        handler.release(MN_P)
+        assert len(queued) == 1 and len(_kernel_state(par)[0]) == 2, "deferred: nothing removed yet"
+
+        back = TransferInfo(MN_N, NAR, PAR, MN_P)  # the MN returns with its old interface identifier
+        assert handler.install(MN_N, returning.encode(), back) == ipsec_handler.STATUS_OK
+        assert {sa.spi for sa in _kernel_state(par)[0]} == {0x101, 0x102, 0x201, 0x202}
+        queued.pop()()
+        sas, policies = _kernel_state(par)
+        assert {sa.spi for sa in sas} == {0x201, 0x202} and policies == [], "old context gone, new one inactive"
+        status, _ = handler.activate(MN_N, back)
+        assert status == ipsec_handler.STATUS_OK
+        current = _kernel_state(par)
+        assert {sa.spi for sa in current[0]} == {0x201, 0x202} and len(current[1]) == len(returning.policies)
+
+        handler.release(MN_P)  # stale: a hold that expired for the earlier transfer
+        queued.pop()()
+        assert _kernel_state(par) == current
 
 
 def test_mn_prepared_move_is_one_write_and_ends_as_the_ordinary_move(namespaces):
