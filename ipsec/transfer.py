@@ -407,11 +407,11 @@ def prepare_mn_handover(xfrm: Xfrm, ctx: IpsecContext, mn_prev: str, mn_new: str
     (see :class:`PreparedMove`); the SAs' state (replay, lifetime) is the kernel's, read now.
     All or nothing: a refused copy removes the others and raises."""
     addresses = AddressMap({mn_prev: mn_new, par: nar})
-    copies = []
     for sa in ctx.sas:
         if addresses.touches(sa.selector.saddr) or addresses.touches(sa.selector.daddr):
             raise IpsecError(f"SA {sa.spi:#x} has a selector naming a moving address")
-        current = xfrm.get_sa(sa.daddr, sa.spi, sa.proto, sa.mark)
+    copies = []
+    for current in refresh_context(xfrm, ctx).sas:
         copy = rewrite_sa(current, addresses)
         if same_address(current.saddr, mn_prev):  # the MN sends on it
             copy = advance_oseq(copy, oseq_margin)

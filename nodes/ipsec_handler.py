@@ -310,6 +310,11 @@ class InstallFault:
         return write
 
 
+def run_now(_label: str, work) -> None:
+    """The ``defer`` of a handler outside an agent (tests, benchmarks): the work runs at once."""
+    work()
+
+
 class InstallJournal:
     """What the nAR is about to write into the kernel for an MN, on disk until the write is done.
 
@@ -367,12 +372,12 @@ class ArIpsecHandler:
     fpt = IPSEC_CONTEXT_FPT
 
     def __init__(self, xfrm, own_address: str, trace=lambda *a, **k: None, state_dir: str | None = None,
-                 defer=None) -> None:
+                 defer=run_now) -> None:
         self.xfrm = xfrm
         self.own_address = own_address
         self.trace = trace
         # where the release's kernel work goes: off the critical path (Agent.defer), or now
-        self.defer = defer or (lambda _label, work: work())
+        self.defer = defer
         self.inactive: dict[str, IpsecContext] = {}
         self.prepared: dict[str, tuple] = {}  # MN -> (predicted new address, pAR, PreparedInstall)
         self.collected: dict[str, IpsecContext] = {}
@@ -613,14 +618,14 @@ class MnIpsecHandler:
         self.current_ar = nar
         return len(context.sas)
 
-    def finish_move(self, defer=None) -> None:
+    def finish_move(self, defer=run_now) -> None:
         """The old policies and SAs of a prepared move go, once the MN's traffic uses the new ones:
         through ``defer`` (Agent.defer: when the MN's agent is idle, at low priority), since on the
         emulator's one CPU this work would delay the nAR's activation; or now."""
         prepared, self.prepared = self.prepared, None
         if prepared is None:
             return
-        (defer or (lambda _label, work: work()))("finish move", lambda: finish_prepared_move(self.xfrm, prepared))
+        defer("finish move", lambda: finish_prepared_move(self.xfrm, prepared))
 
     def know(self, context: IpsecContext | None) -> None:
         """What the MN itself installed (or None: read it from the kernel next time)."""

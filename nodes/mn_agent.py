@@ -115,7 +115,8 @@ class MobileNodeAgent:
         self.expected_move = {"ifindex": socket.if_nametoindex(interface), "nar": nar, "par": par,
                               "new_address": new_address, "cxtp": cxtp, "ipsec": ipsec}
         prepared = ipsec and self.handler.prepare_move(self.address, new_address, par, nar)
-        self._prepared_bu = self._encode_bu((self.bu_sequence + 1) & 0xFFFF)
+        sequence = (self.bu_sequence + 1) & 0xFFFF
+        self._prepared_bu = (sequence, self._encode_bu(sequence))
         return {"prepared": prepared}
 
     def _route_event(self) -> None:
@@ -230,7 +231,7 @@ class MobileNodeAgent:
             return
         sequence, timeout = self.bu_pending
         prepared, self._prepared_bu = self._prepared_bu, None
-        message = prepared[1] if prepared and prepared[0] == sequence else self._encode_bu(sequence)[1]
+        message = prepared[1] if prepared and prepared[0] == sequence else self._encode_bu(sequence)
         try:
             handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.mh.sendto(message, (self.ha, 0))
@@ -241,8 +242,8 @@ class MobileNodeAgent:
         self.bu_pending = (sequence, min(timeout * 2, mobility.MAX_BINDACK_TIMEOUT))
         self.agent.call_at(time.monotonic() + timeout, lambda s=sequence: self._bu_timeout(s))
 
-    def _encode_bu(self, sequence: int) -> tuple[int, bytes]:
-        return sequence, mobility.BindingUpdate(sequence=sequence, identity=self.identity).encode()
+    def _encode_bu(self, sequence: int) -> bytes:
+        return mobility.BindingUpdate(sequence=sequence, identity=self.identity).encode()
 
     def _bu_timeout(self, sequence: int) -> None:
         if self.bu_pending is not None and self.bu_pending[0] == sequence:
