@@ -52,7 +52,9 @@ def bench_nar_activation(namespace: str) -> list[float]:
     data = ar_side.encode()
     times = []
     with Xfrm(netns=namespace) as xfrm, tempfile.TemporaryDirectory(dir=STATE_ROOT) as state:
-        handler = ipsec_handler.ArIpsecHandler(xfrm, NAR, state_dir=state)
+        events = []
+        handler = ipsec_handler.ArIpsecHandler(xfrm, NAR, state_dir=state,
+                                               trace=lambda name, **fields: events.append((name, fields)))
         ipsec_handler.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
         info = TransferInfo(MN_P, PAR, NAR, MN_N)
         for _ in range(ROUNDS):
@@ -61,6 +63,11 @@ def bench_nar_activation(namespace: str) -> list[float]:
             status, _ = handler.activate(MN_P, info)  # the CTAR
             times.append((time.perf_counter_ns() - started) / 1e6)
             assert status == ipsec_handler.STATUS_OK, status
+            # the activation measured is the prepared one (policies only), not the careful path
+            assert events[-1] == ("ipsec_activated", events[-1][1]) and events[-1][1]["prepared"], events[-3:]
+            # as the node does when the MN moves on: it collects (handing on what it installed),
+            # then releases
+            assert handler.collect(MN_N)
             handler.release(MN_N)
     return times
 

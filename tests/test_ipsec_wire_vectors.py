@@ -29,7 +29,7 @@ from ipsec import (
     Template,
     Xfrm,
 )
-from ipsec.xfrm import Migration
+from ipsec.xfrm import RECEIVE_BUFFER, Migration
 
 MN, AR, HA = "2001:db8:1::10", "2001:db8:1::1", "2001:db8:ff::1"
 
@@ -274,6 +274,11 @@ class RecordingSocket:
             data += struct.pack("=IHHII", 20, NLMSG_DONE, 2, seq, 0) + struct.pack("=i", 0)
         return data
 
+    def recv_into(self, buffer, _nbytes=0, _flags=0):
+        data = self.recv(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
     def close(self):
         pass
 
@@ -283,6 +288,7 @@ def recording_xfrm() -> tuple[Xfrm, RecordingSocket]:
     xfrm.netns = None
     xfrm._socket = RecordingSocket()
     xfrm._sequence = 0
+    xfrm._buffer = bytearray(RECEIVE_BUFFER)
     return xfrm, xfrm._socket
 
 
@@ -389,3 +395,47 @@ def test_netlink_replay_reply_decodes():
         reply["attrs"] = [attribute, ("XFRMA_LTIME_VAL", dict(sa.current.__dict__))]
         sock.replies = [[(0x1E, reply)]]
         assert xfrm.get_replay(SecurityAssociation(**{**sa.__dict__, "replay": replay})) == (replay, sa.current)
+
+
+class BatchKernel:
+    """A socket that answers a batch the way ``netlink_rcv_skb`` does: a failure whether asked
+    or not, an acknowledgement only where NLM_F_ACK asks for one, in order, one datagram each."""
+
+    def __init__(self, refused: set[int]):
+        self.refused, self.sent, self.queue = refused, [], []
+
+    def send(self, data):
+        self.sent.append(bytes(data))
+        offset = position = 0
+        while offset < len(data):
+            length, _type, flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
+            code = -17 if position in self.refused else 0  # EEXIST
+            if code or flags & 0x04:
+                self.queue.append(struct.pack("=IHHII", 36, NLMSG_ERROR, 0x100, seq, 0)
+                                  + struct.pack("=i", code) + bytes(data[offset:offset + 16]))
+            offset, position = offset + length, position + 1
+        return len(data)
+
+    def recv_into(self, buffer, _nbytes=0, _flags=0):
+        data = self.queue.pop(0)
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def test_a_batch_asks_only_its_last_request_for_an_ack_and_still_hears_every_refusal():
+    requests = list(netlink_requests()[name] for name in ("add_sa esn", "add_sa legacy", "add_policy"))
+    for refused in (set(), {0}, {1}, {2}, {0, 2}):
+        xfrm, _ = recording_xfrm()
+        xfrm._socket = kernel = BatchKernel(refused)
+        outcomes = xfrm.send_batch([bytearray(r) for r in requests])
+        assert [outcome is not None for outcome in outcomes] == [i in refused for i in range(3)]
+        assert all(outcome.errno == 17 and outcome.operation.startswith("XFRM_MSG_NEW")
+                   for outcome in outcomes if outcome is not None)
+        flags = []
+        offset, (batch,) = 0, kernel.sent
+        while offset < len(batch):
+            length, _type, flag, _seq, _pid = struct.unpack_from("=IHHII", batch, offset)
+            flags.append(flag & 0x04)
+            offset += length
+        assert flags == [0, 0, 0x04]
+        assert kernel.queue == []  # every reply read, nothing left to confuse the next request

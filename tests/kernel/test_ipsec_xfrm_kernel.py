@@ -298,4 +298,9 @@ def test_prepared_install_in_one_write_all_or_nothing(netns, xfrm):
         install_prepared(xfrm, prepared)
     assert {sa.spi for sa in xfrm.dump_sas()} == {sa.spi for sa in before_sas} - {ar_side.sas[0].spi}
     assert len(xfrm.dump_policies()) == len(before_policies)
+    # the other way round: the first request (the SA still there) is refused without having
+    # asked for an acknowledgement (only the last does), and the refusal is still reported
+    outcomes = xfrm.send_batch([prepared.requests[1], prepared.requests[0]])
+    assert outcomes[0].errno == errno.EEXIST and outcomes[1] is None
+    assert {sa.spi for sa in xfrm.dump_sas()} == {sa.spi for sa in before_sas}
     remove_context(xfrm, ar_side)
