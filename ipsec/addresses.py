@@ -22,11 +22,15 @@ def address_to_bytes(address: str) -> bytes:
 def address_from_bytes(raw: bytes, family: int) -> str:
     """The 16 octets of an ``xfrm_address_t`` -> text, per ``family`` (not
     AF_INET: IPv6)."""
-    if family == AF_INET:
-        return str(ipaddress.IPv4Address(bytes(raw[:4])))
-    return ipaddress.IPv6Address(bytes(raw[:16])).compressed
+    return _address_text(bytes(raw[:4] if family == AF_INET else raw[:16]))
 
 
+@lru_cache(maxsize=4096)
+def _address_text(packed: bytes) -> str:
+    return ipaddress.ip_address(packed).compressed
+
+
+@lru_cache(maxsize=4096)  # the rewrite and the handlers compare a few addresses many times
 def normalise_address(address: str) -> str:
     """The canonical text of ``address``; ValueError if it is not one."""
     return ipaddress.ip_address(address).compressed
@@ -35,7 +39,7 @@ def normalise_address(address: str) -> str:
 def same_address(a: str, b: str) -> bool:
     """Whether two texts name the same address (False if either is not an address)."""
     try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+        return normalise_address(a) == normalise_address(b)
     except ValueError:
         return False
 

@@ -58,9 +58,11 @@ class CxtpRuntime:
                              counters=dict(getattr(transport, "counters", {})))
             return
         data, source = received
-        self.agent.trace("cxtp_received", type=message_name(data), bytes=len(data), link=transport.kind,
-                         source=source)
-        self.engine.receive(data, source, transport.kind, time.monotonic())
+        # one clock read for the trace and the engine: in the guest each read is a system call
+        received_ns = time.monotonic_ns()
+        self.agent.trace("cxtp_received", t_ns=received_ns, type=message_name(data), bytes=len(data),
+                         link=transport.kind, source=source)
+        self.engine.receive(data, source, transport.kind, received_ns / 1e9)
         self.pump()
 
     def _fault_for(self, name: str) -> OutgoingFault | None:
@@ -91,9 +93,11 @@ class CxtpRuntime:
             self.agent.trace("cxtp_fault", type=fault.message, action=fault.action, delay_ms=fault.delay_ms)
             if fault.action == "delay":
                 self.agent.call_at(time.monotonic() + fault.delay_ms / 1000, lambda d=datagram: self._send(d))
+        reported_ns = None  # the events of one pass share a stamp: one clock read, not one each
         while (event := self.engine.next_event()) is not None:
+            reported_ns = reported_ns or time.monotonic_ns()
             fields = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else {"repr": repr(event)}
-            self.agent.trace("cxtp_" + type(event).__name__, **fields)
+            self.agent.trace("cxtp_" + type(event).__name__, t_ns=reported_ns, **fields)
             if self.on_event is not None:
                 self.on_event(event)
         deadline = self.engine.get_timer()

@@ -143,10 +143,12 @@ class MobileNodeAgent:
                  trigger: str = "runner") -> dict:
         previous = self.address
         self.expected_move = None
-        self.agent.trace("attached", nar=nar, par=par, previous=previous, new=new_address, trigger=trigger)
+        attached_ns = time.monotonic_ns()  # one clock read (a system call in the guest) for both
+        self.agent.trace("attached", t_ns=attached_ns, nar=nar, par=par, previous=previous, new=new_address,
+                         trigger=trigger)
         if cxtp:
             self.transactions += 1
-            self.engine.attached(nar, par, time.monotonic(), new_address=new_address)
+            self.engine.attached(nar, par, attached_ns / 1e9, new_address=new_address)
             self.runtime.pump()  # the CTAR leaves first: it is on the critical path
         # The engine names the MN by its previous address; from now on that is the new one
         # (the engine also does this itself when a transfer completes).
