@@ -79,8 +79,7 @@ def refresh_context(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> Ip
     keys, replay state, used lifetime), the policies as known (they carry no state a transfer
     needs). What a node installed itself, it knows; a dump parses every entry of the tables.
     Raises XfrmError (ENOENT, ESRCH) when an SA is gone: the caller then captures."""
-    sas = tuple(xfrm.get_sa(sa.daddr, sa.spi, sa.proto, sa.mark) for sa in ctx.sas)
-    return replace(ctx, sas=sas, captured_at=_now(now))
+    return replace(ctx, sas=tuple(xfrm.get_sas(ctx.sas)), captured_at=_now(now))
 
 
 def _sa_key(sa: SecurityAssociation) -> tuple:
@@ -269,17 +268,13 @@ def prepare_install(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> Pr
 
 
 def install_prepared(xfrm: Xfrm, prepared: PreparedInstall) -> Installation:
-    """Install a prepared context in one netlink write, all of it or nothing: if the kernel
-    refuses any part (an SPI taken, an entry already there), what it accepted is removed and
-    the first refusal is raised; the caller then takes the careful path, ``install_context``,
+    """Install a prepared context in one netlink write, SAs then policies, all of it or nothing:
+    if the kernel refuses any part (an SPI taken, an entry already there), what it accepted is
+    removed (policies first) and the first refusal is raised; the caller then takes the careful path, ``install_context``,
     which resolves SPI collisions and leftovers one request at a time."""
-    install_prepared_sas(xfrm, prepared)
-    try:
-        install_prepared_policies(xfrm, prepared)
-    except XfrmError:
-        for sa in reversed(prepared.context.sas):
-            _delete_sa(xfrm, sa)
-        raise
+    _send_all_or_nothing(xfrm, prepared.requests,
+                         [*(partial(_delete_sa, xfrm, sa) for sa in prepared.context.sas),
+                          *(partial(_delete_policy, xfrm, policy) for policy in prepared.context.policies)])
     return Installation(prepared.context, ())
 
 

@@ -309,6 +309,11 @@ def _open_socket_in_netns(netns: str) -> socket.socket:
     return result["socket"]
 
 
+#: Requests the kernel answers with a message of their own: asked without NLM_F_ACK, since an
+#: acknowledgement would follow the answer (``netlink_rcv_skb``), one more datagram to read later.
+#: A refusal comes either way.
+ANSWERED = frozenset({XFRM_MSG_GETSA, XFRM_MSG_GETPOLICY, XFRM_MSG_GETAE, XFRM_MSG_ALLOCSPI})
+
 #: One receive buffer per socket, allocated once. A kernel reply never exceeds it: a dump's
 #: datagrams are at most 32 KiB (``netlink_recvmsg`` caps ``max_recvmsg_len``), an ack or a GET
 #: answer a few KiB. Allocating a buffer per ``recv`` is what costs: ``recv(1 MiB)`` mapped and
@@ -345,15 +350,31 @@ class Xfrm:
             raise XfrmError(90, operation, f"a {length}-octet reply exceeds the receive buffer")  # EMSGSIZE
         return bytes(memoryview(self._buffer)[:length])
 
-    def _send(self, msg_type: int, body, flags: int) -> int:
+    def _messages(self, operation: str):
+        """The netlink messages of the next datagram from the kernel: (type, flags, sequence, the
+        message's octets)."""
+        data = self._receive(operation)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, reply_type, reply_flags, sequence, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                raise XfrmError(71, operation, "truncated netlink reply")  # EPROTO
+            yield reply_type, reply_flags, sequence, data[offset:offset + length]
+            offset += (length + 3) & ~3
+
+    def _sequence_next(self) -> int:
         self._sequence = (self._sequence + 1) & 0xFFFFFFFF or 1
+        return self._sequence
+
+    def _send(self, msg_type: int, body, flags: int) -> int:
+        sequence = self._sequence_next()
         body["header"]["type"] = msg_type
         body["header"]["flags"] = flags
-        body["header"]["sequence_number"] = self._sequence
+        body["header"]["sequence_number"] = sequence
         body["header"]["pid"] = 0
         body.encode()
         self._socket.send(bytes(body.data))
-        return self._sequence
+        return sequence
 
     def _request(
         self,
@@ -368,18 +389,11 @@ class Xfrm:
         ``prefilter``, dump replies whose raw bytes contain none of its byte
         strings are skipped without decoding (decoding is what costs in a big dump)."""
         operation = XFRM_MSG_NAMES.get(msg_type, str(msg_type))
-        flags |= NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
+        flags |= NLM_F_REQUEST | (NLM_F_DUMP if dump else 0 if msg_type in ANSWERED else NLM_F_ACK)
         sequence = self._send(msg_type, body, flags)
         replies = []
         while True:
-            data = self._receive(operation)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, reply_type, reply_flags, reply_seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size:
-                    raise XfrmError(71, operation, "truncated netlink reply")  # EPROTO
-                chunk = data[offset : offset + length]
-                offset += (length + 3) & ~3
+            for reply_type, reply_flags, reply_seq, chunk in self._messages(operation):
                 if reply_seq != sequence:
                     continue
                 if reply_type == NLMSG_DONE:
@@ -395,18 +409,17 @@ class Xfrm:
                 reply = body_class(chunk)
                 reply.decode()
                 replies.append(reply)
-                if not dump:
-                    # a GET answers with one message and no ACK
+                if not dump:  # the answer (ANSWERED: no ACK was asked for)
                     return replies
 
     # --- batches: requests encoded in advance, sent in one go ---
 
     @staticmethod
-    def encode_request(msg_type: int, body) -> bytes:
+    def encode_request(msg_type: int, body, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
         """A request's bytes, encoded once (ahead of time) for :meth:`send_batch`; its sequence
         number is set when it is sent."""
         body["header"]["type"] = msg_type
-        body["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+        body["header"]["flags"] = flags
         body["header"]["sequence_number"] = 0
         body["header"]["pid"] = 0
         body.encode()
@@ -429,9 +442,8 @@ class Xfrm:
         data = bytearray()
         sequences = []
         for position, request in enumerate(requests):
-            self._sequence = (self._sequence + 1) & 0xFFFFFFFF or 1
             chunk = bytearray(request)
-            struct.pack_into("=I", chunk, 8, self._sequence)  # nlmsg_seq
+            struct.pack_into("=I", chunk, 8, self._sequence_next())  # nlmsg_seq
             if position < len(requests) - 1:
                 (flags,) = struct.unpack_from("=H", chunk, 6)
                 struct.pack_into("=H", chunk, 6, flags & ~NLM_F_ACK)  # nlmsg_flags
@@ -441,14 +453,7 @@ class Xfrm:
         outcomes: dict[int, XfrmError | None] = {}
         wanted = set(sequences)
         while sequences[-1] not in outcomes:
-            reply = self._receive("batch")
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(reply):
-                length, reply_type, reply_flags, sequence, _pid = _NLMSGHDR.unpack_from(reply, offset)
-                if length < _NLMSGHDR.size:
-                    raise XfrmError(71, "batch", "truncated netlink reply")  # EPROTO
-                chunk = reply[offset:offset + length]
-                offset += (length + 3) & ~3
+            for reply_type, reply_flags, sequence, chunk in self._messages("batch"):
                 if reply_type != NLMSG_ERROR or sequence not in wanted:
                     continue
                 (code,) = struct.unpack_from("=i", chunk, _NLMSGHDR.size)
@@ -495,6 +500,38 @@ class Xfrm:
     ) -> SecurityAssociation:
         (reply,) = self._request(XFRM_MSG_GETSA, self._usersa_id(daddr, spi, proto, mark))
         return sa_from_message(reply)
+
+    def get_sas(self, sas: Iterable[SecurityAssociation]) -> list[SecurityAssociation]:
+        """Each SA as the kernel holds it now (found by destination, SPI, protocol and mark), all
+        asked in one write and answered in order: one round trip, not one per SA. An SA that is
+        gone raises its XfrmError (ENOENT, ESRCH) once every answer is in."""
+        data = bytearray()
+        sequences = []
+        for sa in sas:
+            body = self._usersa_id(sa.daddr, sa.spi, sa.proto, sa.mark)
+            request = bytearray(self.encode_request(XFRM_MSG_GETSA, body, NLM_F_REQUEST))
+            struct.pack_into("=I", request, 8, self._sequence_next())  # nlmsg_seq
+            sequences.append(self._sequence)
+            data += request
+        if not sequences:
+            return []
+        self._socket.send(bytes(data))
+        answers: dict[int, SecurityAssociation | XfrmError] = {}
+        while len(answers) < len(sequences):
+            for reply_type, reply_flags, sequence, chunk in self._messages("XFRM_MSG_GETSA"):
+                if sequence not in sequences or sequence in answers:
+                    continue
+                if reply_type == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", chunk, _NLMSGHDR.size)
+                    answers[sequence] = XfrmError(-code or 71, "XFRM_MSG_GETSA", _extack_message(chunk, reply_flags))
+                elif reply_type == XFRM_MSG_NEWSA:
+                    reply = xfrm_usersa_info(chunk)
+                    reply.decode()
+                    answers[sequence] = sa_from_message(reply)
+        for sequence in sequences:
+            if isinstance(answers[sequence], XfrmError):
+                raise answers[sequence]
+        return [answers[sequence] for sequence in sequences]
 
     def delete_sa(
         self, daddr: str, spi: int, proto: int = IPPROTO_ESP, mark: Mark | None = None

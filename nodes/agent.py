@@ -194,6 +194,8 @@ class Agent:
             else:
                 self._trace.flush()  # about to wait: the events so far go out now
             ready = self.selector.select(timeout)
+            if len(ready) > 1:  # the protocol first; the runner's questions can wait behind it
+                ready.sort(key=lambda item: item[0].data in (self._accept, self._read_control))
             for key, _ in ready:
                 key.data(key.fileobj)
             now = time.monotonic() if self._timers else 0.0  # a clock read is a system call in the guest

@@ -388,6 +388,10 @@ class Experiment:
         died meanwhile ends the wait at once."""
         deadline = time.monotonic() + timeout_s
         while True:
+            # first a pause, then the question: a handover is not over the moment the attach is,
+            # and a request then would reach the MN's agent with the kernel's attach event, on
+            # the guest's one CPU, and be served first
+            _pause(poll_ms)
             dead = [name for name, agent in self.agents.items() if not agent.alive]
             if dead:
                 raise HandoverFailed(f"agent {', '.join(dead)} died during the handover")
@@ -395,7 +399,6 @@ class Experiment:
             self._trigger_fallback(status)
             if (status["idle"] and not status.get("move_expected")) or time.monotonic() >= deadline:
                 return status
-            _pause(poll_ms)
 
     # -- after a handover (outside the measured interval) -------------------------------------------------
     def verify(self, method: Method, record: dict, release_timeout_s: float) -> list[str]:

@@ -41,3 +41,25 @@ def test_deferred_work_waits_for_ready_timers_and_still_runs_at_stop(tmp_path, c
     agent.call_at(time.monotonic(), agent.stop)
     agent.run()
     assert order == ["timer", "deferred"], "a due timer goes first; pending work runs before the agent stops"
+
+
+def test_protocol_input_is_served_before_a_control_request_that_arrived_first(tmp_path, capsys):
+    import socket
+
+    agent = _agent(tmp_path)
+    order = []
+    protocol, peer = socket.socketpair()
+    agent.add_reader(protocol, lambda: order.append(("protocol", protocol.recv(16))))
+    agent.command("note", lambda: order.append(("control", b"")) or {})
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(tmp_path / "control"))
+    agent._accept(None)  # the runner's connection, as an earlier loop pass accepted it
+    client.sendall(b'{"cmd": "note"}\n')  # the runner asks first ...
+    time.sleep(0.01)
+    peer.send(b"attach")  # ... then the kernel's event arrives
+    agent.call_at(time.monotonic() + 0.05, agent.stop)
+    agent.run()
+    assert order == [("protocol", b"attach"), ("control", b"")]
+    assert json.loads(client.recv(4096))["ok"]
+    for sock in (client, protocol, peer):
+        sock.close()

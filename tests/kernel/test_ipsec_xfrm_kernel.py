@@ -239,6 +239,29 @@ def test_delete_update_flush_and_typed_errors(netns, xfrm):
     assert xfrm.dump_policies() == []
 
 
+def test_get_sas_reads_several_sas_in_one_round_trip_and_leaves_no_reply_behind(netns, xfrm):
+    keys = (Algorithm("crypt", "cbc(aes)", bytes(range(16))), Algorithm("auth_trunc", "hmac(sha256)", bytes(32), 128))
+    sas = [SecurityAssociation(B, A, spi, algorithms=keys) for spi in (0x81, 0x82, 0x83)]
+    for sa in sas:
+        xfrm.add_sa(sa)
+    read = xfrm.get_sas(sas)
+    assert read == [xfrm.get_sa(B, sa.spi) for sa in sas]
+    assert [sa.spi for sa in read] == [0x81, 0x82, 0x83]
+    # one gone: its refusal is raised, after every answer was read; the socket holds nothing
+    # stale (answered requests ask for no ACK), so the next request reads its own reply
+    xfrm.delete_sa(B, 0x82)
+    with pytest.raises(XfrmError) as caught:
+        xfrm.get_sas(sas)
+    assert caught.value.errno == errno.ESRCH and caught.value.operation == "XFRM_MSG_GETSA"
+    xfrm._socket.setblocking(False)
+    try:
+        with pytest.raises(BlockingIOError):
+            xfrm._socket.recv(65536)
+    finally:
+        xfrm._socket.setblocking(True)
+    assert xfrm.get_sas([]) == [] and xfrm.get_sa(B, 0x83).spi == 0x83
+
+
 def test_allocate_spi_then_update_fills_the_larval_sa(netns, xfrm):
     spi = xfrm.allocate_spi(B, A, reqid=3, spi_min=0x5000, spi_max=0x5FFF)
     assert 0x5000 <= spi <= 0x5FFF
