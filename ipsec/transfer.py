@@ -270,8 +270,8 @@ def prepare_install(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> Pr
 def install_prepared(xfrm: Xfrm, prepared: PreparedInstall) -> Installation:
     """Install a prepared context in one netlink write, SAs then policies, all of it or nothing:
     if the kernel refuses any part (an SPI taken, an entry already there), what it accepted is
-    removed (policies first) and the first refusal is raised; the caller then takes the careful path, ``install_context``,
-    which resolves SPI collisions and leftovers one request at a time."""
+    removed (policies first) and the first refusal is raised; the caller then takes the careful
+    path, ``install_context``, which resolves SPI collisions and leftovers one request at a time."""
     _send_all_or_nothing(xfrm, prepared.requests,
                          [*(partial(_delete_sa, xfrm, sa) for sa in prepared.context.sas),
                           *(partial(_delete_policy, xfrm, policy) for policy in prepared.context.policies)])

@@ -414,6 +414,22 @@ class Xfrm:
 
     # --- batches: requests encoded in advance, sent in one go ---
 
+    def _write(self, requests: list[bytes]) -> list[int]:
+        """Requests encoded by :meth:`encode_request` in one write, each with its own sequence
+        number (returned, in order); none but the last asks for an acknowledgement."""
+        data = bytearray()
+        sequences = []
+        for position, request in enumerate(requests):
+            chunk = bytearray(request)
+            sequences.append(self._sequence_next())
+            struct.pack_into("=I", chunk, 8, sequences[-1])  # nlmsg_seq
+            if position < len(requests) - 1:
+                (flags,) = struct.unpack_from("=H", chunk, 6)
+                struct.pack_into("=H", chunk, 6, flags & ~NLM_F_ACK)  # nlmsg_flags
+            data += chunk
+        self._socket.send(bytes(data))
+        return sequences
+
     @staticmethod
     def encode_request(msg_type: int, body, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
         """A request's bytes, encoded once (ahead of time) for :meth:`send_batch`; its sequence
@@ -439,17 +455,7 @@ class Xfrm:
         read instead of one per request."""
         if not requests:
             return []
-        data = bytearray()
-        sequences = []
-        for position, request in enumerate(requests):
-            chunk = bytearray(request)
-            struct.pack_into("=I", chunk, 8, self._sequence_next())  # nlmsg_seq
-            if position < len(requests) - 1:
-                (flags,) = struct.unpack_from("=H", chunk, 6)
-                struct.pack_into("=H", chunk, 6, flags & ~NLM_F_ACK)  # nlmsg_flags
-            sequences.append(self._sequence)
-            data += chunk
-        self._socket.send(bytes(data))
+        sequences = self._write(requests)
         outcomes: dict[int, XfrmError | None] = {}
         wanted = set(sequences)
         while sequences[-1] not in outcomes:
@@ -505,17 +511,11 @@ class Xfrm:
         """Each SA as the kernel holds it now (found by destination, SPI, protocol and mark), all
         asked in one write and answered in order: one round trip, not one per SA. An SA that is
         gone raises its XfrmError (ENOENT, ESRCH) once every answer is in."""
-        data = bytearray()
-        sequences = []
-        for sa in sas:
-            body = self._usersa_id(sa.daddr, sa.spi, sa.proto, sa.mark)
-            request = bytearray(self.encode_request(XFRM_MSG_GETSA, body, NLM_F_REQUEST))
-            struct.pack_into("=I", request, 8, self._sequence_next())  # nlmsg_seq
-            sequences.append(self._sequence)
-            data += request
-        if not sequences:
+        requests = [self.encode_request(XFRM_MSG_GETSA, self._usersa_id(sa.daddr, sa.spi, sa.proto, sa.mark),
+                                        NLM_F_REQUEST) for sa in sas]  # answered: no ACK
+        if not requests:
             return []
-        self._socket.send(bytes(data))
+        sequences = self._write(requests)
         answers: dict[int, SecurityAssociation | XfrmError] = {}
         while len(answers) < len(sequences):
             for reply_type, reply_flags, sequence, chunk in self._messages("XFRM_MSG_GETSA"):
