@@ -382,7 +382,7 @@ class ArIpsecHandler:
         self.prepared: dict[str, tuple] = {}  # MN -> (predicted new address, pAR, PreparedInstall)
         self.collected: dict[str, IpsecContext] = {}
         # What this node installed for each MN address (a transfer's activation, a provisioned
-        # context), as installed: the pAR reads it back SA by SA instead of dumping the tables,
+        # context), as installed: the pAR reads its SAs back in one request instead of dumping the tables,
         # and a release that comes late spares it.
         self.installed: dict[str, IpsecContext] = {}
         self.journal = InstallJournal(state_dir)
@@ -502,7 +502,7 @@ class ArIpsecHandler:
         return STATUS_OK, encode_spi_changes(changes) if changes else b""
 
     def _install(self, xfrm, rewritten: IpsecContext, mn_new_address: str):
-        """The context in two writes (SAs, then policies) when nothing is in the way; when the
+        """The context in one write (SAs, then policies) when nothing is in the way; when the
         kernel refuses (a leftover of an earlier visit, an inbound SPI another peer holds), the
         careful path: whatever this node still holds under the MN's new address is a leftover of
         the same MN and is replaced, and the context goes in request by request, resolving SPI
