@@ -382,8 +382,8 @@ class ArIpsecHandler:
         self.prepared: dict[str, tuple] = {}  # MN -> (predicted new address, pAR, PreparedInstall)
         self.collected: dict[str, IpsecContext] = {}
         # What this node installed for each MN address (a transfer's activation, a provisioned
-        # context), as installed: the pAR reads its SAs back in one request instead of dumping the tables,
-        # and a release that comes late spares it.
+        # context), as installed: the pAR reads its SAs back in one request instead of dumping
+        # the tables, and a release that comes late spares it.
         self.installed: dict[str, IpsecContext] = {}
         self.journal = InstallJournal(state_dir)
         self.install_fault: InstallFault | None = None
