@@ -44,8 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "sweep": {"parameter": "links.ar_aaa.delay_ms", "values": [0.0, 10.0, 20.0, 50.0],
               "methods": [name for name in method_registry.default_names()
                           if method_registry.get(name).sweeps == plan.AR_AAA]},
-    # 500 probes/s each way: 2 ms resolution, and the UML guest keeps up (busy ~40% with the ESP
-    # tunnel; at 1000/s it is ~93% busy, and every protocol step waits behind the probes)
+    # 500 probes/s each way: 2 ms resolution, and the UML guest keeps up (the probes alone keep it
+    # 17-21% busy; at 1000/s 31-40%, and a short run there went over the fidelity tolerances)
     "probe": {"rate": 500.0, "size": 64},
     # Emulation fidelity (in the way of Mininet-HiFi's monitors): a handover during which the
     # emulator did not keep its own timing is marked, left out of the figures and repeated

@@ -29,3 +29,45 @@ def test_trace_round_trip(tmp_path):
     assert trace["received"] == {"seq": [1, 3], "tx_ns": [1_000_000, 3_000_000], "rx_ns": [1_500_000, 3_500_000],
                                  "ifindex": [2, 3]}
     assert trace["role"] == "mn" and "1" in trace["interfaces"]
+
+
+def test_probe_pair_over_loopback_delivers_every_probe_in_order_and_stops():
+    """Two ends on loopback: each receives the other's probes, in order, with the send stamps
+    they carry; the sender keeps its schedule (no probe before its slot) and both threads stop."""
+    import time
+
+    first = ProbeAgent("mn", "::1", 0, 500, 64, learn_peer=False, bind_address="::1")
+    second = ProbeAgent("ha", "::1", 0, 500, 64, learn_peer=False, bind_address="::1")
+    first.port, second.port = second.sock.getsockname()[1], first.sock.getsockname()[1]
+    try:
+        first.start(), second.start()
+        deadline = time.monotonic() + 10
+        while min(len(first.recv_seq), len(second.recv_seq)) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        first.stop(), second.stop()
+        first.sock.close(), second.sock.close()
+    assert not any(thread.is_alive() for thread in first._threads + second._threads)
+    for sender, receiver in ((first, second), (second, first)):
+        received = list(receiver.recv_seq)
+        assert len(received) >= 50 and received == list(range(1, len(received) + 1))
+        assert list(receiver.recv_tx_ns) == list(sender.sent_ns)[:len(received)]
+        assert all(receive >= send for send, receive in zip(receiver.recv_tx_ns, receiver.recv_rx_ns))
+        assert all(sender.sent_ok) and receiver.decode_errors == 0
+        # each probe left in its own slot: never ahead of the schedule the stamps are counted against
+        # (the schedule only ever moves later: a sender far behind restarts it, it never bursts)
+        stamps = list(sender.sent_ns)
+        first_slot = stamps[0] - sender.sent_late_us[0] * 1000 - 1000  # lateness is in whole us
+        assert all(stamp >= first_slot + index * sender.interval_ns for index, stamp in enumerate(stamps))
+
+
+def test_absolute_sleep_never_returns_before_its_deadline():
+    import time
+
+    from nodes.probe import _absolute_sleeper
+
+    sleep_until = _absolute_sleeper()
+    for offset_ns in (0, 200_000, 2_000_000, -1_000_000):
+        deadline = time.monotonic_ns() + offset_ns
+        sleep_until(deadline)
+        assert time.monotonic_ns() >= deadline
