@@ -4,6 +4,8 @@
   with the context received (``install``: decoded, rewritten for the predicted care-of address,
   its requests encoded and its SAs installed inactive) beforehand, as a PCTD delivers it before
   the MN arrives;
+* nAR, reactive: the CTD's install and activation together (the CTD answers the nAR's CT-Req, so
+  the MN's new address is known: one write, nothing prepared);
 * MN: the re-homing of its own SAs and policies (``MnIpsecHandler.move``: the policies' new
   selectors and templates, in one write), prepared when the move is expected (``prepare_move``,
   at the runner's ``expect_move``, before the detach: copies of its SAs under the new
@@ -47,8 +49,10 @@ def _quantiles(values: list[float]) -> str:
             f"over {len(values)}")
 
 
-def bench_nar_activation(namespace: str) -> list[float]:
-    mn_side, ar_side = ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
+def bench_nar(namespace: str, reactive: bool = False) -> list[float]:
+    """Predictive: the CTAR's activation of a context a PCTD delivered (and the handler prepared)
+    beforehand. Reactive: the CTD's install and activation together, the MN's address known."""
+    _, ar_side = ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
     data = ar_side.encode()
     times = []
     with Xfrm(netns=namespace) as xfrm, tempfile.TemporaryDirectory(dir=STATE_ROOT) as state:
@@ -56,15 +60,20 @@ def bench_nar_activation(namespace: str) -> list[float]:
         handler = ipsec_handler.ArIpsecHandler(xfrm, NAR, state_dir=state,
                                                trace=lambda name, **fields: events.append((name, fields)))
         ipsec_handler.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
-        info = TransferInfo(MN_P, PAR, NAR, MN_N)
+        pctd, ctar = TransferInfo(MN_P, PAR, NAR), TransferInfo(MN_P, PAR, NAR, MN_N)
         for _ in range(ROUNDS):
-            handler.install(MN_P, data, info)  # the PCTD, before the MN arrives
+            if not reactive:
+                handler.install(MN_P, data, pctd)  # the PCTD, before the MN arrives
             started = time.perf_counter_ns()
-            status, _ = handler.activate(MN_P, info)  # the CTAR
+            if reactive:  # the CTAR came first, the CTD answers the nAR's CT-Req
+                handler.install(MN_P, data, ctar)
+            status, _ = handler.activate(MN_P, ctar)
             times.append((time.perf_counter_ns() - started) / 1e6)
             assert status == ipsec_handler.STATUS_OK, status
-            # the activation measured is the prepared one (policies only), not the careful path
-            assert events[-1] == ("ipsec_activated", events[-1][1]) and events[-1][1]["prepared"], events[-3:]
+            # the path measured is the intended one: prepared (policies only) or one write, never
+            # the careful path
+            assert events[-1][0] == "ipsec_activated" and events[-1][1].get("prepared", False) != reactive, events[-3:]
+            assert not any(name == "ipsec_install_careful" for name, _ in events), events[-3:]
             # as the node does when the MN moves on: it collects (handing on what it installed),
             # then releases
             assert handler.collect(MN_N)
@@ -93,9 +102,12 @@ def bench_mn_rehome(namespace: str) -> list[float]:
 
 def main() -> int:
     suffix = f"{os.getpid()}"
-    namespaces = [_namespace(f"bench-nar-{suffix}"), _namespace(f"bench-mn-{suffix}")]
+    namespaces = [_namespace(f"bench-nar-{suffix}"), _namespace(f"bench-mn-{suffix}"),
+                  _namespace(f"bench-rnar-{suffix}")]
     try:
-        print(f"nAR activation (CTAR -> context installed and active): {_quantiles(bench_nar_activation(namespaces[0]))}")
+        print(f"nAR activation (CTAR -> context installed and active): {_quantiles(bench_nar(namespaces[0]))}")
+        print(f"nAR, reactive (CTD answering the CT-Req -> context installed and active): "
+              f"{_quantiles(bench_nar(namespaces[2], reactive=True))}")
         print(f"MN re-homing (attach -> its SAs and policies serve the new address): "
               f"{_quantiles(bench_mn_rehome(namespaces[1]))}")
     finally:

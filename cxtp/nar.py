@@ -195,10 +195,13 @@ class _TargetRole:
         if has_key:
             record.key, record.algorithm = message.key, message.algorithm
             record.key_fingerprint = key_fingerprint(message.key)
-        # the MN's new address is known only once a CTAR is verified (activate() gets it)
-        self._install(record, message.contexts, TransferInfo(mn, record.par, ar.address, None))
-        record.deadline = now + ar.config.ct_max_handover_time
+        # The MN's new address is known only once a CTAR is verified: a plain CTD answers our
+        # CT-Req, whose token the pAR verified, so the CTAR that asked for it names the address and
+        # the activation follows at once; a PCTD's install comes before any verified CTAR.
         pending, record.pending = record.pending, []
+        answered = pending[0][1] if pending and not has_key else None
+        self._install(record, message.contexts, TransferInfo(mn, record.par, ar.address, answered))
+        record.deadline = now + ar.config.ct_max_handover_time
         if not pending:
             return  # predictive: wait for the MN's CTAR
         if has_key:  # verify every waiting CTAR with the key, the first one that verifies wins

@@ -35,7 +35,9 @@ class ContextHandler(Protocol):
         """pAR: CDB data for this MN, None when the MN has no such context."""
 
     def install(self, mn_address: str, data: bytes, transfer: TransferInfo) -> int:
-        """nAR: store the context INACTIVE; return a status (0 = ok)."""
+        """nAR: store the context INACTIVE; return a status (0 = ok). ``transfer.mn_new_address``
+        is set when a verified CTAR already names it (a CTD answering the nAR's CT-Req): the
+        activation then follows at once."""
 
     def activate(self, mn_address: str, transfer: TransferInfo) -> tuple[int, bytes]:
         """nAR, after the token verified: make the context live; (status, data for the CTAA)."""

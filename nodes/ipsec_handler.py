@@ -422,7 +422,8 @@ class ArIpsecHandler:
             return STATUS_BAD_CONTEXT
         self.discard(mn_address)  # a context already here for the MN (a PCTD, then a CTD): this one
         self.inactive[mn_address] = context
-        self._prepare(mn_address, context, transfer)
+        if not transfer.mn_new_address:  # known (a CTD answering the nAR's CT-Req): the activation
+            self._prepare(mn_address, context, transfer)  # follows at once, in one write
         return STATUS_OK
 
     def _prepare(self, mn_address: str, context: IpsecContext, transfer) -> None:

@@ -185,8 +185,9 @@ def test_mobile_initiated_predictive():
     assert nar_spi.active == {MN_PREV: b"\xaa\xbb\xcc\xdd"}
     assert par_mld.subscriptions == {} and par_spi.released == [MN_PREV]
     assert net.handlers["mn"][1].acks == [(MN_PREV, 0, b"\x00\x00\x12\x34")]
-    # TransferInfo: the nAR learnt the MN's new address from the CTAR
-    assert nar_spi.transfers[-1] == cxtp.TransferInfo(MN_PREV, PAR, NAR, MN_NEW)
+    # TransferInfo: the nAR learnt the MN's new address from the CTAR; the PCTD's install came
+    # before any CTAR was verified, so it had none
+    assert nar_spi.transfers == [cxtp.TransferInfo(MN_PREV, PAR, NAR), cxtp.TransferInfo(MN_PREV, PAR, NAR, MN_NEW)]
     # keys: the nAR discarded it, the pAR burnt it, the MN's address moved on
     assert net.nar.target_transfer(MN_PREV) is None and net.par.source_transfer(MN_PREV) is None
     assert not net.par.has_mn_key(MN_PREV)
@@ -222,6 +223,10 @@ def test_mobile_initiated_reactive():
     assert of_type(Net.events(net.mn), TransferCompleted)
     assert of_type(Net.events(net.par), TransferCompleted)
     assert net.handlers["nar"][0].listeners_present == {GROUP: {MN_PREV}}
+    # the CTD answers the nAR's CT-Req, whose token the pAR verified: its install already knows the
+    # MN's new address (the CTAR that asked), and the activation follows at once
+    nar_spi = net.handlers["nar"][1]
+    assert nar_spi.transfers == [cxtp.TransferInfo(MN_PREV, PAR, NAR, MN_NEW)] * 2
 
 
 def test_network_initiated_by_par():

@@ -423,6 +423,20 @@ def test_capture_context_of_several_care_of_addresses(namespaces):
 
 # -- the prepared hot paths (issue 10): what is done before the CTAR, and before the attach -----
 
+class _CountingSocket:
+    """An XFRM socket that counts the writes made through it."""
+
+    def __init__(self, sock) -> None:
+        self._sock, self.writes = sock, 0
+
+    def send(self, data) -> int:
+        self.writes += 1
+        return self._sock.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 def _handler_contexts():
     from nodes import ipsec_handler
 
@@ -441,7 +455,7 @@ def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when
     data = ar_side.encode()
     with Xfrm(namespaces["nar"]) as nar:
         handler = ipsec_handler.ArIpsecHandler(nar, NAR, state_dir=str(tmp_path))
-        predicted = TransferInfo(MN_P, PAR, NAR, MN_N)
+        predicted = TransferInfo(MN_P, PAR, NAR)  # a PCTD: no CTAR verified yet
         assert handler.install(MN_P, data, predicted) == ipsec_handler.STATUS_OK
         sas, policies = _kernel_state(nar)
         assert {(sa.saddr, sa.daddr) for sa in sas} == {(MN_N, NAR), (NAR, MN_N)} and policies == []
@@ -449,13 +463,32 @@ def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when
         handler.discard(MN_P)
         assert _kernel_state(nar) == ([], []) and not list(tmp_path.iterdir())
 
+        arrived = TransferInfo(MN_P, PAR, NAR, MN_N)  # the CTAR, from the predicted address
         handler.install(MN_P, data, predicted)
-        status, _ = handler.activate(MN_P, predicted)
+        status, _ = handler.activate(MN_P, arrived)
         assert status == ipsec_handler.STATUS_OK
         sas, policies = _kernel_state(nar)
         assert len(sas) == 2 and len(policies) == len(ar_side.policies)
         assert not list(tmp_path.iterdir())
         handler.collect(MN_N)  # handed on (as a pAR collects before it releases)
+        handler.release(MN_N)
+        assert _kernel_state(nar) == ([], [])
+
+        # a CTD answering the nAR's CT-Req: the new address is known, nothing is prepared, and the
+        # activation that follows installs the context in one write
+        handler.install(MN_P, data, arrived)
+        assert _kernel_state(nar) == ([], []) and not list(tmp_path.iterdir())
+        real_socket = nar._socket
+        nar._socket = counted = _CountingSocket(real_socket)
+        try:
+            status, _ = handler.activate(MN_P, arrived)
+        finally:
+            nar._socket = real_socket
+        assert status == ipsec_handler.STATUS_OK and counted.writes == 1
+        sas, policies = _kernel_state(nar)
+        assert {(sa.saddr, sa.daddr) for sa in sas} == {(MN_N, NAR), (NAR, MN_N)}
+        assert len(policies) == len(ar_side.policies)
+        handler.collect(MN_N)
         handler.release(MN_N)
         assert _kernel_state(nar) == ([], [])
 
@@ -493,7 +526,8 @@ def test_late_release_removes_the_old_context_and_spares_the_newer_transfer_of_t
         assert len(queued) == 1 and len(_kernel_state(par)[0]) == 2, "deferred: nothing removed yet"
 
         back = TransferInfo(MN_N, NAR, PAR, MN_P)  # the MN returns with its old interface identifier
-        assert handler.install(MN_N, returning.encode(), back) == ipsec_handler.STATUS_OK
+        # a PCTD brings its context before the CTAR: prepared, inactive
+        assert handler.install(MN_N, returning.encode(), TransferInfo(MN_N, NAR, PAR)) == ipsec_handler.STATUS_OK
         assert {sa.spi for sa in _kernel_state(par)[0]} == {0x101, 0x102, 0x201, 0x202}
         queued.pop()()
         sas, policies = _kernel_state(par)
