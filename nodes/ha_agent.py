@@ -27,6 +27,7 @@ class HomeAgent:
         agent.add_reader(self.sock, self._receive)
         agent.command("binding", lambda: {"care_of": self.cache.care_of(self.identity),
                                           "decode_errors": self.decode_errors})
+        agent.command("lateness", probe.lateness)
 
     def _receive(self) -> None:
         try:

@@ -15,16 +15,20 @@ Probe payload (network byte order): magic "TBPR", sequence u32, send time u64 ns
 from __future__ import annotations
 
 import argparse
+import bisect
 import ctypes
 import json
 import os
 import signal
 import socket
+import statistics
 import struct
 import sys
 import threading
 import time
 from array import array
+
+from nodes.agent import Agent, main_guard
 
 MAGIC = b"TBPR"
 HEADER = struct.Struct("!4sIQ")
@@ -63,6 +67,19 @@ def _absolute_sleeper():
             pass
 
     return sleep_until
+
+
+def send_lateness_ms(sent_ns, late_us, start_ns: int, end_ns: int) -> float | None:
+    """The p99 of how late the probes sent between two instants left against their schedule (ms),
+    None when none was sent. One function for the runner's question during a run and for the
+    report's reading of the trace afterwards, so both give the same verdict."""
+    low, high = bisect.bisect_left(sent_ns, start_ns), bisect.bisect_right(sent_ns, end_ns)
+    window = sorted(late_us[low:high])
+    if not window:
+        return None
+    if len(window) == 1:
+        return window[0] / 1000
+    return statistics.quantiles(window, n=100, method="inclusive")[98] / 1000
 
 
 def raise_priority(priority: int = 50) -> None:
@@ -174,6 +191,12 @@ class ProbeAgent:
                 ifindex = struct.unpack("@I", value[16:20])[0]
         return (time.monotonic_ns() if arrival is None else arrival), ifindex
 
+    def lateness(self, start_ns: int, end_ns: int) -> dict:
+        """The control command the runner asks after each handover: the p99 of the send lateness
+        over the handover's window (see send_lateness_ms), so that it can repeat a handover the
+        probes did not keep time for while the run goes on."""
+        return {"p99_ms": send_lateness_ms(self.sent_ns, self.sent_late_us, int(start_ns), int(end_ns))}
+
     def start(self) -> None:
         """Start the sender and receiver threads (for embedding in another agent's process)."""
         self._threads = [threading.Thread(target=self.receive_loop, daemon=True),
@@ -227,13 +250,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="UDP payload octets")
     parser.add_argument("--learn-peer", action="store_true", help="send to the source of the last probe received")
     parser.add_argument("--out", required=True, help="trace file written on SIGTERM")
+    parser.add_argument("--control", help="control socket (nodes.agent): the runner asks `lateness` there")
+    parser.add_argument("--trace", help="the control loop's trace, with --control")
     arguments = parser.parse_args(argv)
-    agent = ProbeAgent(arguments.role, arguments.peer, arguments.port, arguments.rate, arguments.size,
+    probe = ProbeAgent(arguments.role, arguments.peer, arguments.port, arguments.rate, arguments.size,
                        arguments.learn_peer)
-    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: agent.stopping.set())
-    agent.run(f"READY {arguments.role} {os.getpid()}")
-    agent.write(arguments.out)
+    if arguments.control:  # the control loop every agent has, beside the probe's threads
+        def run() -> None:
+            agent = Agent(f"{arguments.role}-probe", arguments.control, arguments.trace or os.devnull)
+            agent.command("lateness", probe.lateness)
+            probe.start()
+            try:
+                agent.run()  # prints READY; SIGTERM stops it
+            finally:
+                probe.stop()
+                probe.write(arguments.out)
+
+        return main_guard(run)
+    signal.signal(signal.SIGTERM, lambda *_: probe.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: probe.stopping.set())
+    probe.run(f"READY {arguments.role} {os.getpid()}")
+    probe.write(arguments.out)
     return 0
 
 

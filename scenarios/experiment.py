@@ -194,7 +194,7 @@ class Experiment:
                 "--seed", str(seed)], run_dir)
             self.agents["mn-probe"] = AgentProcess(testbed, plan.MN, "nodes.probe", [
                 "--role", "mn", "--peer", plan.HA_ADDRESS, "--out", str(run_dir / "probe-mn.json"),
-                "--rate", str(probe_rate), "--size", str(probe_size)], run_dir, name="mn-probe", controlled=False)
+                "--rate", str(probe_rate), "--size", str(probe_size)], run_dir, name="mn-probe")
         except BaseException:
             self.stop()
             raise
@@ -214,6 +214,12 @@ class Experiment:
 
     def request(self, agent: str, cmd: str, **arguments) -> dict:
         return self.agents[agent].request(cmd, **arguments)
+
+    def probe_lateness(self, start_ns: int, end_ns: int) -> dict[str, float | None]:
+        """The p99 send lateness of each probe end between two instants (ms), asked of the probes
+        themselves: the verdict the report gives from their traces later, available now."""
+        return {end: self.request(agent, "lateness", start_ns=start_ns, end_ns=end_ns)["p99_ms"]
+                for end, agent in (("mn", "mn-probe"), ("ha", plan.HA))}
 
     def configure_timers(self, timers: dict[str, float]) -> None:
         """The ARs' CXTP timers, derived from the scenario's network (a sweep changes them)."""

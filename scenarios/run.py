@@ -114,15 +114,19 @@ def _busy_share(before: tuple[float, float], after: tuple[float, float]) -> floa
     return min(1.0, max(0.0, 1.0 - idle / elapsed)) if elapsed > 0 else None
 
 
-def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict, settled: float | None = None) -> dict:
+def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict, settled: float | None = None,
+                       probe_late: dict | None = None) -> dict:
     """How far the emulation kept its own timing during one handover: the L2 delay as it happened
     against the scenario's, the detach and attach steps, the kernel's busy share over the
     handover (``guest_busy``: the method's own work included, IKE's Diffie-Hellman for one) and
     once it settled (``guest_busy_settled``: the probes, the agents idle: the load the emulator
-    carries to measure at all, which is what the tolerance judges). Violations of the
-    scenario's tolerances are listed (the probes' send lateness is judged from their traces when
-    the run is reported)."""
+    carries to measure at all, which is what the tolerance judges), and the p99 of the probes'
+    send lateness over the handover's window (``probe_late``, per end, as the probes answered;
+    the report reads the same from their traces). Violations of the scenario's tolerances are
+    listed: the runner repeats a handover that has any."""
     result: dict = {"guest_busy": busy, "guest_busy_settled": settled, "violations": []}
+    for end, late in (probe_late or {}).items():
+        result[f"probe_late_p99_ms_{end}"] = late
     if "attached_ns" not in handover:
         return result
     l2_actual = (handover["attach_start_ns"] - handover["detached_ns"]) / 1e6
@@ -153,8 +157,13 @@ def run_handover(experiment: Experiment, method, l2_delay: float, scenario: conf
         # change of method or of a swept parameter) is not its doing.
         handover["window_end_ns"] = time.monotonic_ns()
         now = cpu_times()
+        try:
+            late = experiment.probe_lateness(handover.get("anticipation_start_ns") or handover["detach_start_ns"],
+                                             handover["window_end_ns"])
+        except STEP_ERRORS:
+            late = None  # judged from the traces when the run is reported, as before
         handover["fidelity"] = emulation_fidelity(handover, _busy_share(cpu_before, now), scenario.fidelity,
-                                                  settled=_busy_share(settle_before, now))
+                                                  settled=_busy_share(settle_before, now), probe_late=late)
         try:
             problems = experiment.verify(method, handover, release_timeout_s)
         except STEP_ERRORS as error:

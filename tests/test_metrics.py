@@ -7,6 +7,7 @@ import statistics
 
 import pytest
 
+from nodes import probe
 from scenarios import metrics
 
 MS = 1_000_000
@@ -112,6 +113,49 @@ def test_emulation_fidelity_judges_steps_l2_drift_and_a_busy_guest():
         "attach took 10.0 ms", "guest busy 81% with the probes alone"]
     handover["attach_start_ns"] += 10 * ms + 1
     assert "L2 delay off by 10.0 ms" in emulation_fidelity(handover, None, tolerances)["violations"]
+
+
+def test_probe_lateness_is_judged_during_the_run_as_the_report_judges_it_afterwards():
+    """The probes answer the runner with the p99 of their send lateness over the handover's
+    window, at the tolerance's edge; the report reads the same from their traces, with the same
+    function, and reaches the same verdict (so the runner repeats exactly the handovers the report
+    leaves out)."""
+    from scenarios import config
+    from scenarios.run import emulation_fidelity
+
+    tolerances = config.load(None).fidelity
+    limit_us = int(tolerances["max_probe_late_ms"] * 1000)
+    ms = 1_000_000
+    handover = {"l2_delay_ms": 50.0, "detach_start_ns": 100 * ms, "detached_ns": 100 * ms,
+                "attach_start_ns": 150 * ms, "attached_ns": 150 * ms, "window_end_ns": 600 * ms}
+    sent_ns = [n * 2 * ms for n in range(400)]  # 0 .. 798 ms
+    for worst_us, judged in ((limit_us, False), (limit_us + 1, True)):
+        # every probe in the window on time but for 1% + 1 of them, late by ``worst_us``; one
+        # very late probe outside the window, which must not count
+        late_us = [0] * len(sent_ns)
+        inside = [n for n, t in enumerate(sent_ns) if 100 * ms <= t <= 600 * ms]
+        for n in inside[:4]:
+            late_us[n] = worst_us
+        late_us[10] = 50_000
+        answered = {end: probe.send_lateness_ms(sent_ns, late_us, 100 * ms, 600 * ms) for end in ("mn", "ha")}
+        in_run = emulation_fidelity(handover, 0.3, tolerances, settled=0.2, probe_late=answered)
+        trace = {"sent": {"ns": sent_ns, "late_us": late_us}}
+        afterwards = metrics.fidelity_of({**handover, "fidelity": in_run}, trace, trace, tolerances)
+        assert bool(in_run["violations"]) is judged
+        assert in_run["violations"] == afterwards["violations"]
+        assert in_run["probe_late_p99_ms_mn"] == afterwards["probe_late_p99_ms_mn"]
+    assert probe.send_lateness_ms(sent_ns, [0] * len(sent_ns), 900 * ms, 950 * ms) is None
+
+
+def test_send_lateness_is_the_linear_interpolation_quantile():
+    import random
+
+    rng = random.Random(3)
+    for size in (1, 2, 3, 10, 151):
+        late_us = [rng.randrange(0, 20_000) for _ in range(size)]
+        sent_ns = list(range(size))
+        assert probe.send_lateness_ms(sent_ns, late_us, 0, size) == pytest.approx(
+            metrics.percentile(late_us, 0.99) / 1000)
 
 
 def _quantised_interruption(outage_ms: float, phase_ms: float, interval_ms: float = 2.0) -> float:

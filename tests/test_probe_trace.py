@@ -71,3 +71,36 @@ def test_absolute_sleep_never_returns_before_its_deadline():
         deadline = time.monotonic_ns() + offset_ns
         sleep_until(deadline)
         assert time.monotonic_ns() >= deadline
+
+
+def test_the_probe_answers_its_lateness_over_its_control_socket(tmp_path):
+    """Run as the runner starts the MN's probe (with a control socket): READY, a `lateness`
+    answer over a window, and its trace written when SIGTERM stops it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nodes.agent import AgentClient
+
+    control, out = tmp_path / "probe.control", tmp_path / "probe.json"
+    process = subprocess.Popen([sys.executable, "-m", "nodes.probe", "--role", "mn", "--peer", "::1", "--port", "0",
+                                "--rate", "500", "--out", str(out), "--control", str(control),
+                                "--trace", str(tmp_path / "trace.jsonl")],
+                               stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert process.stdout.readline().startswith(b"READY")
+        started = time.monotonic_ns()
+        time.sleep(0.3)
+        client = AgentClient(str(control))
+        answer = client.request("lateness", start_ns=started, end_ns=time.monotonic_ns())
+        nothing = client.request("lateness", start_ns=0, end_ns=1)
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    assert answer["ok"] and answer["p99_ms"] is not None and answer["p99_ms"] >= 0
+    assert nothing["p99_ms"] is None
+    trace = json.loads(out.read_text())
+    assert len(trace["sent"]["seq"]) >= 100
