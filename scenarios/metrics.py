@@ -207,6 +207,14 @@ def timeline(handover: dict, traces: dict[str, list[dict]], row: dict, horizon_n
     return dict(sorted(steps.items(), key=lambda item: item[1]))
 
 
+def lateness_window(handover: dict) -> tuple[int, int]:
+    """The instants the probes' send lateness is judged between for one handover: from the
+    anticipation (or the detach) to the end of its measurement window. The runner asks the probes
+    over it and the report reads their traces over it: one window, one verdict."""
+    start = handover.get("anticipation_start_ns") or handover["detach_start_ns"]
+    return start, handover.get("window_end_ns") or start
+
+
 def probe_lateness_ms(sender_trace: dict, start_ns: int, end_ns: int) -> float | None:
     """The p99 of how late the sender's probes left, against their schedule, between two instants
     (None for traces that do not record it), as the probe answers it during the run."""
@@ -244,8 +252,7 @@ def fidelity_of(handover: dict, mn_trace: dict, ha_trace: dict, tolerances: dict
     """The runner's fidelity record, completed with the probes' send lateness (p99) over the
     handover, and judged against the scenario's tolerances."""
     result = dict(handover.get("fidelity") or {})
-    start = handover.get("anticipation_start_ns") or handover["detach_start_ns"]
-    end = handover.get("window_end_ns") or start
+    start, end = lateness_window(handover)
     for name, trace in (("mn", mn_trace), ("ha", ha_trace)):
         # the same function the probe answered the runner with: the same value (a trace that
         # does not record lateness leaves the runner's)
@@ -386,15 +393,15 @@ def bootstrap_interval(values: list[float], *, against: list[float] | None = Non
     if len(values) < 3 or (against is not None and len(against) < 3):
         return None
     rng = random.Random(seed)
-    medians = _resampled(list(values), rng, resamples, statistic)
+    estimates = _resampled(list(values), rng, resamples, statistic)
     if against is not None:
         others = _resampled(list(against), rng, resamples, statistic)
         if ratio:
-            medians = [a / b for a, b in zip(medians, others) if b > 0]
+            estimates = [a / b for a, b in zip(estimates, others) if b > 0]
         else:
-            medians = [a - b for a, b in zip(medians, others)]
+            estimates = [a - b for a, b in zip(estimates, others)]
     tail = (1 - level) / 2
-    return percentile(medians, tail), percentile(medians, 1 - tail)
+    return percentile(estimates, tail), percentile(estimates, 1 - tail)
 
 
 def interruptions(rows: list[dict], method: str, sweep_value, direction: str) -> list[float]:

@@ -158,8 +158,7 @@ def run_handover(experiment: Experiment, method, l2_delay: float, scenario: conf
         handover["window_end_ns"] = time.monotonic_ns()
         now = cpu_times()
         try:
-            late = experiment.probe_lateness(handover.get("anticipation_start_ns") or handover["detach_start_ns"],
-                                             handover["window_end_ns"])
+            late = experiment.probe_lateness(*metrics.lateness_window(handover))
         except STEP_ERRORS:
             late = None  # judged from the traces when the run is reported, as before
         handover["fidelity"] = emulation_fidelity(handover, _busy_share(cpu_before, now), scenario.fidelity,
