@@ -19,7 +19,6 @@ import bisect
 import ctypes
 import json
 import os
-import signal
 import socket
 import statistics
 import struct
@@ -74,11 +73,9 @@ def send_lateness_ms(sent_ns, late_us, start_ns: int, end_ns: int) -> float | No
     None when none was sent. One function for the runner's question during a run and for the
     report's reading of the trace afterwards, so both give the same verdict."""
     low, high = bisect.bisect_left(sent_ns, start_ns), bisect.bisect_right(sent_ns, end_ns)
-    window = sorted(late_us[low:high])
-    if not window:
-        return None
-    if len(window) == 1:
-        return window[0] / 1000
+    window = late_us[low:high]
+    if len(window) < 2:  # quantiles() needs two points
+        return window[0] / 1000 if window else None
     return statistics.quantiles(window, n=100, method="inclusive")[98] / 1000
 
 
@@ -209,12 +206,6 @@ class ProbeAgent:
         for thread in getattr(self, "_threads", []):
             thread.join(timeout=2)
 
-    def run(self, ready_line: str) -> None:
-        self.start()
-        print(ready_line, flush=True)
-        self.stopping.wait()
-        self.stop()
-
     def write(self, path: str) -> None:
         """The trace as JSON, written column by column in chunks: a long run's columns hold
         millions of numbers, and as Python lists they would cost the guest hundreds of MB."""
@@ -250,28 +241,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="UDP payload octets")
     parser.add_argument("--learn-peer", action="store_true", help="send to the source of the last probe received")
     parser.add_argument("--out", required=True, help="trace file written on SIGTERM")
-    parser.add_argument("--control", help="control socket (nodes.agent): the runner asks `lateness` there")
-    parser.add_argument("--trace", help="the control loop's trace, with --control")
+    parser.add_argument("--control", required=True, help="control socket (nodes.agent): the runner asks `lateness` there")
+    parser.add_argument("--trace", required=True, help="the control loop's trace")
     arguments = parser.parse_args(argv)
     probe = ProbeAgent(arguments.role, arguments.peer, arguments.port, arguments.rate, arguments.size,
                        arguments.learn_peer)
-    if arguments.control:  # the control loop every agent has, beside the probe's threads
-        def run() -> None:
-            agent = Agent(f"{arguments.role}-probe", arguments.control, arguments.trace or os.devnull)
-            agent.command("lateness", probe.lateness)
-            probe.start()
-            try:
-                agent.run()  # prints READY; SIGTERM stops it
-            finally:
-                probe.stop()
-                probe.write(arguments.out)
 
-        return main_guard(run)
-    signal.signal(signal.SIGTERM, lambda *_: probe.stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: probe.stopping.set())
-    probe.run(f"READY {arguments.role} {os.getpid()}")
-    probe.write(arguments.out)
-    return 0
+    def run() -> None:  # the control loop every agent has, beside the probe's threads
+        agent = Agent(f"{arguments.role}-probe", arguments.control, arguments.trace)
+        agent.command("lateness", probe.lateness)
+        probe.start()
+        try:
+            agent.run()  # prints READY; SIGTERM stops it
+        finally:
+            probe.stop()
+            probe.write(arguments.out)
+
+    return main_guard(run)
 
 
 if __name__ == "__main__":
