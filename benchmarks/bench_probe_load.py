@@ -27,7 +27,7 @@ WINDOWS = 4
 WINDOW_MS = 2000.0
 
 
-def busy_shares(experiment: Experiment) -> list[float]:
+def busy_shares() -> list[float]:
     shares = []
     for _ in range(WINDOWS):
         before = cpu_times()
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
                 for security in (methods.NO_SECURITY, methods.STATIC_TUNNEL):
                     experiment.enter(security)
                     _pause(500.0)  # the streams settle after the change
-                    shares = ", ".join(f"{share:.0%}" for share in busy_shares(experiment))
+                    shares = ", ".join(f"{share:.0%}" for share in busy_shares())
                     print(f"guest busy with the probes alone, {rate:.0f}/s each way, {security.name}: {shares}")
             finally:
                 experiment.stop()
