@@ -1,8 +1,10 @@
-"""The HA agent: binding cache fed by Binding Updates, and the HA end of the probe stream.
+"""The HA agent: binding cache fed by Binding Updates, and the probe streams.
 
 The HA sends its probes to the care-of address its binding cache holds for the MN, so the
 downlink resumes exactly when the HA has processed the MN's Binding Update (and the path to the
-new care-of address, through the nAR and its IPsec state, works).
+new care-of address, through the nAR and its IPsec state, works). The MN's end of the probes
+runs here too, with its socket in the MN's namespace: one sender serves both ends (see
+nodes.probe).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import time
 
 from nodes import mobility
 from nodes.agent import Agent, main_guard
-from nodes.probe import DEFAULT_PORT, ProbeAgent
+from nodes.probe import DEFAULT_PORT, ProbeEnd, ProbeStreams
 
 
 class HomeAgent:
-    def __init__(self, agent: Agent, probe: ProbeAgent, identity: str) -> None:
+    def __init__(self, agent: Agent, probes: ProbeStreams, probe: ProbeEnd, identity: str) -> None:
         self.agent = agent
         self.probe = probe
         self.identity = identity
@@ -27,7 +29,7 @@ class HomeAgent:
         agent.add_reader(self.sock, self._receive)
         agent.command("binding", lambda: {"care_of": self.cache.care_of(self.identity),
                                           "decode_errors": self.decode_errors})
-        agent.command("lateness", probe.lateness)
+        agent.command("lateness", probes.lateness)
 
     def _receive(self) -> None:
         try:
@@ -59,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--control", required=True)
     parser.add_argument("--trace", required=True)
-    parser.add_argument("--probe-out", required=True)
+    parser.add_argument("--probe-out", required=True, help="the HA end's probe trace, written at the stop")
     parser.add_argument("--initial-peer", required=True, help="the MN's care-of address at start")
+    parser.add_argument("--mn-namespace", required=True, help="the MN's network namespace (a pid or a name)")
+    parser.add_argument("--mn-probe-out", required=True, help="the MN end's probe trace")
     parser.add_argument("--identity", default="mn@testbed")
-    parser.add_argument("--bind", default="::", help="the HA's address, the source of its probes")
+    parser.add_argument("--bind", required=True,
+                        help="the HA's address: the source of its probes, the destination of the MN's")
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -70,15 +75,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         agent = Agent("ha", arguments.control, arguments.trace)
-        probe = ProbeAgent("ha", arguments.initial_peer, arguments.port, arguments.rate, arguments.size,
-                           learn_peer=False, bind_address=arguments.bind)
-        HomeAgent(agent, probe, arguments.identity)
-        probe.start()
+        namespace = int(arguments.mn_namespace) if arguments.mn_namespace.isdigit() else arguments.mn_namespace
+        ha_end = ProbeEnd("ha", arguments.initial_peer, arguments.port, arguments.rate, arguments.size,
+                          bind_address=arguments.bind)
+        mn_end = ProbeEnd("mn", arguments.bind, arguments.port, arguments.rate, arguments.size,
+                          namespace=namespace)
+        probes = ProbeStreams([ha_end, mn_end])
+        HomeAgent(agent, probes, ha_end, arguments.identity)
+        probes.start()
         try:
             agent.run()
         finally:
-            probe.stop()
-            probe.write(arguments.probe_out)
+            probes.stop()
+            ha_end.write(arguments.probe_out)
+            mn_end.write(arguments.mn_probe_out)
 
     return main_guard(run)
 

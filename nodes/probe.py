@@ -1,20 +1,22 @@
-"""UDP probe stream between the MN and the HA: the traffic whose interruption every method is judged by.
+"""UDP probe streams between the MN and the HA: the traffic whose interruption every method is judged by.
 
-One process per end, started once before the measurements (a process start is expensive in the
-UML guest) and stopped with SIGTERM at the end. Each end sends probes at a fixed rate and records,
-for every probe it receives, the sequence number and the send and receive times on the monotonic
-clock, which one kernel shares across all namespaces. The trace is written when the agent stops.
+Both ends live in the HA agent's process, started once before the measurements (a process start
+is expensive in the UML guest) and stopped with SIGTERM at the end: the HA end's socket in the
+HA's namespace, the MN end's in the MN's (a socket keeps the namespace it was made in, so the
+MN's probes leave through the MN's own routes and IPsec state, as the MN's traffic). One sender
+thread serves both ends: one wake per slot on the guest's one CPU instead of one per end. Each
+end records, for every probe it receives, the sequence number and the send and receive times on
+the monotonic clock, which one kernel shares across all namespaces. The traces are written when
+the agent stops.
 
-The HA end sends to the MN's current address. Until Mobile IPv6 binding updates exist it learns that
-address from the source of the MN's probes (a binding learned from data, like a correspondent that
-answers to the last source it saw); every change is recorded.
+The HA end sends to the care-of address the HA's binding cache holds (``peer``, set by the HA
+agent as it accepts a Binding Update).
 
 Probe payload (network byte order): magic "TBPR", sequence u32, send time u64 ns, padding.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import ctypes
 import json
@@ -22,12 +24,11 @@ import os
 import socket
 import statistics
 import struct
-import sys
 import threading
 import time
 from array import array
 
-from nodes.agent import Agent, main_guard
+from nodes import netns
 
 MAGIC = b"TBPR"
 HEADER = struct.Struct("!4sIQ")
@@ -91,16 +92,19 @@ def raise_priority(priority: int = 50) -> None:
         pass  # not root, or no RT scheduling: the measurement is noisier but still valid
 
 
-class ProbeAgent:
-    def __init__(self, role: str, peer: str, port: int, rate: float, size: int, learn_peer: bool,
-                 bind_address: str = "::"):
+class ProbeEnd:
+    """One end of the probe stream: its socket (in ``namespace``, None for the caller's), the
+    probes it sent and received, and its receive thread's loop. :class:`ProbeStreams` sends."""
+
+    def __init__(self, role: str, peer: str, port: int, rate: float, size: int, bind_address: str = "::",
+                 namespace: int | str | None = None):
         self.role = role
         self.peer = peer
         self.port = port
+        self.namespace = namespace
         self.interval_ns = int(1e9 / rate)
         self.padding = b"\0" * max(0, size - HEADER.size)
-        self.learn_peer = learn_peer
-        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.sock = netns.socket_in(namespace, socket.AF_INET6, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         # The HA binds its own address so that its probes match the MN's traffic selectors
         # (HA <-> MN); the MN binds nothing, so its source follows its current care-of address.
@@ -120,41 +124,30 @@ class ProbeAgent:
         self.sent_late_us = array("I")  # how late each probe left against its schedule: emulation fidelity
         self.recv_seq, self.recv_tx_ns, self.recv_rx_ns = array("I"), array("Q"), array("Q")
         self.recv_ifindex = array("I")
-        self.peer_changes: list[tuple[int, str]] = []
         self.decode_errors = 0
 
-    def send_loop(self) -> None:
-        """One probe per interval on a fixed schedule: sleep to the slot, read the clock once
-        (the send stamp, and the lateness against the slot), send without waiting."""
-        raise_priority()
-        sleep_until = _absolute_sleeper()
-        sequence = 0
-        next_ns = time.monotonic_ns()
-        while not self.stopping.is_set():
-            sleep_until(next_ns)
-            sequence += 1
-            stamp = time.monotonic_ns()
-            ok = 1
-            try:
-                # Never wait for buffer space: a probe that cannot leave now is a lost probe, and
-                # a blocked sender would stop the schedule that losses are counted against.
-                self.sock.sendto(HEADER.pack(MAGIC, sequence, stamp) + self.padding, socket.MSG_DONTWAIT,
-                                 (self.peer, self.port))
-            except OSError:
-                ok = 0  # no route while detached, or no buffer: the probe is lost at the sender
-            self.sent_seq.append(sequence)
-            self.sent_ns.append(stamp)
-            self.sent_ok.append(ok)
-            self.sent_late_us.append(min(max(stamp - next_ns, 0) // 1000, 0xFFFFFFFF))
-            next_ns += self.interval_ns
-            if stamp - next_ns > 50 * self.interval_ns:
-                next_ns = stamp  # fell far behind (host stall): do not burst
+    def send(self, sequence: int, next_ns: int) -> None:
+        """The probe of the slot that began at ``next_ns``: one clock read (the send stamp, and the
+        lateness against the slot), sent without waiting."""
+        stamp = time.monotonic_ns()
+        ok = 1
+        try:
+            # Never wait for buffer space: a probe that cannot leave now is a lost probe, and
+            # a blocked sender would stop the schedule that losses are counted against.
+            self.sock.sendto(HEADER.pack(MAGIC, sequence, stamp) + self.padding, socket.MSG_DONTWAIT,
+                             (self.peer, self.port))
+        except OSError:
+            ok = 0  # no route while detached, or no buffer: the probe is lost at the sender
+        self.sent_seq.append(sequence)
+        self.sent_ns.append(stamp)
+        self.sent_ok.append(ok)
+        self.sent_late_us.append(min(max(stamp - next_ns, 0) // 1000, 0xFFFFFFFF))
 
     def receive_loop(self) -> None:
         raise_priority()
         while not self.stopping.is_set():
             try:
-                data, ancillary, _flags, source = self.sock.recvmsg(2048, socket.CMSG_SPACE(16)
+                data, ancillary, _flags, _source = self.sock.recvmsg(2048, socket.CMSG_SPACE(16)
                                                                     + socket.CMSG_SPACE(20))
             except OSError:
                 continue  # the receive timeout (EAGAIN): look at the stop flag again
@@ -167,9 +160,6 @@ class ProbeAgent:
             self.recv_tx_ns.append(sent)
             self.recv_rx_ns.append(arrival)
             self.recv_ifindex.append(ifindex)
-            if self.learn_peer and source[0] != self.peer:
-                self.peer = source[0]
-                self.peer_changes.append((arrival, source[0]))
 
     def _arrival(self, ancillary) -> tuple[int, int]:
         """The kernel's receive time of the packet, on the monotonic clock, and its interface.
@@ -188,24 +178,6 @@ class ProbeAgent:
                 ifindex = struct.unpack("@I", value[16:20])[0]
         return (time.monotonic_ns() if arrival is None else arrival), ifindex
 
-    def lateness(self, start_ns: int, end_ns: int) -> dict:
-        """The control command the runner asks after each handover: the p99 of the send lateness
-        over the handover's window (see send_lateness_ms), so that it can repeat a handover the
-        probes did not keep time for while the run goes on."""
-        return {"p99_ms": send_lateness_ms(self.sent_ns, self.sent_late_us, int(start_ns), int(end_ns))}
-
-    def start(self) -> None:
-        """Start the sender and receiver threads (for embedding in another agent's process)."""
-        self._threads = [threading.Thread(target=self.receive_loop, daemon=True),
-                         threading.Thread(target=self.send_loop, daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for thread in getattr(self, "_threads", []):
-            thread.join(timeout=2)
-
     def write(self, path: str) -> None:
         """The trace as JSON, written column by column in chunks: a long run's columns hold
         millions of numbers, and as Python lists they would cost the guest hundreds of MB."""
@@ -214,9 +186,11 @@ class ProbeAgent:
             "received": {"seq": self.recv_seq, "tx_ns": self.recv_tx_ns, "rx_ns": self.recv_rx_ns,
                          "ifindex": self.recv_ifindex},
         }
+        # the interfaces of the end's own namespace: the ifindex of each probe received names one
+        interfaces = netns.call_in(self.namespace, socket.if_nameindex)
         header = {"role": self.role, "port": self.port, "interval_ns": self.interval_ns,
-                  "peer_changes": self.peer_changes, "decode_errors": self.decode_errors,
-                  "interfaces": {str(index): name for index, name in socket.if_nameindex()}}
+                  "decode_errors": self.decode_errors,
+                  "interfaces": {str(index): name for index, name in interfaces}}
         temporary = path + ".tmp"
         with open(temporary, "w") as handle:
             handle.write(json.dumps(header)[:-1])
@@ -232,33 +206,53 @@ class ProbeAgent:
         os.replace(temporary, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="UDP probe end point")
-    parser.add_argument("--role", required=True)
-    parser.add_argument("--peer", required=True, help="address to send probes to")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--rate", type=float, default=1000.0, help="probes per second")
-    parser.add_argument("--size", type=int, default=64, help="UDP payload octets")
-    parser.add_argument("--learn-peer", action="store_true", help="send to the source of the last probe received")
-    parser.add_argument("--out", required=True, help="trace file written on SIGTERM")
-    parser.add_argument("--control", required=True, help="control socket (nodes.agent): the runner asks `lateness` there")
-    parser.add_argument("--trace", required=True, help="the control loop's trace")
-    arguments = parser.parse_args(argv)
-    probe = ProbeAgent(arguments.role, arguments.peer, arguments.port, arguments.rate, arguments.size,
-                       arguments.learn_peer)
+class ProbeStreams:
+    """The probe ends of one process, with one sender for all of them.
 
-    def run() -> None:  # the control loop every agent has, beside the probe's threads
-        agent = Agent(f"{arguments.role}-probe", arguments.control, arguments.trace)
-        agent.command("lateness", probe.lateness)
-        probe.start()
-        try:
-            agent.run()  # prints READY; SIGTERM stops it
-        finally:
-            probe.stop()
-            probe.write(arguments.out)
+    Each slot, the sender wakes once and sends every end's probe, each stamped as it leaves:
+    in the UML guest a wake is a context switch of the host, and two ends waking on their own
+    cost the protocol agents twice that on the one CPU they share with the probes. Each end
+    has its receive thread; the kernel stamps each arrival."""
 
-    return main_guard(run)
+    def __init__(self, ends: list[ProbeEnd]) -> None:
+        if not ends or len({end.interval_ns for end in ends}) != 1:
+            raise ValueError("probe ends of one sender share one rate")
+        self.ends = ends
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
 
+    def send_loop(self) -> None:
+        """One probe per end per interval on a fixed schedule: sleep to the slot, then send."""
+        raise_priority()
+        sleep_until = _absolute_sleeper()
+        interval_ns = self.ends[0].interval_ns
+        sequence = 0
+        next_ns = time.monotonic_ns()
+        while not self.stopping.is_set():
+            sleep_until(next_ns)
+            sequence += 1
+            for end in self.ends:
+                end.send(sequence, next_ns)
+            next_ns += interval_ns
+            if self.ends[0].sent_ns[-1] - next_ns > 50 * interval_ns:
+                next_ns = self.ends[0].sent_ns[-1]  # fell far behind (host stall): do not burst
 
-if __name__ == "__main__":
-    sys.exit(main())
+    def lateness(self, start_ns: int, end_ns: int) -> dict:
+        """The control command the runner asks after each handover: per end, the p99 of the send
+        lateness over the handover's window (see send_lateness_ms), so that it can repeat a
+        handover the probes did not keep time for while the run goes on."""
+        return {end.role: send_lateness_ms(end.sent_ns, end.sent_late_us, int(start_ns), int(end_ns))
+                for end in self.ends}
+
+    def start(self) -> None:
+        for end in self.ends:
+            end.stopping = self.stopping
+        self._threads = [threading.Thread(target=end.receive_loop, daemon=True) for end in self.ends]
+        self._threads.append(threading.Thread(target=self.send_loop, daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=2)

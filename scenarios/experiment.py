@@ -187,14 +187,12 @@ class Experiment:
             self._provision_ar_ar()
             self.agents[plan.HA] = AgentProcess(testbed, plan.HA, "nodes.ha_agent", [
                 "--probe-out", str(run_dir / "probe-ha.json"), "--initial-peer", self.mn_address,
+                "--mn-namespace", str(testbed.pid(plan.MN)), "--mn-probe-out", str(run_dir / "probe-mn.json"),
                 "--identity", MN_IDENTITY, "--rate", str(probe_rate), "--size", str(probe_size),
                 "--bind", plan.HA_ADDRESS], run_dir)
             self.agents[plan.MN] = AgentProcess(testbed, plan.MN, "nodes.mn_agent", [
                 "--address", self.mn_address, "--ha", plan.HA_ADDRESS, "--identity", MN_IDENTITY,
                 "--seed", str(seed)], run_dir)
-            self.agents["mn-probe"] = AgentProcess(testbed, plan.MN, "nodes.probe", [
-                "--role", "mn", "--peer", plan.HA_ADDRESS, "--out", str(run_dir / "probe-mn.json"),
-                "--rate", str(probe_rate), "--size", str(probe_size)], run_dir, name="mn-probe")
         except BaseException:
             self.stop()
             raise
@@ -218,8 +216,8 @@ class Experiment:
     def probe_lateness(self, start_ns: int, end_ns: int) -> dict[str, float | None]:
         """The p99 send lateness of each probe end between two instants (ms), asked of the probes
         themselves: the verdict the report gives from their traces later, available now."""
-        return {end: self.request(agent, "lateness", start_ns=start_ns, end_ns=end_ns)["p99_ms"]
-                for end, agent in (("mn", "mn-probe"), ("ha", plan.HA))}
+        answer = self.request(plan.HA, "lateness", start_ns=start_ns, end_ns=end_ns)
+        return {end: answer[end] for end in ("mn", "ha")}
 
     def configure_timers(self, timers: dict[str, float]) -> None:
         """The ARs' CXTP timers, derived from the scenario's network (a sweep changes them)."""

@@ -1,14 +1,14 @@
-"""The probe agent's trace: written column by column, read back as the metrics read it."""
+"""The probe streams: one sender for both ends, and each end's trace written column by column."""
 
 from __future__ import annotations
 
 import json
 
-from nodes.probe import ProbeAgent
+from nodes.probe import ProbeEnd, ProbeStreams
 
 
 def test_trace_round_trip(tmp_path):
-    agent = ProbeAgent("mn", "::1", 0, 1000, 64, learn_peer=False, bind_address="::1")
+    agent = ProbeEnd("mn", "::1", 0, 1000, 64, bind_address="::1")
     try:
         for sequence in range(1, 150_001):  # more than one chunk per column
             agent.sent_seq.append(sequence)
@@ -32,22 +32,30 @@ def test_trace_round_trip(tmp_path):
 
 
 def test_probe_pair_over_loopback_delivers_every_probe_in_order_and_stops():
-    """Two ends on loopback: each receives the other's probes, in order, with the send stamps
-    they carry; the sender keeps its schedule (no probe before its slot) and both threads stop."""
+    """Two ends on loopback, one sender: each end receives the other's probes, in order, with
+    the send stamps they carry; each probe keeps its slot (never before it) and every thread stops."""
     import time
 
-    first = ProbeAgent("mn", "::1", 0, 500, 64, learn_peer=False, bind_address="::1")
-    second = ProbeAgent("ha", "::1", 0, 500, 64, learn_peer=False, bind_address="::1")
+    first = ProbeEnd("mn", "::1", 0, 500, 64, bind_address="::1")
+    second = ProbeEnd("ha", "::1", 0, 500, 64, bind_address="::1")
     first.port, second.port = second.sock.getsockname()[1], first.sock.getsockname()[1]
+    streams = ProbeStreams([first, second])
     try:
-        first.start(), second.start()
+        streams.start()
         deadline = time.monotonic() + 10
         while min(len(first.recv_seq), len(second.recv_seq)) < 50 and time.monotonic() < deadline:
             time.sleep(0.01)
+        window = streams.lateness(0, time.monotonic_ns())
+        nothing = streams.lateness(0, 1)
     finally:
-        first.stop(), second.stop()
+        streams.stop()
         first.sock.close(), second.sock.close()
-    assert not any(thread.is_alive() for thread in first._threads + second._threads)
+    assert len(streams._threads) == 3 and not any(thread.is_alive() for thread in streams._threads)
+    # the lateness the runner asks for, per end; none over a window without probes
+    assert set(window) == {"mn", "ha"} and all(value is not None and value >= 0 for value in window.values())
+    assert nothing == {"mn": None, "ha": None}
+    # one sender: both ends sent in the same slots, the same number of probes (give or take the last)
+    assert abs(len(first.sent_seq) - len(second.sent_seq)) <= 1
     for sender, receiver in ((first, second), (second, first)):
         received = list(receiver.recv_seq)
         assert len(received) >= 50 and received == list(range(1, len(received) + 1))
@@ -73,34 +81,15 @@ def test_absolute_sleep_never_returns_before_its_deadline():
         assert time.monotonic_ns() >= deadline
 
 
-def test_the_probe_answers_its_lateness_over_its_control_socket(tmp_path):
-    """Run as the runner starts the MN's probe (with a control socket): READY, a `lateness`
-    answer over a window, and its trace written when SIGTERM stops it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_ends_of_one_sender_share_one_rate():
+    import pytest
 
-    from nodes.agent import AgentClient
-
-    control, out = tmp_path / "probe.control", tmp_path / "probe.json"
-    process = subprocess.Popen([sys.executable, "-m", "nodes.probe", "--role", "mn", "--peer", "::1", "--port", "0",
-                                "--rate", "500", "--out", str(out), "--control", str(control),
-                                "--trace", str(tmp_path / "trace.jsonl")],
-                               stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    first = ProbeEnd("mn", "::1", 0, 500, 64, bind_address="::1")
+    second = ProbeEnd("ha", "::1", 0, 1000, 64, bind_address="::1")
     try:
-        assert process.stdout.readline().startswith(b"READY")
-        started = time.monotonic_ns()
-        time.sleep(0.3)
-        client = AgentClient(str(control))
-        answer = client.request("lateness", start_ns=started, end_ns=time.monotonic_ns())
-        nothing = client.request("lateness", start_ns=0, end_ns=1)
-        client.close()
+        with pytest.raises(ValueError):
+            ProbeStreams([first, second])
+        with pytest.raises(ValueError):
+            ProbeStreams([])
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
-    assert answer["ok"] and answer["p99_ms"] is not None and answer["p99_ms"] >= 0
-    assert nothing["p99_ms"] is None
-    trace = json.loads(out.read_text())
-    assert len(trace["sent"]["seq"]) >= 100
+        first.sock.close(), second.sock.close()

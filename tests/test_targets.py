@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from scenarios import targets
 
 LINKS = {"access": {"delay_ms": 2.0}, "ar_ar": {"delay_ms": 5.0}}
@@ -105,3 +107,52 @@ def test_a_kept_reference_holds_the_compact_part_and_reports_from_its_summary(tm
     assert report.main([str(kept)]) == 0
     assert "cxtp-predictive" in capsys.readouterr().out
     assert targets.main([str(kept)]) == 0
+
+
+def _row(method: str, steps: dict[str, float], **fields) -> dict:
+    return {"method": method, "warmup": False, "outcome": "ok", "fidelity_ok": True, "timeline": steps, **fields}
+
+
+def test_the_uplink_path_splits_the_overhead_into_network_and_beyond():
+    """Medians per step over the measured handovers only (no warm-up, no failure, no fidelity
+    violation), the network's nominal share, and the overhead the whole path implies."""
+    links = {"access": {"delay_ms": 2.0}, "ar_ar": {"delay_ms": 5.0}}
+    predictive = {"attached": 50.0, "mn_trigger": 50.5, "ctar_sent": 50.7, "nar_ctar_received": 53.0,
+                  "nar_activated": 53.8}
+    later = {step: value + (1.0 if step != "attached" else 0.0) for step, value in predictive.items()}
+    reactive = {"attached": 50.0, "mn_trigger": 50.5, "ctar_sent": 50.8, "nar_ctar_received": 53.0,
+                "ct_req_sent": 53.3, "ct_req_received": 58.5, "ctd_sent": 59.5, "ctd_received": 64.7,
+                "nar_activated": 66.5}
+    rows = [_row("cxtp-predictive", predictive), _row("cxtp-predictive", predictive),
+            _row("cxtp-predictive", later, warmup=True), _row("cxtp-predictive", later, fidelity_ok=False),
+            _row("cxtp-predictive", later, outcome="failed"),
+            _row("cxtp-reactive", reactive),
+            _row("cxtp-network", {"attached": 50.0, "mn_trigger": 50.5}),  # no CTAR: not a path
+            _row("none", {"attached": 50.0, "mn_trigger": 50.4})]
+    paths = targets.uplink_paths(rows, links)
+    assert set(paths) == {"cxtp-predictive", "cxtp-reactive"}
+    path = paths["cxtp-predictive"]
+    assert path["n"] == 2
+    assert [(label.split(":")[0], round(median, 3), nominal) for label, median, nominal in path["steps"]] == [
+        ("MN", 0.5, 0.0), ("MN", 0.2, 0.0), ("access link", 2.3, 2.0), ("nAR", 0.8, 0.0)]
+    assert path["whole_ms"] == pytest.approx(3.8) and path["network_ms"] == 2.0
+    assert path["implied_overhead_ms"] == pytest.approx(1.8) and path["limit_ms"] == 2.0
+    path = paths["cxtp-reactive"]
+    assert path["network_ms"] == 12.0 and path["whole_ms"] == pytest.approx(16.5)
+    # access one-way + AR-AR round trip + 3 ms; the whole less one access delay
+    assert path["limit_ms"] == 15.0 and path["implied_overhead_ms"] == pytest.approx(14.5)
+
+
+def test_targets_print_the_uplink_paths_of_a_run_that_has_them(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(_summary()))
+    (run / "record.json").write_text(json.dumps(RECORD))
+    (run / "per_handover.json").write_text(json.dumps([_row("cxtp-predictive", {
+        "attached": 50.0, "mn_trigger": 50.5, "ctar_sent": 50.7, "nar_ctar_received": 53.0, "nar_activated": 53.8})]))
+    assert targets.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "where the uplink's overhead goes" in out and "cxtp-predictive (n 1)" in out
+    assert "attach -> context active at the nAR" in out and "target 2.0" in out
