@@ -118,7 +118,6 @@ class ProbeEnd:
         # the interface each probe came in on: which path delivered it (the old AR's or the new's)
         self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         self.realtime_offset_ns = time.time_ns() - time.monotonic_ns()
-        self.stopping = threading.Event()
         # Columns of the traces, kept as compact arrays: 1000 probes/s for minutes is fine.
         self.sent_seq, self.sent_ns, self.sent_ok = array("I"), array("Q"), array("B")
         self.sent_late_us = array("I")  # how late each probe left against its schedule: emulation fidelity
@@ -143,9 +142,9 @@ class ProbeEnd:
         self.sent_ok.append(ok)
         self.sent_late_us.append(min(max(stamp - next_ns, 0) // 1000, 0xFFFFFFFF))
 
-    def receive_loop(self) -> None:
+    def receive_loop(self, stopping: threading.Event) -> None:
         raise_priority()
-        while not self.stopping.is_set():
+        while not stopping.is_set():
             try:
                 data, ancillary, _flags, _source = self.sock.recvmsg(2048, socket.CMSG_SPACE(16)
                                                                     + socket.CMSG_SPACE(20))
@@ -245,9 +244,8 @@ class ProbeStreams:
                 for end in self.ends}
 
     def start(self) -> None:
-        for end in self.ends:
-            end.stopping = self.stopping
-        self._threads = [threading.Thread(target=end.receive_loop, daemon=True) for end in self.ends]
+        self._threads = [threading.Thread(target=end.receive_loop, args=(self.stopping,), daemon=True)
+                         for end in self.ends]
         self._threads.append(threading.Thread(target=self.send_loop, daemon=True))
         for thread in self._threads:
             thread.start()

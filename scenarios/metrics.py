@@ -404,11 +404,16 @@ def bootstrap_interval(values: list[float], *, against: list[float] | None = Non
     return percentile(estimates, tail), percentile(estimates, 1 - tail)
 
 
+def counts(row: dict) -> bool:
+    """Whether a handover counts in the figures: measured (not a warm-up), succeeded, and the
+    emulation kept its timing."""
+    return not row.get("warmup") and row.get("outcome", "ok") == "ok" and row.get("fidelity_ok", True)
+
+
 def interruptions(rows: list[dict], method: str, sweep_value, direction: str) -> list[float]:
-    """The interruptions that count (measured, succeeded, emulation faithful) of one group."""
+    """The interruptions that count (see :func:`counts`) of one group."""
     return [row[direction]["interruption_ms"] for row in rows
-            if row["method"] == method and row.get("sweep_value") == sweep_value and not row.get("warmup")
-            and row.get("outcome", "ok") == "ok" and row.get("fidelity_ok", True)
+            if row["method"] == method and row.get("sweep_value") == sweep_value and counts(row)
             and "interruption_ms" in row.get(direction, {})]
 
 

@@ -251,8 +251,8 @@ def median_timelines(rows: list[dict]) -> dict[str, dict[str, float]]:
     measured, successful handovers have: the method's median handover."""
     result = {}
     for method in dict.fromkeys(row["method"] for row in rows):
-        timelines = [row["timeline"] for row in rows if row["method"] == method and row.get("timeline")
-                     and not row.get("warmup") and row.get("outcome", "ok") == "ok" and row.get("fidelity_ok", True)]
+        timelines = [row["timeline"] for row in rows
+                     if row["method"] == method and row.get("timeline") and metrics.counts(row)]
         steps = {step for timeline in timelines for step in timeline}
         result[method] = {step: statistics.median(t[step] for t in timelines if step in t) for step in steps
                           if sum(step in t for t in timelines) * 2 >= len(timelines)}

@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from scenarios import metrics
+
 DIRECTIONS = (("mn_to_ha", "uplink"), ("ha_to_mn", "downlink"))
 #: at most this share of a quiet run's handovers marked as fidelity violations
 MAX_VIOLATION_SHARE = 0.02
@@ -125,8 +127,7 @@ UPLINK_PATHS = {
 
 
 def _measured(rows: list[dict], method: str) -> list[dict]:
-    return [row for row in rows if row.get("method") == method and not row.get("warmup")
-            and row.get("outcome", "ok") == "ok" and row.get("fidelity_ok", True) and row.get("timeline")]
+    return [row for row in rows if row.get("method") == method and row.get("timeline") and metrics.counts(row)]
 
 
 def uplink_paths(rows: list[dict], links: dict) -> dict[str, dict]:
