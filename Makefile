@@ -31,7 +31,7 @@ test-kernel: setup
 # The scenario file is checked on the host first: a bad field costs one line, not a guest boot.
 run-scenario: setup
 	$(PY) -m scenarios.config $(SCENARIO)
-	$(KERNEL_RUN) $(PY) -m scenarios.run $(if $(SCENARIO),--scenario $(SCENARIO))
+	$(KERNEL_RUN) $(PY) -m scenarios.runner.run $(if $(SCENARIO),--scenario $(SCENARIO))
 
 # The main job while every core of the host is kept busy by other processes (stress-ng).
 run-scenario-loaded: setup
@@ -40,24 +40,24 @@ run-scenario-loaded: setup
 # Redraw table and plots from a stored run, without rerunning it (no root or kernel needed).
 report:
 	@test -n "$(RUN)" || { echo "usage: make report RUN=results/<scenario>/<run-id>"; exit 2; }
-	$(PY) -m scenarios.report $(RUN)
+	$(PY) -m scenarios.analysis.report $(RUN)
 
 # Difference of the median interruptions of two stored runs, per method and direction, with
 # 95% intervals: make compare A=results/<scenario>/<run> B=results/<scenario>/<run>
 compare:
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<run dir> B=<run dir>"; exit 2; }
-	$(PY) -m scenarios.compare $(A) $(B)
+	$(PY) -m scenarios.analysis.compare $(A) $(B)
 
 # Issue 10's targets (security overheads, CTAR -> CTAA, EAP against CXTP, fidelity, and with B
 # the agreement of two runs), judged on stored runs: make targets A=<run dir> [B=<run dir>]
 targets:
 	@test -n "$(A)" || { echo "usage: make targets A=<run dir> [B=<run dir>]"; exit 2; }
-	$(PY) -m scenarios.targets $(A) $(B)
+	$(PY) -m scenarios.analysis.targets $(A) $(B)
 
 # Keep a reported run's compact part (records, figures, plots, table) in results/reference/
 reference:
 	@test -n "$(RUN)" || { echo "usage: make reference RUN=results/<scenario>/<run-id>"; exit 2; }
-	$(PY) -m scenarios.reference $(RUN)
+	$(PY) -m scenarios.analysis.reference $(RUN)
 
 kernel-run: setup
 	$(KERNEL_RUN) sh -c '$(CMD)'

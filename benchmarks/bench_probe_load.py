@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scenarios import methods  # noqa: E402
-from scenarios.experiment import Experiment, _pause  # noqa: E402
-from scenarios.run import _busy_share, cpu_times, warm_up_crypto  # noqa: E402
+from scenarios.runner import methods  # noqa: E402
+from scenarios.runner.experiment import Experiment, _pause  # noqa: E402
+from scenarios.runner.run import _busy_share, cpu_times, warm_up_crypto  # noqa: E402
 from topo.network import Testbed  # noqa: E402
 
 WINDOWS = 4

@@ -1,7 +1,7 @@
 """strongSwan's charon as a testbed daemon, and the pieces of the IKE baseline that know no topology:
 its configuration, VICI plumbing, its event listener, and counting IKE and RADIUS on the wire.
 The baseline itself (which node runs what, the attach, the clean-up) is runner code:
-:mod:`scenarios.baseline`.
+:mod:`scenarios.runner.baseline`.
 
 What runs where (see docs/baseline.md):
 
@@ -27,7 +27,7 @@ installs the AR's ``fwd`` policy, so the AR forwards decapsulated traffic to the
 
 A handover is a fresh ``initiate`` at the new AR (never a re-authentication ``rekey`` of the old
 IKE_SA, which races in 5.9.8), then :meth:`IkeBaseline.detach_old` removes the old IKE/CHILD SAs
-on the MN and on the previous AR (:meth:`scenarios.baseline.IkeBaseline.detach_old`).
+on the MN and on the previous AR (:meth:`scenarios.runner.baseline.IkeBaseline.detach_old`).
 
 Timing: ``initiate_sent_ns`` is taken just before the VICI ``initiate`` request is written;
 ``child_installed_ns`` is the arrival, in a listener thread of this process, of charon's

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nodes import ipsec_handler
-from scenarios import methods as method_registry
+from scenarios.runner import methods as method_registry
 from topo import plan
 from topo.network import LinkParams
 

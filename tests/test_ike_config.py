@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from nodes import ike
-from scenarios import baseline
+from scenarios.runner import baseline
 from nodes.radius import RadiusConfig, render_radiusd_conf, render_users, write_config
 from topo import plan
 

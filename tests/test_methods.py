@@ -8,8 +8,9 @@ import dataclasses
 import pytest
 
 from ipsec import IpsecContext
-from scenarios import config, methods
-from scenarios.experiment import Experiment, HandoverFailed
+from scenarios import config
+from scenarios.runner import methods
+from scenarios.runner.experiment import Experiment, HandoverFailed
 from topo import plan
 
 

@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from nodes import probe
-from scenarios import metrics
+from scenarios.analysis import metrics
 
 MS = 1_000_000
 
@@ -99,9 +99,9 @@ def test_no_probe_through_the_new_path_is_an_error():
 
 
 def test_emulation_fidelity_judges_steps_l2_drift_and_a_busy_guest():
-    """The runner's verdict on one handover (scenarios.run.emulation_fidelity), at the edges."""
+    """The runner's verdict on one handover (scenarios.runner.run.emulation_fidelity), at the edges."""
     from scenarios import config
-    from scenarios.run import emulation_fidelity
+    from scenarios.runner.run import emulation_fidelity
 
     tolerances = config.load(None).fidelity
     ms = 1_000_000
@@ -121,7 +121,7 @@ def test_probe_lateness_is_judged_during_the_run_as_the_report_judges_it_afterwa
     function, and reaches the same verdict (so the runner repeats exactly the handovers the report
     leaves out)."""
     from scenarios import config
-    from scenarios.run import emulation_fidelity
+    from scenarios.runner.run import emulation_fidelity
 
     tolerances = config.load(None).fidelity
     limit_us = int(tolerances["max_probe_late_ms"] * 1000)

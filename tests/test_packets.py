@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios import config, packets
-from scenarios.run import capture_points
+from scenarios import config
+from scenarios.analysis import packets
+from scenarios.runner.run import capture_points
 from topo import plan
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scenarios import config, methods
+from scenarios import config
+from scenarios.runner import methods
 from topo import plan
 
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from scenarios import targets
+from scenarios.analysis import targets
 
 LINKS = {"access": {"delay_ms": 2.0}, "ar_ar": {"delay_ms": 5.0}}
 RECORD = {"parameters": {"links": LINKS}}
@@ -86,7 +86,7 @@ def test_a_kept_reference_holds_the_compact_part_and_reports_from_its_summary(tm
     on it shows the stored table instead of recomputing (which needs the traces)."""
     import json
 
-    from scenarios import reference, report
+    from scenarios.analysis import reference, report
 
     run = tmp_path / "default" / "20261129T000000Z"
     run.mkdir(parents=True)

@@ -55,7 +55,7 @@ from ipsec import (
     encode_spi_changes,
 )
 from nodes.ipsec_handler import ar_ar_contexts, initial_contexts
-from scenarios import wireshark
+from scenarios.analysis import wireshark
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # Wire values of docs/ipsec-context.md (include/uapi/linux/xfrm.h)

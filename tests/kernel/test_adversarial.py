@@ -16,7 +16,7 @@ on, raw IPv6 with the header included). Messages are built with the project's ow
   on every link once, without the clear copies that tunnel decapsulation re-injects) sees no key
   (the CXTP keys, every SA key of every node) and no CXTP between ARs in clear;
 * without harm: every agent alive with its PID, and a legitimate handover of each CXTP method
-  succeeding right after, through the runner's own :func:`scenarios.run.run_handover`.
+  succeeding right after, through the runner's own :func:`scenarios.runner.run.run_handover`.
 
 Then: the ICMPv6 bypasses let through only what signalling needs, and a capture on the access
 links across one handover of each method shows no packet of the protected flow in clear.
@@ -55,9 +55,10 @@ from ipsec import IPSEC_CONTEXT_FPT, Xfrm, install_context, remove_context
 from nodes import ipsec_handler, netns
 from nodes.agent import read_trace
 from nodes.cxtp_transport import SctpTransport, TcpTransport
-from scenarios import config, methods
-from scenarios.experiment import Experiment, _pause
-from scenarios.run import run_handover, warm_up_crypto
+from scenarios import config
+from scenarios.runner import methods
+from scenarios.runner.experiment import Experiment, _pause
+from scenarios.runner.run import run_handover, warm_up_crypto
 from topo import plan
 from topo.network import LinkParams, Testbed
 

@@ -14,9 +14,11 @@ import pytest
 from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
-from scenarios import checks, config, methods
-from scenarios.experiment import SPI_MN_IN, Experiment, _pause
-from scenarios.run import warm_up_crypto
+from scenarios import config
+from scenarios.runner import methods
+from scenarios.analysis import checks
+from scenarios.runner.experiment import SPI_MN_IN, Experiment, _pause
+from scenarios.runner.run import warm_up_crypto
 from topo import plan
 from topo.network import LinkParams, Testbed
 

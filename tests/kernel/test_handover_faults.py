@@ -3,7 +3,7 @@
 Each fault below ends with the MN's protected traffic flowing through the nAR again (by the
 protocol itself, the MN's reactive retry, or the runner's fresh attach) or with a recorded
 failure; and in every case with no SA or policy of the MN left on any node but the one it is
-attached to. The handovers run through the runner's own :func:`scenarios.run.run_handover`, so
+attached to. The handovers run through the runner's own :func:`scenarios.runner.run.run_handover`, so
 what is tested is what a scenario run does.
 """
 
@@ -18,9 +18,10 @@ import time
 import pytest
 
 from nodes.agent import read_trace
-from scenarios import config, methods
-from scenarios.experiment import Experiment, _pause
-from scenarios.run import run_handover, warm_up_crypto
+from scenarios import config
+from scenarios.runner import methods
+from scenarios.runner.experiment import Experiment, _pause
+from scenarios.runner.run import run_handover, warm_up_crypto
 from topo import plan
 from topo.network import LinkParams, Testbed
 

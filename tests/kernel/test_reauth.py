@@ -17,7 +17,7 @@ from scapy.layers.l2 import Ether
 from ipsec.xfrm import Xfrm
 from ipsec.xfrm_messages import XFRM_POLICY_FWD
 from nodes import ike, netns
-from scenarios import baseline as baseline_module
+from scenarios.runner import baseline as baseline_module
 from topo import plan
 from topo.network import LinkParams, Testbed
 

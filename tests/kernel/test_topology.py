@@ -10,9 +10,11 @@ import time
 
 import pytest
 
-from scenarios import config, methods, metrics
-from scenarios.run import emulation_fidelity
-from scenarios.experiment import Experiment, _pause
+from scenarios import config
+from scenarios.runner import methods
+from scenarios.analysis import metrics
+from scenarios.runner.run import emulation_fidelity
+from scenarios.runner.experiment import Experiment, _pause
 from topo import plan
 from topo.network import LinkParams, Testbed, TopologyError
 

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from scenarios import config, methods, wireshark
-from scenarios.experiment import SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
-from scenarios.run import warm_up_crypto
+from scenarios import config
+from scenarios.runner import methods
+from scenarios.analysis import wireshark
+from scenarios.runner.experiment import SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
+from scenarios.runner.run import warm_up_crypto
 from topo import plan
 from topo.network import LinkParams, Testbed
 

@@ -1,6 +1,6 @@
 """Metrics, table and plots from a stored run; never reruns the experiment.
 
-    python -m scenarios.report results/<scenario>/<run-id>
+    python -m scenarios.analysis.report results/<scenario>/<run-id>
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from scenarios import methods, metrics, packets
+from scenarios.runner import methods
+from scenarios.analysis import metrics, packets
 
 DIRECTIONS = (("ha_to_mn", "HA->MN"), ("mn_to_ha", "MN->HA"))
 REFERENCE = methods.reference_name()

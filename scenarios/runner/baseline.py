@@ -3,7 +3,7 @@ testbed's addressing plan, the attach at an AR and the clean-up after a move.
 
 Runner code: it knows the topology (:mod:`topo.plan`) and drives daemons of :mod:`nodes.ike`
 (charon, over VICI) and :mod:`nodes.radius` (FreeRADIUS) in the testbed's hosts; ``nodes`` knows
-nothing of the topology. ``python -m scenarios.baseline --dry-run METHOD`` prints every daemon's
+nothing of the topology. ``python -m scenarios.runner.baseline --dry-run METHOD`` prints every daemon's
 configuration without starting anything.
 """
 

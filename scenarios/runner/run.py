@@ -2,10 +2,10 @@
 
 Usage (inside a kernel that has what the testbed needs; ``make run-scenario`` arranges that)::
 
-    python -m scenarios.run [--scenario FILE] [--results DIR]
+    python -m scenarios.runner.run [--scenario FILE] [--results DIR]
 
 Running, computing metrics and plotting are separate steps: this module writes the raw traces
-and the record; :mod:`scenarios.metrics` computes; :mod:`scenarios.report` prints and plots, and
+and the record; :mod:`scenarios.analysis.metrics` computes; :mod:`scenarios.analysis.report` prints and plots, and
 can redo both from a stored run without rerunning it.
 """
 
@@ -26,12 +26,14 @@ from ipsec import Xfrm
 from nodes import ipsec_handler, netns
 from nodes.capture import Capture
 from nodes.agent import raise_agent_priority
-from scenarios import config, methods, metrics, record, report, wireshark
-from scenarios.experiment import STEP_ERRORS, Experiment, HandoverFailed, _pause
+from scenarios import config, records
+from scenarios.runner import methods
+from scenarios.analysis import metrics, report, wireshark
+from scenarios.runner.experiment import STEP_ERRORS, Experiment, HandoverFailed, _pause
 from topo import plan
 from topo.network import Testbed
 
-REPOSITORY = record.REPOSITORY
+REPOSITORY = records.REPOSITORY
 
 
 def warm_up_crypto(testbed: Testbed, profile: str) -> None:
@@ -188,7 +190,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = results_root / scenario.name / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
-    run_record = record.new_record(scenario.parameters())
+    run_record = records.new_record(scenario.parameters())
     run_record["run_id"] = run_id
     # pcapng timestamps are wall-clock; every record here is on the monotonic clock
     run_record["realtime_minus_monotonic_ns"] = time.time_ns() - time.monotonic_ns()

@@ -14,8 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from scenarios import methods
-from scenarios.wireshark import PROFILE_NAME, WiresharkProfile
+from scenarios.runner import methods
+from scenarios.analysis.wireshark import PROFILE_NAME, WiresharkProfile
 from topo import plan
 
 PROBE_PORT = "40000"

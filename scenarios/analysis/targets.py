@@ -1,6 +1,6 @@
 """The figures issue 10 sets as targets, checked on stored runs: a benchmark's verdict, not a test.
 
-    python -m scenarios.targets results/default/<run-a> [results/default/<run-b>]
+    python -m scenarios.analysis.targets results/default/<run-a> [results/default/<run-b>]
 
 Each line: the target, the value each run gives, the limit, and whether it is met. With two
 runs, also whether they agree (every method's median within 5 ms or 10%, whichever is larger).
@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from scenarios import metrics
+from scenarios.analysis import metrics
 
 DIRECTIONS = (("mn_to_ha", "uplink"), ("ha_to_mn", "downlink"))
 #: at most this share of a quiet run's handovers marked as fidelity violations

@@ -3,7 +3,7 @@ median interruptions (B minus A) with a 95% bootstrap interval; a difference who
 excludes zero is marked significant. The way to compare two configurations, or a new build
 against the stored reference run.
 
-    python -m scenarios.compare results/<scenario>/<run-A> results/<scenario>/<run-B>
+    python -m scenarios.analysis.compare results/<scenario>/<run-A> results/<scenario>/<run-B>
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from scenarios import metrics, report
+from scenarios.analysis import metrics, report
 
 DIRECTIONS = report.DIRECTIONS
 

@@ -21,7 +21,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # the hooks receive the running experiment and the move in progress
-    from scenarios.experiment import Experiment, Move
+    from scenarios.runner.experiment import Experiment, Move
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Keep a run as the repository's reference: the compact part of its directory, under
 ``results/reference/<scenario>-<run-id>/``.
 
-    python -m scenarios.reference results/default/<run-id>      (or: make reference RUN=...)
+    python -m scenarios.analysis.reference results/default/<run-id>      (or: make reference RUN=...)
 
 Kept: the records (``record.json``, with the kernel, the machine and the parameters;
 ``handovers.json``), the figures (``summary.json``, ``per_handover.json``), the plots and the
@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from scenarios import report
+from scenarios.analysis import report
 
 KEPT = ("record.json", "handovers.json", "summary.json", "per_handover.json")
 REFERENCE_ROOT = Path("results/reference")

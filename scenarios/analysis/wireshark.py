@@ -46,7 +46,7 @@ from typing import Iterable
 from ipsec import SecurityAssociation, Xfrm
 from nodes import netns
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 DISSECTOR = REPOSITORY / "wireshark" / "cxtp.lua"
 PROFILE_NAME = "cxtp"
 IPPROTO_ESP = 50  # Wireshark decrypts ESP only (not AH, not IPComp)

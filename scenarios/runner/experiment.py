@@ -1,7 +1,7 @@
 """One experiment in the running testbed: the agents, one handover of any declared method, the
 checks after it, and the way back to a known clean state when a handover fails.
 
-What a handover does is declared in :mod:`scenarios.methods`; this module only runs the steps
+What a handover does is declared in :mod:`scenarios.runner.methods`; this module only runs the steps
 every method shares (the security state it needs, a fresh CXTP key, the move, the MN's trigger,
 waiting for the MN to finish) and calls the method's own hooks in between.
 
@@ -25,13 +25,14 @@ from nodes import ipsec_handler, netns
 from nodes.agent import AgentClient, AgentError
 from nodes.daemon import Daemon, DaemonError
 from nodes.ike import IkeError
-from scenarios import checks, methods
-from scenarios.baseline import IkeBaseline
-from scenarios.methods import Method, Security
+from scenarios.runner import methods
+from scenarios.analysis import checks
+from scenarios.runner.baseline import IkeBaseline
+from scenarios.runner.methods import Method, Security
 from topo import plan
 from topo.network import Testbed
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90.0
 STATE_ROOT = "/run/testbed-state"
 MN_IDENTITY = "mn@testbed"
