@@ -11,10 +11,15 @@ B ?=
 CMD ?= true
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-pure test-kernel run-scenario run-scenario-loaded report compare targets reference kernel-run probe bench clean image container-test
+.PHONY: setup lint test test-pure test-kernel run-scenario run-scenario-loaded report compare targets reference kernel-run probe bench clean image container-test
 
 setup:
 	@bash scripts/setup.sh
+
+# The linter and the type checker, configured in pyproject.toml (what each checks, and how strictly).
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # Pure tests (codecs, engines, metrics, the guest runner) run directly; kernel tests run once,
 # in one kernel boot, wherever topo.kernel decides.
@@ -48,7 +53,7 @@ compare:
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<run dir> B=<run dir>"; exit 2; }
 	$(PY) -m scenarios.analysis.compare $(A) $(B)
 
-# Issue 10's targets (security overheads, CTAR -> CTAA, EAP against CXTP, fidelity, and with B
+# The performance targets (security overheads, CTAR -> CTAA, EAP against CXTP, fidelity, and with B
 # the agreement of two runs), judged on stored runs: make targets A=<run dir> [B=<run dir>]
 targets:
 	@test -n "$(A)" || { echo "usage: make targets A=<run dir> [B=<run dir>]"; exit 2; }
@@ -69,7 +74,7 @@ bench: setup
 	$(KERNEL_RUN) sh -c 'for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done'
 
 clean:
-	rm -rf .pytest_cache .hypothesis
+	rm -rf .pytest_cache .hypothesis .mypy_cache .ruff_cache
 
 # The testbed in its OCI image (docs/containers.md): `make image` builds it, or reuses it while
 # Containerfile, scripts/setup.sh and requirements.txt are unchanged; `make container-test` runs

@@ -28,7 +28,8 @@ def main() -> int:
             attach.append((record.attached_ns - record.attach_start_ns) / 1e6)
         for name, values in (("detach", detach), ("attach", attach)):
             ordered = sorted(values)
-            print(f"{name}: median {statistics.median(values):.3f} ms, p90 {ordered[int(0.9 * (len(ordered) - 1))]:.3f} ms, "
+            print(f"{name}: median {statistics.median(values):.3f} ms, "
+                  f"p90 {ordered[int(0.9 * (len(ordered) - 1))]:.3f} ms, "
                   f"max {ordered[-1]:.3f} ms over {len(values)} handovers ({plan.MN})")
     return 0
 

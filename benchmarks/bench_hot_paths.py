@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cxtp.registry import TransferInfo  # noqa: E402
 from ipsec import Xfrm, install_context  # noqa: E402
-from nodes import ipsec_handler  # noqa: E402
+from nodes import ar_context, mn_context, provisioning  # noqa: E402
 
 ROUNDS = 60
 #: the install journal lives where the runner puts it: on a tmpfs (a process crash, not a reboot)
@@ -52,14 +52,14 @@ def _quantiles(values: list[float]) -> str:
 def bench_nar(namespace: str, reactive: bool = False) -> list[float]:
     """Predictive: the CTAR's activation of a context a PCTD delivered (and the handler prepared)
     beforehand. Reactive: the CTD's install and activation together, the MN's address known."""
-    _, ar_side = ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
+    _, ar_side = provisioning.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
     data = ar_side.encode()
     times = []
     with Xfrm(netns=namespace) as xfrm, tempfile.TemporaryDirectory(dir=STATE_ROOT) as state:
         events = []
-        handler = ipsec_handler.ArIpsecHandler(xfrm, NAR, state_dir=state,
-                                               trace=lambda name, **fields: events.append((name, fields)))
-        ipsec_handler.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
+        handler = ar_context.ArIpsecHandler(xfrm, NAR, state_dir=state,
+                                            trace=lambda name, **fields: events.append((name, fields)))
+        provisioning.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
         pctd, ctar = TransferInfo(MN_P, PAR, NAR), TransferInfo(MN_P, PAR, NAR, MN_N)
         for _ in range(ROUNDS):
             if not reactive:
@@ -69,7 +69,7 @@ def bench_nar(namespace: str, reactive: bool = False) -> list[float]:
                 handler.install(MN_P, data, ctar)
             status, _ = handler.activate(MN_P, ctar)
             times.append((time.perf_counter_ns() - started) / 1e6)
-            assert status == ipsec_handler.STATUS_OK, status
+            assert status == ar_context.STATUS_OK, status
             # the path measured is the intended one: prepared (policies only) or one write, never
             # the careful path
             assert events[-1][0] == "ipsec_activated" and events[-1][1].get("prepared", False) != reactive, events[-3:]
@@ -84,9 +84,9 @@ def bench_nar(namespace: str, reactive: bool = False) -> list[float]:
 def bench_mn_rehome(namespace: str) -> list[float]:
     times = []
     with Xfrm(netns=namespace) as xfrm:
-        ipsec_handler.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
-        handler = ipsec_handler.MnIpsecHandler(xfrm)
-        mn_side, _ = ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
+        provisioning.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
+        handler = mn_context.MnIpsecHandler(xfrm)
+        mn_side, _ = provisioning.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
         here, there = (MN_P, PAR), (MN_N, NAR)
         handler.know(install_context(xfrm, mn_side).context)  # what the MN installed, it knows
         for _ in range(ROUNDS):

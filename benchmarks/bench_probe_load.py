@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scenarios.runner import methods  # noqa: E402
-from scenarios.runner.experiment import Experiment, _pause  # noqa: E402
+from scenarios.runner.experiment import Experiment, pause  # noqa: E402
 from scenarios.runner.run import _busy_share, cpu_times, warm_up_crypto  # noqa: E402
 from topo.network import Testbed  # noqa: E402
 
@@ -27,11 +27,11 @@ WINDOWS = 4
 WINDOW_MS = 2000.0
 
 
-def busy_shares() -> list[float]:
+def busy_shares() -> list[float | None]:
     shares = []
     for _ in range(WINDOWS):
         before = cpu_times()
-        _pause(WINDOW_MS)
+        pause(WINDOW_MS)
         shares.append(_busy_share(before, cpu_times()))
     return shares
 
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
             try:
                 for security in (methods.NO_SECURITY, methods.STATIC_TUNNEL):
                     experiment.enter(security)
-                    _pause(500.0)  # the streams settle after the change
+                    pause(500.0)  # the streams settle after the change
                     shares = ", ".join(f"{share:.0%}" for share in busy_shares())
                     print(f"guest busy with the probes alone, {rate:.0f}/s each way, {security.name}: {shares}")
             finally:

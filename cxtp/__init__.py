@@ -7,21 +7,54 @@ context types plug in through :class:`Registry`. See docs/protocol.md.
 
 from .config import Config
 from .constants import (
-    BAD_CHECKSUM, CT_MAX_HANDOVER_TIME, CT_MAX_TRANSFER_TIME, CT_REQUEST_RATE, CT_REQUEST_RETRY,
-    CT_RETRY_MAX, CXTP_HOP_LIMIT, CXTP_SCTP_PORT, CXTP_SCTP_PPID, CXTP_VERSION, HMAC_SHA1,
-    ICMP_SUBTYPE_CXTP, ICMPV4_TYPE_EXPERIMENTAL_MOBILITY, ICMPV6_TYPE_EXPERIMENTAL_MOBILITY,
-    STATUS_SUCCESS, MessageType,
+    BAD_CHECKSUM,
+    CT_MAX_HANDOVER_TIME,
+    CT_MAX_TRANSFER_TIME,
+    CT_REQUEST_RATE,
+    CT_REQUEST_RETRY,
+    CT_RETRY_MAX,
+    CXTP_HOP_LIMIT,
+    CXTP_SCTP_PORT,
+    CXTP_SCTP_PPID,
+    CXTP_VERSION,
+    HMAC_SHA1,
+    ICMP_SUBTYPE_CXTP,
+    ICMPV4_TYPE_EXPERIMENTAL_MOBILITY,
+    ICMPV6_TYPE_EXPERIMENTAL_MOBILITY,
+    STATUS_SUCCESS,
+    MessageType,
 )
 from .engine import TRANSPORT_AR, TRANSPORT_ICMP, AccessRouter, Datagram, MobileNode
 from .errors import ConfigError, CxtpError, DecodeError, IllegalTransition, ProtocolError
 from .events import (
-    Cancelled, ContextActivated, ContextInstalled, CtaaReceived, DecodeFailed, DuplicateIgnored,
-    MessageDropped, RateLimited, ReleaseDue, RequestIgnored, TokenRejected, TransferCompleted,
-    TransferFailed, TransferStarted,
+    Cancelled,
+    ContextActivated,
+    ContextInstalled,
+    CtaaReceived,
+    DecodeFailed,
+    DuplicateIgnored,
+    MessageDropped,
+    RateLimited,
+    ReleaseDue,
+    RequestIgnored,
+    TokenRejected,
+    TransferCompleted,
+    TransferFailed,
+    TransferStarted,
 )
 from .icmp import ExperimentalMobilityMessage, decode_icmp, icmpv6_checksum, unwrap, wrap
 from .messages import (
-    CTAA, CTAR, CTC, CTD, CTDR, PCTD, AnyMessage, ContextDataBlock, CTReq, StatusEntry, decode,
+    CTAA,
+    CTAR,
+    CTC,
+    CTD,
+    CTDR,
+    PCTD,
+    AnyMessage,
+    ContextDataBlock,
+    CTReq,
+    StatusEntry,
+    decode,
     peek_length,
 )
 from .registry import ContextHandler, Registry, TransferInfo

@@ -92,6 +92,6 @@ class Config:
         return self.max_icmp_message * 4
 
 
-def _positive(name: str, value) -> None:
+def _positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"{name} must be a positive number, got {value!r}")

@@ -20,22 +20,48 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import constants as c
 from .config import Config
+from .constants import MessageType
 from .datagram import TRANSPORT_AR, TRANSPORT_ICMP, TRANSPORTS, Datagram
 from .errors import DecodeError, ProtocolError
 from .events import (
-    MODE_PREDICTIVE, MODE_REACTIVE, ROLE_MN, ROLE_NAR, ROLE_PAR, CtaaReceived, DecodeFailed,
-    DuplicateIgnored, MessageDropped, RateLimited, RequestIgnored, TokenRejected, TransferCompleted,
-    TransferFailed, TransferStarted,
+    MODE_PREDICTIVE,
+    MODE_REACTIVE,
+    ROLE_MN,
+    ROLE_NAR,
+    ROLE_PAR,
+    AnyEvent,
+    CtaaReceived,
+    DecodeFailed,
+    DuplicateIgnored,
+    MessageDropped,
+    RateLimited,
+    RequestIgnored,
+    TokenRejected,
+    TransferCompleted,
+    TransferFailed,
+    TransferStarted,
 )
 from .limits import OctetBuckets, PeersArgument, PeerSet, RequestRate
 from .messages import (
-    CTAA, CTAR, CTD, CTDR, PCTD, AnyMessage, ContextDataBlock, CTReq, MessageType, StatusEntry,
-    decode, normalize_address, peek_header,
+    CTAA,
+    CTAR,
+    CTD,
+    CTDR,
+    PCTD,
+    AnyMessage,
+    ContextDataBlock,
+    CTReq,
+    HeaderPeek,
+    StatusEntry,
+    decode,
+    normalize_address,
+    peek_header,
 )
 from .nar import _TargetRecord, _TargetRole
 from .par import _SourceRecord, _SourceRole
@@ -44,6 +70,11 @@ from .state import Machine, MnEvent, MnState, SourceState, TargetState, transiti
 from .token import compute_token, is_zero_token, key_fingerprint, tokens_equal
 
 __all__ = ["TRANSPORT_AR", "TRANSPORT_ICMP", "TRANSPORTS", "AccessRouter", "Datagram", "MobileNode"]
+
+if TYPE_CHECKING:
+    #: message class -> handler(message, source, now). Each handler takes the class that keys it,
+    #: which one dict type cannot say: the message parameter is Any.
+    Handlers = dict[type[AnyMessage], Callable[[Any, str, float], None]]
 
 _ICMP_MESSAGES = (CTAR, CTAA)
 _ICMP_TYPES = (MessageType.CTAR, MessageType.CTAA)
@@ -78,16 +109,16 @@ class _Engine:
         self.rng = rng if rng is not None else random.Random()
         self.counters: Counter[str] = Counter()
         self._datagrams: list[Datagram] = []
-        self._events: deque = deque()
+        self._events: deque[AnyEvent] = deque()
         #: message class -> handler(message, source, now); anything else is "unexpected"
-        self._handlers: dict[type, Callable[[AnyMessage, str, float], None]] = {}
+        self._handlers: Handlers = {}
 
     # -- outputs -------------------------------------------------------------------------------
     def datagrams_to_send(self) -> list[Datagram]:
         out, self._datagrams = self._datagrams, []
         return out
 
-    def next_event(self):
+    def next_event(self) -> AnyEvent | None:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
@@ -97,7 +128,7 @@ class _Engine:
         raise NotImplementedError
 
     # -- helpers -------------------------------------------------------------------------------
-    def _emit(self, event) -> None:
+    def _emit(self, event: AnyEvent) -> None:
         self._events.append(event)
 
     def _send(self, message: AnyMessage, destination: str, transport: str) -> bytes:
@@ -157,6 +188,7 @@ class _Engine:
                   reason: str) -> None:
         self.counters["oversize"] += 1
         peek = peek_header(data)
+        mn: str | None
         if message is not None:
             mn = message.mn_previous_address
         else:
@@ -167,7 +199,7 @@ class _Engine:
             self._emit(RequestIgnored(mn, self.ROLE, reason, source))
         self._answer_oversize(peek, mn, source, transport)
 
-    def _answer_oversize(self, peek, mn: str | None, source: str, transport: str) -> None:
+    def _answer_oversize(self, peek: HeaderPeek | None, mn: str | None, source: str, transport: str) -> None:
         """AR: an oversized CTAR that asked for a CTAA gets one (no further work)."""
 
     def _unexpected(self, message: AnyMessage, source: str, role: str) -> None:
@@ -222,7 +254,7 @@ class MobileNode(_Engine):
         self._key: bytes | None = None
         self._used_keys: set[bytes] = set()
         self._recent_sequences: dict[int, float] = {}
-        self._machine = Machine(ROLE_MN, MnState.IDLE)
+        self._machine: Machine[MnState, MnEvent] = Machine(ROLE_MN, MnState.IDLE)
         self._tx: _MnTransaction | None = None
         self._handlers = {CTAA: self._on_ctaa}
 
@@ -287,7 +319,8 @@ class MobileNode(_Engine):
                      TransferFailed(self._tx.previous_address, ROLE_MN, "cancelled by the MN"))
 
     # -- internals -------------------------------------------------------------------------------
-    def _new_transaction(self, mode: str, par: str, nar: str | None, fpts, now: float) -> _MnTransaction:
+    def _new_transaction(self, mode: str, par: str, nar: str | None, fpts: Sequence[int] | None,
+                         now: float) -> _MnTransaction:
         if self._key is None:
             raise ProtocolError("no fresh key: call set_key() before each transaction (§6.3)")
         key, self._key = self._key, None
@@ -322,7 +355,7 @@ class MobileNode(_Engine):
         else:
             tx.next_retry = tx.give_up_at = None
 
-    def _finish(self, mn_event: MnEvent, event) -> None:
+    def _finish(self, mn_event: MnEvent, event: TransferCompleted | TransferFailed) -> None:
         self._machine.fire(mn_event)
         tx, self._tx = self._tx, None
         if tx is not None and tx.new_address and isinstance(event, TransferCompleted):
@@ -540,7 +573,7 @@ class AccessRouter(_Engine):
             return False
         return True
 
-    def _answer_oversize(self, peek, mn: str | None, source: str, transport: str) -> None:
+    def _answer_oversize(self, peek: HeaderPeek | None, mn: str | None, source: str, transport: str) -> None:
         if (transport == TRANSPORT_ICMP and mn is not None and peek is not None
                 and peek.type is MessageType.CTAR and peek.flag):
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 
 class CxtpError(Exception):
     """Root of every error raised by :mod:`cxtp`."""
@@ -22,14 +24,14 @@ class IllegalTransition(ProtocolError):
     from the wire that does not fit the state is dropped and counted, never raised.
     """
 
-    def __init__(self, role: str, state, event) -> None:
+    def __init__(self, role: str, state: Enum, event: Enum) -> None:
         self.role = role
         self.state = state
         self.event = event
         super().__init__(f"{role}: event {_name(event)} is not allowed in state {_name(state)}")
 
 
-def _name(value) -> str:
+def _name(value: object) -> str:
     return getattr(value, "name", str(value))
 
 

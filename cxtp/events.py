@@ -125,3 +125,7 @@ class DecodeFailed:
     source: str
     transport: str
     reason: str
+
+
+#: whatever ``next_event()`` hands out
+AnyEvent = Event | MessageDropped | DecodeFailed

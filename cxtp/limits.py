@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict, deque
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from .errors import ConfigError, ProtocolError
 from .messages import normalize_address
@@ -114,7 +114,7 @@ class PeerSet:
     def __contains__(self, address: object) -> bool:
         return address in self._group
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._group)
 
     def __len__(self) -> int:

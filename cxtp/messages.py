@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar, TypeVar
 
 from . import constants as c
 from .constants import MessageType
@@ -211,7 +212,10 @@ class StatusEntry:
         return cls(fpt, status, reader.take(words * 4, "status data"))
 
 
-def _coerce_tuple(name: str, values, kind) -> tuple:
+_T = TypeVar("_T")
+
+
+def _coerce_tuple(name: str, values: Iterable[_T], kind: type[_T]) -> tuple[_T, ...]:
     try:
         items = tuple(values)
     except TypeError as exc:
@@ -496,9 +500,9 @@ class CTReq(Message):
         return cls(prev, seq, token, _decode_blocks(r))
 
 
-AnyMessage = Union[CTAR, CTAA, CTD, PCTD, CTDR, CTC, CTReq]
+AnyMessage = CTAR | CTAA | CTD | PCTD | CTDR | CTC | CTReq
 
-MESSAGE_CLASSES: dict[int, type] = {
+MESSAGE_CLASSES: dict[int, type[AnyMessage]] = {
     int(cls.TYPE): cls for cls in (CTAR, CTAA, CTD, PCTD, CTDR, CTC, CTReq)
 }
 

@@ -10,6 +10,7 @@ as tombstones, so that late copies of their CTD/PCTD are recognised as duplicate
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,16 +18,24 @@ from . import constants as c
 from .datagram import TRANSPORT_AR, TRANSPORT_ICMP
 from .errors import IllegalTransition
 from .events import (
-    MODE_PREDICTIVE, MODE_REACTIVE, ROLE_NAR, Cancelled, ContextActivated, ContextInstalled,
-    RequestIgnored, TransferCompleted, TransferFailed, TransferStarted,
+    MODE_PREDICTIVE,
+    MODE_REACTIVE,
+    ROLE_NAR,
+    Cancelled,
+    ContextActivated,
+    ContextInstalled,
+    RequestIgnored,
+    TransferCompleted,
+    TransferFailed,
+    TransferStarted,
 )
 from .messages import CTAA, CTAR, CTC, CTD, CTDR, PCTD, ContextDataBlock, CTReq, StatusEntry
-from .registry import TransferInfo
+from .registry import ContextHandler, TransferInfo
 from .state import Machine, TargetEvent, TargetState
 from .token import key_fingerprint, tokens_equal, verify_token
 
 if TYPE_CHECKING:
-    from .engine import AccessRouter
+    from .engine import AccessRouter, Handlers
 
 _LIVE = (TargetState.REQUESTED, TargetState.INSTALLED)
 
@@ -44,7 +53,8 @@ class _TargetRecord:
     mode: str
     deadline: float | None
     requested: tuple[ContextDataBlock, ...] = ()
-    machine: Machine = field(default_factory=lambda: Machine(ROLE_NAR, TargetState.IDLE))
+    machine: Machine[TargetState, TargetEvent] = field(
+        default_factory=lambda: Machine(ROLE_NAR, TargetState.IDLE))
     key: bytes | None = None  # from a PCTD; wiped once a CTAR verified, or when the transfer ends
     key_fingerprint: bytes | None = None  # kept after the wipe: recognises a duplicate PCTD
     algorithm: int = c.HMAC_SHA1
@@ -76,7 +86,7 @@ class _TargetRole:
         self._records: dict[str, _TargetRecord] = {}
         self._prune_at: float | None = None  # when the oldest tombstone can go
 
-    def handlers(self):
+    def handlers(self) -> Handlers:
         return {CTD: self.on_context, PCTD: self.on_context}
 
     # -- inspection ----------------------------------------------------------------------------
@@ -158,12 +168,13 @@ class _TargetRole:
     # -- CTD / PCTD (§2.5.3) -------------------------------------------------------------------------
     def on_context(self, message: CTD | PCTD, source: str, now: float) -> None:
         ar, mn = self.ar, message.mn_previous_address
-        has_key = isinstance(message, PCTD)
+        pctd = message if isinstance(message, PCTD) else None  # the key material, if any
+        has_key = pctd is not None
         kind = type(message).__name__
         self.prune(now)
         record = self._records.get(mn)
         if record is not None and not record.live:
-            if not has_key or self._copy_of(record, message):
+            if pctd is None or self._copy_of(record, pctd):
                 record.machine.fire(TargetEvent.DUPLICATE)
                 ar.counters["duplicates"] += 1
                 ar._emit(RequestIgnored(mn, ROLE_NAR, f"{kind} after the transfer ended", source))
@@ -178,7 +189,7 @@ class _TargetRole:
             self._records[mn] = record
             ar._emit(TransferStarted(mn, ROLE_NAR, MODE_PREDICTIVE, source))
         elif record.state is TargetState.INSTALLED or (
-                has_key and record.previous is not None and self._copy_of(record.previous, message)):
+                pctd is not None and record.previous is not None and self._copy_of(record.previous, pctd)):
             ar.counters["duplicates"] += 1
             ar._emit(RequestIgnored(mn, ROLE_NAR, f"{kind}: context already received for this MN",
                                     source))
@@ -186,15 +197,15 @@ class _TargetRole:
         # the pAR may answer from its AR-link address rather than the one the MN named: reply there
         record.par = source
         record.ctd_ack_requested = message.ack_requested
-        if has_key and message.algorithm != c.HMAC_SHA1:  # no CTAR could ever verify: refuse it all
+        if pctd is not None and pctd.algorithm != c.HMAC_SHA1:  # no CTAR could ever verify: refuse it all
             ar.counters["unsupported_algorithm"] += 1
-            self._fail(record, TargetEvent.REJECT, f"unknown token algorithm {message.algorithm}",
+            self._fail(record, TargetEvent.REJECT, f"unknown token algorithm {pctd.algorithm}",
                        c.STATUS_UNSUPPORTED_ALGORITHM, now, send_ctc=False)
             return
         record.machine.fire(TargetEvent.CONTEXT)
-        if has_key:
-            record.key, record.algorithm = message.key, message.algorithm
-            record.key_fingerprint = key_fingerprint(message.key)
+        if pctd is not None:
+            record.key, record.algorithm = pctd.key, pctd.algorithm
+            record.key_fingerprint = key_fingerprint(pctd.key)
         # The MN's new address is known only once a CTAR is verified: a plain CTD answers our
         # CT-Req, whose token the pAR verified, so the CTAR that asked for it names the address and
         # the activation follows at once; a PCTD's install comes before any verified CTAR.
@@ -221,7 +232,7 @@ class _TargetRole:
         return any(verify_token(pctd.key, proof.mn_previous_address, proof.sequence_number,
                                 proof.requested_octets(), proof.token) for proof in record.proofs)
 
-    def _install(self, record: _TargetRecord, contexts, info: TransferInfo) -> None:
+    def _install(self, record: _TargetRecord, contexts: Iterable[ContextDataBlock], info: TransferInfo) -> None:
         ar = self.ar
         for block in contexts:
             handler = ar.registry.get(block.fpt)
@@ -272,7 +283,7 @@ class _TargetRole:
                      record.par, TRANSPORT_AR)
         ar._emit(TransferCompleted(mn, ROLE_NAR, result))
 
-    def _discard(self, handler, mn: str) -> None:
+    def _discard(self, handler: ContextHandler, mn: str) -> None:
         try:
             handler.discard(mn)
         except Exception:

@@ -8,22 +8,30 @@ nothing is stranded on the pAR.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from . import constants as c
 from .datagram import TRANSPORT_AR
 from .errors import ProtocolError
 from .events import (
-    MODE_PREDICTIVE, MODE_REACTIVE, ROLE_PAR, Cancelled, ReleaseDue, RequestIgnored,
-    TransferCompleted, TransferFailed, TransferStarted,
+    MODE_PREDICTIVE,
+    MODE_REACTIVE,
+    ROLE_PAR,
+    Cancelled,
+    ReleaseDue,
+    RequestIgnored,
+    TransferCompleted,
+    TransferFailed,
+    TransferStarted,
 )
 from .messages import CTAA, CTAR, CTC, CTD, CTDR, PCTD, ContextDataBlock, CTReq, StatusEntry
 from .state import Machine, SourceEvent, SourceState, transition
 from .token import is_zero_token, verify_token
 
 if TYPE_CHECKING:
-    from .engine import AccessRouter
+    from .engine import AccessRouter, Handlers
 
 
 @dataclass(eq=False)
@@ -41,7 +49,8 @@ class _SourceRecord:
     first_sent: float
     deadline: float
     ack_requested: bool
-    machine: Machine = field(default_factory=lambda: Machine(ROLE_PAR, SourceState.IDLE))
+    machine: Machine[SourceState, SourceEvent] = field(
+        default_factory=lambda: Machine(ROLE_PAR, SourceState.IDLE))
     release_at: float | None = None  # when ReleaseDue is emitted (EXPIRED, RELEASE_HOLD)
     late_until: float | None = None  # until when a late CTDR still releases (EXPIRED, LATE_WINDOW)
     end_reason: str = ""
@@ -66,7 +75,7 @@ class _SourceRole:
         self._records: dict[str, _SourceRecord] = {}
         self._done: dict[str, tuple[str, float]] = {}  # MN: (nAR, end): recognises duplicate CTDRs
 
-    def handlers(self):
+    def handlers(self) -> Handlers:
         return {CTReq: self.on_ct_req, CTDR: self.on_ctdr, CTC: self.on_ctc}
 
     # -- inspection ----------------------------------------------------------------------------
@@ -154,8 +163,9 @@ class _SourceRole:
         self._start(mn, source, MODE_REACTIVE, req.sequence_number, key, contexts, sent, now,
                     lifetime=ar.config.ct_max_transfer_time, with_key=False)
 
-    def _start(self, mn: str, nar: str, mode: str, seq: int | None, key: bytes, contexts, fpts_sent,
-               now: float, lifetime: float, with_key: bool) -> None:
+    def _start(self, mn: str, nar: str, mode: str, seq: int | None, key: bytes,
+               contexts: tuple[ContextDataBlock, ...], fpts_sent: tuple[int, ...], now: float,
+               lifetime: float, with_key: bool) -> None:
         self.supersede(mn)  # an ended transfer's hold: the MN is back, this transfer replaces it
         record = _SourceRecord(mn, nar, mode, seq, key, contexts, fpts_sent, now, now + lifetime,
                                self.ar.config.request_ctdr)
@@ -164,7 +174,8 @@ class _SourceRole:
         self.ar._emit(TransferStarted(mn, ROLE_PAR, mode, nar))
         self._send_context(record, now, with_key)
 
-    def _collect(self, mn: str, requested: Sequence[ContextDataBlock]):
+    def _collect(self, mn: str, requested: Sequence[ContextDataBlock]
+                 ) -> tuple[tuple[ContextDataBlock, ...], tuple[int, ...], tuple[StatusEntry, ...]]:
         """Ask each handler for the MN's context: (CDBs, FPTs sent, failure statuses)."""
         ar = self.ar
         explicit = tuple(dict.fromkeys(b.fpt for b in requested))
@@ -198,6 +209,7 @@ class _SourceRole:
 
     def _send_context(self, record: _SourceRecord, now: float, with_key: bool) -> None:
         elapsed = min(max(int(round((now - record.first_sent) * 1000)), 0), 0xFFFFFFFF)
+        message: PCTD | CTD
         if with_key:
             message = PCTD(record.mn, record.key, record.contexts, elapsed, record.ack_requested,
                            self.ar.config.key_algorithm)

@@ -6,8 +6,9 @@ The engines call the hooks synchronously. A handler is any object with the attri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError
 

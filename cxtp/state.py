@@ -29,8 +29,9 @@ nAR side (§2.5.1, §2.5.3, §2.5.6)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
-from typing import Mapping
+from typing import Any, Generic, TypeVar
 
 from .errors import IllegalTransition
 
@@ -184,36 +185,46 @@ TARGET_TRANSITIONS: Mapping[TargetState, Mapping[TargetEvent, TargetState]] = {
     },
 }
 
-TABLES = {
+#: role -> its table. Which enums a table takes follows from the role string, which the type system
+#: cannot see: keys are typed loosely here, and :func:`transition` and :class:`Machine` give the
+#: states back their role's type.
+TABLES: Mapping[str, Mapping[Any, Mapping[Any, Enum]]] = {
     "mn": MN_TRANSITIONS,
     "par": SOURCE_TRANSITIONS,
     "nar": TARGET_TRANSITIONS,
 }
 
 
-def transition(role: str, state, event):
+StateT = TypeVar("StateT", MnState, SourceState, TargetState)
+EventT = TypeVar("EventT", MnEvent, SourceEvent, TargetEvent)
+
+
+def transition(role: str, state: StateT, event: Enum) -> StateT:
     """The state that ``event`` leads to from ``state`` in ``role``'s table, or IllegalTransition."""
     try:
-        return TABLES[role][state][event]
+        # a role's table maps its states to its states (TABLES cannot say so; see above)
+        return TABLES[role][state][event]  # type: ignore[return-value]
     except KeyError:
         raise IllegalTransition(role, state, event) from None
 
 
-class Machine:
+class Machine(Generic[StateT, EventT]):
     """One role's state for one MN: the table is the only place transitions are defined."""
 
     __slots__ = ("role", "state")
+    role: str
+    state: StateT
 
-    def __init__(self, role: str, initial) -> None:
+    def __init__(self, role: str, initial: StateT) -> None:
         if role not in TABLES:
             raise ValueError(f"unknown role {role!r}")
         self.role = role
         self.state = initial
 
-    def can(self, event) -> bool:
+    def can(self, event: EventT) -> bool:
         return event in TABLES[self.role].get(self.state, {})
 
-    def fire(self, event):
+    def fire(self, event: EventT) -> StateT:
         self.state = transition(self.role, self.state, event)
         return self.state
 

@@ -11,16 +11,18 @@ from .context import (
     MAX_CONTEXT_DATA,
     Algorithm,
     IpsecContext,
+    LifetimeConfig,  # LifetimeConfig ... Template: values made from the kernel's declarations (ipsec/layout.py)
+    LifetimeCurrent,
+    Mark,
     ReplayState,
     SecurityAssociation,
     SecurityPolicy,
+    Selector,
     SpiChange,
+    Template,
     decode_spi_changes,
     encode_spi_changes,
 )
-
-# values made from the kernel's declarations (ipsec/layout.py)
-from .context import LifetimeConfig, LifetimeCurrent, Mark, Selector, Template
 from .errors import ContextDecodeError, IpsecError, XfrmError
 from .rewrite import (
     DEFAULT_OSEQ_MARGIN,
@@ -35,22 +37,37 @@ from .transfer import (
     PreparedMove,
     apply_mn_handover,
     apply_prepared_move,
-    discard_prepared_move,
-    finish_prepared_move,
     apply_spi_changes,
     capture_context,
     capture_contexts,
     context_concerning,
     context_without,
-    refresh_context,
+    discard_prepared_move,
+    finish_prepared_move,
     install_context,
     install_prepared,
     install_prepared_policies,
     install_prepared_sas,
     prepare_install,
     prepare_mn_handover,
+    refresh_context,
     remove_context,
 )
 from .xfrm import Migration, Xfrm
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+# Spelt out (it was computed from dir(): every public name, the submodules included) so that type
+# checkers and linters see what is exported; keep it in step with the imports above.
+__all__ = [
+    "AF_INET", "AF_INET6", "Algorithm", "ContextDecodeError", "DEFAULT_OSEQ_MARGIN", "IPSEC_CONTEXT_FPT",
+    "IPSEC_CONTEXT_VERSION", "Installation", "IpsecContext", "IpsecError", "LifetimeConfig",
+    "LifetimeCurrent", "MAX_CONTEXT_DATA", "Mark", "Migration", "PreparedInstall", "PreparedMove",
+    "ReplayState", "SecurityAssociation", "SecurityPolicy", "Selector", "SpiChange", "Template", "Xfrm",
+    "XfrmError", "advance_oseq", "apply_mn_handover", "apply_prepared_move", "apply_spi_changes",
+    "capture_context", "capture_contexts", "carry_lifetime", "context_concerning", "context_without",
+    "decode_spi_changes", "discard_prepared_move", "encode_spi_changes", "finish_prepared_move",
+    "install_context", "install_prepared", "install_prepared_policies", "install_prepared_sas",
+    "normalise_address", "prepare_install", "prepare_mn_handover", "refresh_context", "remove_context",
+    "rewrite_for_mn", "rewrite_for_nar", "same_address",
+    # the submodules, bound as attributes of the package by the imports above
+    "addresses", "context", "errors", "layout", "rewrite", "transfer", "xfrm", "xfrm_messages",
+]

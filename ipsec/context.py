@@ -13,11 +13,13 @@ is learnt again on the nAR (PMTU discovery), as for any new path.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from .addresses import AF_INET, AF_INET6
 from .errors import ContextDecodeError
-from .layout import Member, Record, attribute, bind, raw_fields, text_fields, xfrm_value
+from .layout import Member, Record, XfrmValue, attribute, bind, raw_fields, text_fields, xfrm_value
 from .xfrm_messages import (
     IPPROTO_ESP,
     XFRM_INF,
@@ -62,6 +64,21 @@ class Selector:
     saddr, dport, ..., ifindex, user).
     """
 
+    if TYPE_CHECKING:  # the fields xfrm_value makes of the declaration (see layout.py)
+        xfrm_members: ClassVar[tuple[Member, ...]]
+        daddr: str = "::"
+        saddr: str = "::"
+        dport: int = 0
+        dport_mask: int = 0
+        sport: int = 0
+        sport_mask: int = 0
+        family: int = AF_INET6
+        prefixlen_d: int = 0
+        prefixlen_s: int = 0
+        proto: int = 0
+        ifindex: int = 0
+        user: int = 0
+
 
 @xfrm_value(
     xfrm_lifetime_cfg,
@@ -73,6 +90,17 @@ class Selector:
 class LifetimeConfig:
     """``struct xfrm_lifetime_cfg``; XFRM_INF bytes/packets and 0 seconds mean no limit."""
 
+    if TYPE_CHECKING:  # the fields xfrm_value makes of the declaration (see layout.py)
+        xfrm_members: ClassVar[tuple[Member, ...]]
+        soft_byte_limit: int = XFRM_INF
+        hard_byte_limit: int = XFRM_INF
+        soft_packet_limit: int = XFRM_INF
+        hard_packet_limit: int = XFRM_INF
+        soft_add_expires_seconds: int = 0
+        hard_add_expires_seconds: int = 0
+        soft_use_expires_seconds: int = 0
+        hard_use_expires_seconds: int = 0
+
 
 @xfrm_value(xfrm_lifetime_cur)
 class LifetimeCurrent:
@@ -83,6 +111,13 @@ class LifetimeCurrent:
     with ``IpsecContext.captured_at`` (same clock) they give ages that do not
     depend on the receiver's clock.
     """
+
+    if TYPE_CHECKING:  # the fields xfrm_value makes of the declaration (see layout.py)
+        xfrm_members: ClassVar[tuple[Member, ...]]
+        bytes: int = 0
+        packets: int = 0
+        add_time: int = 0
+        use_time: int = 0
 
 
 @xfrm_value(
@@ -104,10 +139,30 @@ class Template:
     share, optional.
     """
 
+    if TYPE_CHECKING:  # the fields xfrm_value makes of the declaration (see layout.py)
+        xfrm_members: ClassVar[tuple[Member, ...]]
+        daddr: str
+        saddr: str
+        spi: int = 0
+        reqid: int = 0
+        aalgos: int = 0xFFFFFFFF
+        ealgos: int = 0xFFFFFFFF
+        calgos: int = 0xFFFFFFFF
+        family: int = AF_INET6
+        proto: int = IPPROTO_ESP
+        mode: int = XFRM_MODE_TUNNEL
+        share: int = 0
+        optional: int = 0
+
 
 @xfrm_value(xfrm_mark, renames={"v": "value", "m": "mask"})
 class Mark:
     """``struct xfrm_mark`` (XFRMA_MARK): value and mask."""
+
+    if TYPE_CHECKING:  # the fields xfrm_value makes of the declaration (see layout.py)
+        xfrm_members: ClassVar[tuple[Member, ...]]
+        value: int = 0
+        mask: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,7 +278,7 @@ IF_ID = attribute(xfrm_usersa_info, "XFRMA_IF_ID", "if_id")
 # records open with a head that lists its fields in wire order.
 
 
-def _pick(fields, *names: str) -> list[Member]:
+def _pick(fields: Iterable[Member], *names: str) -> list[Member]:
     by_name = {m.name: m for m in fields}
     return [by_name[name] for name in names]
 
@@ -282,23 +337,27 @@ def _check_family(family: int, allow_unspec: bool = False) -> None:
         raise ContextDecodeError(f"unknown address family {family}")
 
 
-def _pack(record: Record, value) -> bytes:
+_XV = TypeVar("_XV", bound=XfrmValue)
+
+
+def _pack(record: Record, value: XfrmValue) -> bytes:
     return record.pack(raw_fields(value, type(value).xfrm_members))
 
 
-def _unpack(record: Record, cls, data: bytes, offset: int):
+def _unpack(record: Record, cls: type[_XV], data: bytes, offset: int) -> tuple[_XV, int]:
     """A value without addresses (the lifetimes)."""
     return cls(**record.unpack_from(data, offset)), offset + record.size
 
 
-def _unpack_family(record: Record, cls, data: bytes, offset: int, allow_unspec: bool):
+def _unpack_family(record: Record, cls: type[_XV], data: bytes, offset: int,
+                   allow_unspec: bool) -> tuple[_XV, int]:
     """A value whose addresses follow its own ``family`` (checked first)."""
     raw = record.unpack_from(data, offset)
     _check_family(raw["family"], allow_unspec)
     return cls(**text_fields(cls.xfrm_members, raw, raw["family"])), offset + record.size
 
 
-def _mark_fields(mark: Mark | None) -> dict:
+def _mark_fields(mark: Mark | None) -> dict[str, int | bytes]:
     """mark_value, mark_mask (0 without a mark)."""
     return {f"mark_{name}": v for name, v in raw_fields(mark or Mark(), Mark.xfrm_members).items()}
 
@@ -467,7 +526,7 @@ class IpsecContext:
         return b"".join(parts)
 
     @classmethod
-    def decode(cls, data: bytes) -> "IpsecContext":
+    def decode(cls, data: bytes) -> IpsecContext:
         """Parse context data; up to 7 trailing zero octets (CDB padding) are allowed."""
         try:
             return cls._decode(bytes(data))
@@ -477,7 +536,7 @@ class IpsecContext:
             raise ContextDecodeError(f"malformed IPsec context: {error}") from error
 
     @classmethod
-    def _decode(cls, data: bytes) -> "IpsecContext":
+    def _decode(cls, data: bytes) -> IpsecContext:
         if len(data) < _HEADER.size:
             raise ContextDecodeError(f"IPsec context too short ({len(data)} octets)")
         header = _HEADER.unpack_from(data)
@@ -500,7 +559,7 @@ class IpsecContext:
         return cls(tuple(sas), tuple(policies), header["version"], header["captured_at"])
 
 
-def encode_spi_changes(changes) -> bytes:
+def encode_spi_changes(changes: Iterable[SpiChange]) -> bytes:
     """SPI changes for the CTAA: 8 octets per change (old SPI, new SPI)."""
     return b"".join(_SPI_CHANGE.pack(c.old_spi, c.new_spi) for c in changes)
 

@@ -21,12 +21,13 @@ change: a new context version).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from operator import itemgetter
+from typing import Any, ClassVar, Protocol, TypeVar, dataclass_transform
 
 from .addresses import AF_INET6, address_from_bytes, address_to_bytes
-from .xfrm_messages import is_padding, xfrm_address_t
+from .xfrm_messages import _embeddable, _xfrm_attributes, is_padding, xfrm_address_t
 
 #: struct code of a scalar netlink attribute type (pyroute2's nla type names).
 ATTRIBUTE_CODES = {"uint8": "B", "uint16": "H", "uint32": "I", "uint64": "Q"}
@@ -52,7 +53,7 @@ class Member:
         return 4 if self.is_address else self.size
 
 
-def members(declaration) -> tuple[Member, ...]:
+def members(declaration: type[_embeddable]) -> tuple[Member, ...]:
     """The leaves of a declared structure, in declaration order, without padding."""
     found: list[Member] = []
     for name, fmt in declaration.fields:
@@ -67,14 +68,14 @@ def members(declaration) -> tuple[Member, ...]:
     return tuple(found)
 
 
-def member(declaration, path: str, name: str | None = None) -> Member:
+def member(declaration: type[_embeddable], path: str, name: str | None = None) -> Member:
     """The member at dotted ``path`` (e.g. ``"id.spi"``), named ``name`` (default: its leaf name)."""
     wanted = tuple(path.split("."))
     (found,) = [m for m in members(declaration) if m.path == wanted]
     return replace(found, name=name or found.name)
 
 
-def bind(declaration, *names: str, **paths: str) -> tuple[Member, ...]:
+def bind(declaration: type[_embeddable], *names: str, **paths: str) -> tuple[Member, ...]:
     """Value fields -> members of ``declaration``: ``names`` are members of the
     same name, ``paths`` map a field to a dotted path (``spi="id.spi"``)."""
     return tuple(member(declaration, n) for n in names) + tuple(
@@ -82,7 +83,7 @@ def bind(declaration, *names: str, **paths: str) -> tuple[Member, ...]:
     )
 
 
-def attribute(attributes, attribute_name: str, name: str) -> Member:
+def attribute(attributes: type[_xfrm_attributes], attribute_name: str, name: str) -> Member:
     """A scalar attribute of an XFRM message (``XFRMA_IF_ID``) as the value field ``name``."""
     (kind,) = [entry[-1] for entry in attributes.nla_map if entry[1] == attribute_name]
     return Member(name, (attribute_name,), ATTRIBUTE_CODES[kind])
@@ -91,7 +92,26 @@ def attribute(attributes, attribute_name: str, name: str) -> Member:
 # --- values ------------------------------------------------------------------------
 
 
-def xfrm_value(declaration, *, largest_first=False, required=(), renames=None, **defaults):
+class XfrmValue(Protocol):
+    """What ``xfrm_value`` makes: a frozen dataclass with ``xfrm_members``."""
+
+    xfrm_members: ClassVar[tuple[Member, ...]]
+
+
+_V = TypeVar("_V")
+_XV = TypeVar("_XV", bound=XfrmValue)
+
+#: a structure's members as decoded (by pyroute2 or ``struct``), untyped: ints, and addresses
+#: as 16 octets
+Decoded = Mapping[str, Any]
+
+
+# The type checker cannot run the declarations: each class spells out, under TYPE_CHECKING, the
+# fields this makes of them (context.py, xfrm.py).
+@dataclass_transform(frozen_default=True)
+def xfrm_value(declaration: type[_embeddable], *, largest_first: bool = False, required: Iterable[str] = (),
+               renames: Mapping[str, str] | None = None,
+               **defaults: int | str) -> Callable[[type[_V]], type[_V]]:
     """Class decorator: a frozen dataclass whose fields are ``declaration``'s members.
 
     Fields come in declaration order, or with ``largest_first`` by decreasing
@@ -117,19 +137,19 @@ def xfrm_value(declaration, *, largest_first=False, required=(), renames=None, *
     if unknown:
         raise TypeError(f"{declaration.__name__} has no member {sorted(unknown)}")
 
-    def build(cls):
+    def build(cls: type[_V]) -> type[_V]:
         cls.__annotations__ = {m.name: str if m.is_address else int for m in fields}
         for m in fields:
             if m.name not in required:
                 setattr(cls, m.name, defaults.get(m.name, "::" if m.is_address else 0))
         cls = dataclass(frozen=True)(cls)
-        cls.xfrm_members = fields
+        cls.xfrm_members = fields  # type: ignore[attr-defined]  # what this decorator adds
         return cls
 
     return build
 
 
-def raw_fields(value, fields: Iterable[Member]) -> dict:
+def raw_fields(value: object, fields: Iterable[Member]) -> dict[str, int | bytes]:
     """Field name -> what the kernel stores (an address as 16 octets)."""
     return {
         m.name: address_to_bytes(getattr(value, m.name)) if m.is_address else getattr(value, m.name)
@@ -137,7 +157,7 @@ def raw_fields(value, fields: Iterable[Member]) -> dict:
     }
 
 
-def text_fields(fields: Iterable[Member], raw: Mapping, family: int) -> dict:
+def text_fields(fields: Iterable[Member], raw: Decoded, family: int) -> dict[str, Any]:
     """The reverse of ``raw_fields``: addresses become text per ``family``."""
     return {
         m.name: address_from_bytes(raw[m.name], family) if m.is_address else raw[m.name]
@@ -145,9 +165,9 @@ def text_fields(fields: Iterable[Member], raw: Mapping, family: int) -> dict:
     }
 
 
-def nest(fields: Iterable[Member], flat: Mapping) -> dict:
+def nest(fields: Iterable[Member], flat: Mapping[str, object]) -> dict[str, Any]:
     """Flat field values -> the nested dict of the declaration (by ``path``)."""
-    nested: dict = {}
+    nested: dict[str, Any] = {}
     for m in fields:
         target = nested
         for key in m.path[:-1]:
@@ -156,24 +176,24 @@ def nest(fields: Iterable[Member], flat: Mapping) -> dict:
     return nested
 
 
-def unnest(fields: Iterable[Member], nested: Mapping) -> dict:
+def unnest(fields: Iterable[Member], nested: Decoded) -> dict[str, Any]:
     """The reverse of ``nest``."""
     flat = {}
     for m in fields:
-        value = nested
+        value: Any = nested
         for key in m.path:
             value = value[key]
         flat[m.name] = value
     return flat
 
 
-def to_struct(value) -> dict:
+def to_struct(value: XfrmValue) -> dict[str, Any]:
     """An ``xfrm_value`` -> the dict pyroute2 encodes for its declaration."""
     fields = type(value).xfrm_members
     return nest(fields, raw_fields(value, fields))
 
 
-def from_struct(cls, nested: Mapping, family: int = AF_INET6):
+def from_struct(cls: type[_XV], nested: Decoded, family: int = AF_INET6) -> _XV:
     """The dict pyroute2 decoded -> an ``xfrm_value`` of class ``cls``
     (addresses read per ``family``)."""
     fields = cls.xfrm_members
@@ -198,7 +218,7 @@ class Record:
         self.size = self._struct.size
 
     @classmethod
-    def aligned(cls, fields: Iterable[Member]) -> "Record":
+    def aligned(cls, fields: Iterable[Member]) -> Record:
         """``fields`` in order, each at a multiple of its C alignment (addresses:
         4), the whole padded to a multiple of 4 -- as a C compiler lays out a
         structure of those members, in network byte order."""
@@ -214,8 +234,8 @@ class Record:
             pairs.append(("", f"{-offset % 4}x"))
         return cls(pairs)
 
-    def pack(self, values: Mapping) -> bytes:
+    def pack(self, values: Mapping[str, object]) -> bytes:
         return self._struct.pack(*self._values(values))
 
-    def unpack_from(self, data, offset: int = 0) -> dict:
+    def unpack_from(self, data: bytes | bytearray, offset: int = 0) -> dict[str, Any]:
         return dict(zip(self.names, self._struct.unpack_from(data, offset)))

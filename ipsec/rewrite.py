@@ -1,7 +1,7 @@
 """Pure rewrites of an IPsec context for a handover (paper Tables I-IV).
 
 The consistent reading of the tables (see docs/ipsec-context.md and
-/work/shared/docs/paper-tables.md): every occurrence of the MN's previous
+docs/paper-tables.md): every occurrence of the MN's previous
 care-of address becomes the new one and pAR becomes nAR -- in SA addresses,
 SA selectors, policy selectors (inner header) and templates (outer header)
 -- while the far end "X" (HA or wildcard) stays.  The nAR also gets a
@@ -142,14 +142,14 @@ def rewrite_for_mn(
         sas.append(moved)
     policies = []
     for policy in ctx.policies:
-        moved = rewrite_policy(policy, addresses)
+        moved_policy = rewrite_policy(policy, addresses)
         templates = tuple(
             replace(t, spi=new_spi[t.spi])
             if t.spi in new_spi and normalise_address(t.daddr) == nar_address
             else t
-            for t in moved.templates
+            for t in moved_policy.templates
         )
-        policies.append(replace(moved, templates=templates))
+        policies.append(replace(moved_policy, templates=templates))
     return replace(ctx, sas=tuple(sas), policies=tuple(policies))
 
 

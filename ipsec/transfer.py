@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from .addresses import normalise_address, same_address
-from .context import IpsecContext, SecurityAssociation, SecurityPolicy, SpiChange
+from .context import IpsecContext, Mark, SecurityAssociation, SecurityPolicy, Selector, SpiChange
 from .errors import IpsecError, XfrmError
 from .rewrite import (
     DEFAULT_OSEQ_MARGIN,
@@ -70,8 +70,10 @@ def context_concerning(ctx: IpsecContext, address: str) -> IpsecContext:
     to ``address`` and the policies that name it."""
     wanted = normalise_address(address)
     return replace(ctx,
-                   sas=tuple(sa for sa in ctx.sas if wanted in {normalise_address(sa.saddr), normalise_address(sa.daddr)}),
-                   policies=tuple(p for p in ctx.policies if wanted in {normalise_address(a) for a in _policy_addresses(p)}))
+                   sas=tuple(sa for sa in ctx.sas
+                             if wanted in {normalise_address(sa.saddr), normalise_address(sa.daddr)}),
+                   policies=tuple(p for p in ctx.policies
+                                  if wanted in {normalise_address(a) for a in _policy_addresses(p)}))
 
 
 def refresh_context(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> IpsecContext:
@@ -82,11 +84,11 @@ def refresh_context(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> Ip
     return replace(ctx, sas=tuple(xfrm.get_sas(ctx.sas)), captured_at=_now(now))
 
 
-def _sa_key(sa: SecurityAssociation) -> tuple:
+def _sa_key(sa: SecurityAssociation) -> tuple[str, int, int, Mark | None]:
     return normalise_address(sa.daddr), sa.spi, sa.proto, sa.mark
 
 
-def _policy_key(policy: SecurityPolicy) -> tuple:
+def _policy_key(policy: SecurityPolicy) -> tuple[Selector, int, Mark | None, int]:
     selector = replace(policy.selector, saddr=normalise_address(policy.selector.saddr),
                        daddr=normalise_address(policy.selector.daddr))
     return selector, policy.dir, policy.mark, policy.if_id
@@ -101,12 +103,12 @@ def context_without(ctx: IpsecContext, *others: IpsecContext) -> IpsecContext:
 
 
 def capture_contexts(
-    xfrm: Xfrm, mn_addresses, now: int | None = None
+    xfrm: Xfrm, mn_addresses: Iterable[str], now: int | None = None
 ) -> dict[str, IpsecContext]:
     """Many MNs at once: one SA dump and one policy dump for all of them."""
     wanted = {normalise_address(a): a for a in mn_addresses}
-    sas: dict[str, list] = {a: [] for a in wanted}
-    policies: dict[str, list] = {a: [] for a in wanted}
+    sas: dict[str, list[SecurityAssociation]] = {a: [] for a in wanted}
+    policies: dict[str, list[SecurityPolicy]] = {a: [] for a in wanted}
     for sa in xfrm.dump_sas():
         for end in {sa.daddr, sa.saddr} & wanted.keys():
             sas[end].append(sa)
@@ -139,7 +141,7 @@ def _inbound_destinations(ctx: IpsecContext) -> set[str]:
     }
 
 
-def _delete_quietly(action, *args) -> None:
+def _delete_quietly(action: Callable[..., object], *args: object) -> None:
     try:
         action(*args)
     except XfrmError as error:
@@ -294,7 +296,7 @@ def install_prepared_policies(xfrm: Xfrm, prepared: PreparedInstall) -> None:
                          [partial(_delete_policy, xfrm, policy) for policy in prepared.context.policies])
 
 
-def _send_all_or_nothing(xfrm: Xfrm, requests, undo: list[Callable[[], None]]) -> None:
+def _send_all_or_nothing(xfrm: Xfrm, requests: Iterable[bytes], undo: list[Callable[[], None]]) -> None:
     outcomes = xfrm.send_batch(list(requests))
     failures = [outcome for outcome in outcomes if outcome is not None]
     if failures:
@@ -323,7 +325,7 @@ def apply_mn_handover(
     mn_new: str,
     par: str,
     nar: str,
-    spi_changes=(),
+    spi_changes: Iterable[SpiChange] = (),
     oseq_margin: int = DEFAULT_OSEQ_MARGIN,
 ) -> None:
     """Move the MN's SAs and policies from (MN_p, pAR) to (MN_n, nAR).
@@ -449,7 +451,7 @@ def discard_prepared_move(xfrm: Xfrm, prepared: PreparedMove) -> None:
 
 def apply_spi_changes(
     xfrm: Xfrm,
-    spi_changes,
+    spi_changes: Iterable[SpiChange],
     nar: str,
     oseq_margin: int = DEFAULT_OSEQ_MARGIN,
 ) -> None:

@@ -16,8 +16,9 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pyroute2.netns import setns
 
@@ -38,7 +39,7 @@ from .context import (
     Template,
 )
 from .errors import XfrmError
-from .layout import from_struct, nest, raw_fields, text_fields, to_struct, unnest, xfrm_value
+from .layout import Member, from_struct, nest, raw_fields, text_fields, to_struct, unnest, xfrm_value
 from .xfrm_messages import (
     IPPROTO_ESP,
     NETLINK_XFRM,
@@ -107,6 +108,18 @@ class Migration:
     (old_daddr, old_saddr, new_daddr, new_saddr, proto, mode, reqid,
     old_family, new_family)."""
 
+    if TYPE_CHECKING:  # the fields xfrm_value makes of the declaration (see layout.py)
+        xfrm_members: ClassVar[tuple[Member, ...]]
+        old_daddr: str
+        old_saddr: str
+        new_daddr: str
+        new_saddr: str
+        proto: int = IPPROTO_ESP
+        mode: int = XFRM_MODE_TUNNEL
+        reqid: int = 0
+        old_family: int = AF_INET6
+        new_family: int = AF_INET6
+
 
 # --- value <-> message dict ------------------------------------------------------
 #
@@ -125,8 +138,12 @@ _ALGORITHM_ATTRIBUTES = {
 _ALGORITHM_BITS = {"auth_trunc": "alg_trunc_len", "aead": "alg_icv_len"}
 
 
-def _algorithm_attribute(algorithm: Algorithm) -> tuple[str, dict]:
-    head = {
+#: an attribute of a message to send: (its XFRMA_ name, its value as pyroute2 encodes it)
+Attribute = tuple[str, object]
+
+
+def _algorithm_attribute(algorithm: Algorithm) -> tuple[str, dict[str, object]]:
+    head: dict[str, object] = {
         "alg_name": algorithm.name.encode("ascii"),
         "alg_key_len": 8 * len(algorithm.key),
         "alg_key": algorithm.key,
@@ -136,7 +153,7 @@ def _algorithm_attribute(algorithm: Algorithm) -> tuple[str, dict]:
     return _ALGORITHM_ATTRIBUTES[algorithm.kind], head
 
 
-def _algorithms_from_message(msg) -> tuple[Algorithm, ...]:
+def _algorithms_from_message(msg: _xfrm_body) -> tuple[Algorithm, ...]:
     algorithms = []
     for kind, attribute in _ALGORITHM_ATTRIBUTES.items():
         raw = msg.get_attr(attribute)
@@ -151,7 +168,7 @@ def _algorithms_from_message(msg) -> tuple[Algorithm, ...]:
     return tuple(algorithms)
 
 
-def _replay_attribute(replay: ReplayState) -> tuple[str, dict]:
+def _replay_attribute(replay: ReplayState) -> tuple[str, dict[str, object]]:
     if replay.esn_attr:
         bmp = struct.pack(f"={len(replay.bitmap)}I", *replay.bitmap)
         return "XFRMA_REPLAY_ESN_VAL", {
@@ -170,7 +187,7 @@ def _replay_attribute(replay: ReplayState) -> tuple[str, dict]:
     }
 
 
-def _replay_from_message(msg, legacy_window: int) -> ReplayState:
+def _replay_from_message(msg: _xfrm_body, legacy_window: int) -> ReplayState:
     esn = msg.get_attr("XFRMA_REPLAY_ESN_VAL")
     if esn is not None:
         words = esn["bmp_len"]
@@ -186,35 +203,38 @@ def _replay_from_message(msg, legacy_window: int) -> ReplayState:
     return ReplayState(legacy["oseq"], legacy["seq"], (legacy["bitmap"],), legacy_window, False)
 
 
-def _mark_attrs(mark: Mark | None) -> list:
+def _mark_attrs(mark: Mark | None) -> list[Attribute]:
     return [("XFRMA_MARK", to_struct(mark))] if mark is not None else []
 
 
-def _optional_attrs(mark: Mark | None, if_id: int, value=None, scalars=()) -> list:
+def _optional_attrs(mark: Mark | None, if_id: int, value: object = None,
+                    scalars: Iterable[Member] = ()) -> list[Attribute]:
     """The ``scalars`` of ``value`` that are non-zero, then the mark and the
     if_id, if set: the optional attributes of SAs, policies and requests."""
-    attrs = [(m.path[0], getattr(value, m.name)) for m in scalars if getattr(value, m.name)]
+    attrs: list[Attribute] = [(m.path[0], getattr(value, m.name)) for m in scalars if getattr(value, m.name)]
     attrs += _mark_attrs(mark)
     if if_id:
         attrs.append((IF_ID.path[0], if_id))
     return attrs
 
 
-def _optional_fields(msg, scalars=()) -> dict:
-    """The reverse of ``_optional_attrs``: field -> value (0 / None when absent)."""
+def _optional_fields(msg: _xfrm_body, scalars: Iterable[Member] = ()) -> dict[str, Any]:
+    """The reverse of ``_optional_attrs``: field -> value (0 / None when absent); keyword
+    arguments of SecurityAssociation / SecurityPolicy, hence Any."""
     fields = {m.name: msg.get_attr(m.path[0]) or 0 for m in (*scalars, IF_ID)}
     mark = msg.get_attr("XFRMA_MARK")
     fields["mark"] = from_struct(Mark, mark) if mark is not None else None
     return fields
 
 
-def _put(msg, fields, value) -> None:
+def _put(msg: _xfrm_body, fields: Iterable[Member], value: object) -> None:
     """Set the members ``fields`` (Members) of message ``msg`` from ``value``."""
     for key, nested in nest(fields, raw_fields(value, fields)).items():
         msg[key] = nested
 
 
-def sa_to_message(sa: SecurityAssociation, message_class=xfrm_usersa_info, carry_current=True):
+def sa_to_message(sa: SecurityAssociation, message_class: type[_xfrm_body] = xfrm_usersa_info,
+                  carry_current: bool = True) -> _xfrm_body:
     """The NEWSA/UPDSA body for ``sa``: keys, replay state and, when
     ``carry_current``, the used lifetime (XFRMA_LTIME_VAL)."""
     msg = message_class()
@@ -223,7 +243,7 @@ def sa_to_message(sa: SecurityAssociation, message_class=xfrm_usersa_info, carry
     msg["lft"] = to_struct(sa.lifetime)
     msg["curlft"] = to_struct(sa.current)
     msg["replay_window"] = 0 if sa.replay.esn_attr else sa.replay.window
-    attrs = [_algorithm_attribute(algorithm) for algorithm in sa.algorithms]
+    attrs: list[Attribute] = [_algorithm_attribute(algorithm) for algorithm in sa.algorithms]
     attrs.append(_replay_attribute(sa.replay))
     if carry_current and sa.current != LifetimeCurrent():
         current = sa.current
@@ -236,7 +256,7 @@ def sa_to_message(sa: SecurityAssociation, message_class=xfrm_usersa_info, carry
     return msg
 
 
-def sa_from_message(msg) -> SecurityAssociation:
+def sa_from_message(msg: _xfrm_body) -> SecurityAssociation:
     family = msg["family"]
     return SecurityAssociation(
         **text_fields(SA_MEMBERS, unnest(SA_MEMBERS, msg), family),
@@ -249,20 +269,20 @@ def sa_from_message(msg) -> SecurityAssociation:
     )
 
 
-def policy_to_message(policy: SecurityPolicy):
+def policy_to_message(policy: SecurityPolicy) -> xfrm_userpolicy_info:
     msg = xfrm_userpolicy_info()
     msg["sel"] = to_struct(policy.selector)
     msg["lft"] = to_struct(policy.lifetime)
     msg["curlft"] = {}
     _put(msg, POLICY_MEMBERS, policy)
-    attrs = []
+    attrs: list[Attribute] = []
     if policy.templates:
         attrs.append(("XFRMA_TMPL", [to_struct(t) for t in policy.templates]))
     msg["attrs"] = attrs + _optional_attrs(policy.mark, policy.if_id)
     return msg
 
 
-def policy_from_message(msg) -> SecurityPolicy:
+def policy_from_message(msg: _xfrm_body) -> SecurityPolicy:
     templates = [from_struct(Template, t, t["family"] or AF_INET6) for t in msg.get_attr("XFRMA_TMPL") or ()]
     sel_family = msg["sel"]["family"] or (templates[0].family if templates else AF_INET6)
     return SecurityPolicy(
@@ -292,7 +312,7 @@ def _open_xfrm_socket() -> socket.socket:
 def _open_socket_in_netns(netns: str) -> socket.socket:
     """Create the socket from a thread that joined ``netns``; the thread ends
     right after, the socket keeps the namespace."""
-    result: dict = {}
+    result: dict[str, Any] = {}  # "socket" or "error"
 
     def create() -> None:
         try:
@@ -306,7 +326,8 @@ def _open_socket_in_netns(netns: str) -> socket.socket:
     worker.join()
     if "error" in result:
         raise result["error"]
-    return result["socket"]
+    created: socket.socket = result["socket"]
+    return created
 
 
 #: Requests the kernel answers with a message of their own: asked without NLM_F_ACK, since an
@@ -325,19 +346,21 @@ class Xfrm:
     """One NETLINK_XFRM socket (optionally in a named netns) and the SAD/SPD
     operations the IPsec context needs."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, sock: socket.socket | None = None) -> None:
+        """``sock``: a netlink socket to use instead of opening one (a test's stand-in that records
+        or counts what is sent); :attr:`sock` is the socket in use."""
         self.netns = netns
-        self._socket = _open_socket_in_netns(netns) if netns else _open_xfrm_socket()
+        self.sock = sock if sock is not None else (_open_socket_in_netns(netns) if netns else _open_xfrm_socket())
         self._sequence = 0
         self._buffer = bytearray(RECEIVE_BUFFER)
 
     def close(self) -> None:
-        self._socket.close()
+        self.sock.close()
 
-    def __enter__(self) -> "Xfrm":
+    def __enter__(self) -> Xfrm:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # --- transport ---
@@ -345,12 +368,12 @@ class Xfrm:
     def _receive(self, operation: str) -> bytes:
         """One datagram from the kernel, into the socket's buffer; one that does not fit is an
         error (EMSGSIZE), never a silently truncated reply."""
-        length = self._socket.recv_into(self._buffer, 0, socket.MSG_TRUNC)
+        length = self.sock.recv_into(self._buffer, 0, socket.MSG_TRUNC)
         if length > len(self._buffer):
             raise XfrmError(90, operation, f"a {length}-octet reply exceeds the receive buffer")  # EMSGSIZE
         return bytes(memoryview(self._buffer)[:length])
 
-    def _messages(self, operation: str):
+    def _messages(self, operation: str) -> Iterator[tuple[int, int, int, bytes]]:
         """The netlink messages of the next datagram from the kernel: (type, flags, sequence, the
         message's octets)."""
         data = self._receive(operation)
@@ -366,24 +389,24 @@ class Xfrm:
         self._sequence = (self._sequence + 1) & 0xFFFFFFFF or 1
         return self._sequence
 
-    def _send(self, msg_type: int, body, flags: int) -> int:
+    def _send(self, msg_type: int, body: _xfrm_body, flags: int) -> int:
         sequence = self._sequence_next()
         body["header"]["type"] = msg_type
         body["header"]["flags"] = flags
         body["header"]["sequence_number"] = sequence
         body["header"]["pid"] = 0
         body.encode()
-        self._socket.send(bytes(body.data))
+        self.sock.send(bytes(body.data))
         return sequence
 
     def _request(
         self,
         msg_type: int,
-        body,
+        body: _xfrm_body,
         flags: int = 0,
         dump: bool = False,
         prefilter: tuple[bytes, ...] | None = None,
-    ) -> list:
+    ) -> list[_xfrm_body]:
         """Send one request; return the decoded reply bodies (a dump's, or
         GET's single answer).  An error reply raises XfrmError.  With
         ``prefilter``, dump replies whose raw bytes contain none of its byte
@@ -391,7 +414,7 @@ class Xfrm:
         operation = XFRM_MSG_NAMES.get(msg_type, str(msg_type))
         flags |= NLM_F_REQUEST | (NLM_F_DUMP if dump else 0 if msg_type in ANSWERED else NLM_F_ACK)
         sequence = self._send(msg_type, body, flags)
-        replies = []
+        replies: list[_xfrm_body] = []
         while True:
             for reply_type, reply_flags, reply_seq, chunk in self._messages(operation):
                 if reply_seq != sequence:
@@ -427,11 +450,11 @@ class Xfrm:
                 (flags,) = struct.unpack_from("=H", chunk, 6)
                 struct.pack_into("=H", chunk, 6, flags & ~NLM_F_ACK)  # nlmsg_flags
             data += chunk
-        self._socket.send(bytes(data))
+        self.sock.send(bytes(data))
         return sequences
 
     @staticmethod
-    def encode_request(msg_type: int, body, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
+    def encode_request(msg_type: int, body: _xfrm_body, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
         """A request's bytes, encoded once (ahead of time) for :meth:`send_batch`; its sequence
         number is set when it is sent."""
         body["header"]["type"] = msg_type
@@ -492,7 +515,7 @@ class Xfrm:
         e.g. the larval SA that XFRM_MSG_ALLOCSPI created."""
         self._request(XFRM_MSG_UPDSA, sa_to_message(sa, carry_current=carry_current))
 
-    def _usersa_id(self, daddr: str, spi: int, proto: int, mark: Mark | None):
+    def _usersa_id(self, daddr: str, spi: int, proto: int, mark: Mark | None) -> xfrm_usersa_id_msg:
         msg = xfrm_usersa_id_msg()
         msg["daddr"] = address_to_bytes(daddr)
         msg["spi"] = spi
@@ -528,10 +551,13 @@ class Xfrm:
                     reply = xfrm_usersa_info(chunk)
                     reply.decode()
                     answers[sequence] = sa_from_message(reply)
+        found: list[SecurityAssociation] = []
         for sequence in sequences:
-            if isinstance(answers[sequence], XfrmError):
-                raise answers[sequence]
-        return [answers[sequence] for sequence in sequences]
+            answer = answers[sequence]
+            if isinstance(answer, XfrmError):
+                raise answer
+            found.append(answer)
+        return found
 
     def delete_sa(
         self, daddr: str, spi: int, proto: int = IPPROTO_ESP, mark: Mark | None = None
@@ -547,9 +573,9 @@ class Xfrm:
         """All SAs, or those whose source and/or destination is exactly the
         given address (XFRMA_ADDRESS_FILTER, filtered in the kernel)."""
         request = xfrm_dump_request()
-        attrs = []
+        attrs: list[Attribute] = []
         if saddr is not None or daddr is not None:
-            family = family_of(saddr or daddr)
+            family = family_of(cast(str, saddr or daddr))  # one of them is given
             full = 128 if family == AF_INET6 else 32
             attrs.append(
                 (
@@ -597,9 +623,10 @@ class Xfrm:
         msg["max"] = spi_max
         msg["attrs"] = _mark_attrs(mark)
         (reply,) = self._request(XFRM_MSG_ALLOCSPI, msg)
-        return reply["id"]["spi"]
+        spi: int = reply["id"]["spi"]
+        return spi
 
-    def _aevent_id(self, sa: SecurityAssociation, flags: int):
+    def _aevent_id(self, sa: SecurityAssociation, flags: int) -> xfrm_aevent_id:
         msg = xfrm_aevent_id()
         msg["sa_id"] = {
             "daddr": address_to_bytes(sa.daddr),
@@ -632,7 +659,7 @@ class Xfrm:
         """XFRM_MSG_NEWAE (needs NLM_F_REPLACE): overwrite an installed SA's
         replay/sequence state (ESN included) and optionally its used lifetime."""
         msg = self._aevent_id(sa, XFRM_AE_RVAL | (XFRM_AE_LVAL if current else 0))
-        attrs = [_replay_attribute(replay)]
+        attrs: list[Attribute] = [_replay_attribute(replay)]
         if current is not None:
             attrs.append(("XFRMA_LTIME_VAL", to_struct(current)))
         msg["attrs"] = attrs + _mark_attrs(sa.mark)
@@ -653,7 +680,8 @@ class Xfrm:
         selector and direction."""
         self._request(XFRM_MSG_UPDPOLICY, policy_to_message(policy))
 
-    def _userpolicy_id(self, selector: Selector, direction: int, mark, if_id: int, index: int = 0):
+    def _userpolicy_id(self, selector: Selector, direction: int, mark: Mark | None, if_id: int,
+                       index: int = 0) -> xfrm_userpolicy_id:
         msg = xfrm_userpolicy_id()
         msg["sel"] = to_struct(selector)
         msg["index"] = index

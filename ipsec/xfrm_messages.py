@@ -21,6 +21,7 @@ derived from them (``layout.py``).
 from __future__ import annotations
 
 import struct
+from typing import Any, ClassVar
 
 from pyroute2.netlink import nla, nlmsg
 
@@ -147,10 +148,12 @@ class _embeddable:
     """
 
     __slots__ = ()
-    fields: tuple = ()
+    fields: tuple[tuple[str, str | type[_embeddable]], ...] = ()
+    _compiled: ClassVar[tuple[_Compiled, ...]]  # set per class by _members()
+    _c_size: ClassVar[int]  # set per class by c_sizeof()
 
     @classmethod
-    def _members(cls) -> tuple:
+    def _members(cls) -> tuple[_Compiled, ...]:
         """``fields`` compiled once per class: (name, nested class or ``struct.Struct``, padding,
         zero value). Encoding a context's requests walks these tens of times per message."""
         compiled = cls.__dict__.get("_compiled")
@@ -171,8 +174,8 @@ class _embeddable:
         return size
 
     @classmethod
-    def decode_from(cls, data, offset: int = 0):
-        value = {}
+    def decode_from(cls, data: bytes | bytearray, offset: int = 0) -> tuple[dict[str, Any] | bytes, int]:
+        value: dict[str, Any] = {}
         for name, fmt, padding, _zero_value in cls._members():
             if isinstance(fmt, type):
                 value[name], offset = fmt.decode_from(data, offset)
@@ -184,7 +187,8 @@ class _embeddable:
         return value, offset
 
     @classmethod
-    def encode_into(cls, data: bytearray, offset: int, value) -> int:
+    def encode_into(cls, data: bytearray, offset: int, value: Any) -> int:
+        """``value``: a dict for a structure (missing members are zero), bytes for an address."""
         value = value or {}
         end = offset + cls.c_sizeof()
         if len(data) < end:
@@ -199,8 +203,13 @@ class _embeddable:
         return offset
 
 
-def _zero(fmt: str):
+def _zero(fmt: str) -> bytes | int:
     return b"" if fmt.endswith("s") else 0
+
+
+#: one compiled member of ``_embeddable.fields``: (name, nested class or ``struct.Struct``,
+#: padding, zero value)
+_Compiled = tuple[str, "type[_embeddable] | struct.Struct", bool, "bytes | int | None"]
 
 
 class xfrm_address_t(_embeddable):
@@ -209,11 +218,11 @@ class xfrm_address_t(_embeddable):
     fields = (("a6", "16s"),)
 
     @classmethod
-    def decode_from(cls, data, offset: int = 0):
+    def decode_from(cls, data: bytes | bytearray, offset: int = 0) -> tuple[bytes, int]:
         return bytes(data[offset : offset + 16]), offset + 16
 
     @classmethod
-    def encode_into(cls, data, offset, value):
+    def encode_into(cls, data: bytearray, offset: int, value: bytes | None) -> int:
         raw = (value or b"").ljust(16, b"\0")
         if len(data) < offset + 16:
             data.extend(b"\0" * (offset + 16 - len(data)))
@@ -381,7 +390,7 @@ class _fixed_head_with_tail(nla):
 
     __slots__ = ()
 
-    def ft_decode(self, offset):
+    def ft_decode(self, offset: int) -> None:
         head = self.fields[:-1]
         for name, fmt in head:
             unpacked = struct.unpack_from(fmt, self.data, offset)
@@ -437,10 +446,10 @@ class _struct_array(nla):
     ``struct xfrm_user_migrate[]``).  The value is a list of dicts."""
 
     __slots__ = ()
-    element: type = xfrm_user_tmpl
+    element: ClassVar[type[_embeddable]] = xfrm_user_tmpl
     fields = (("value", "s"),)
 
-    def ft_decode(self, offset):
+    def ft_decode(self, offset: int) -> None:
         end = self.offset + self.length
         size = self.element.c_sizeof()
         items = []
@@ -450,10 +459,10 @@ class _struct_array(nla):
         self["value"] = items
         del self["attrs"]
 
-    def getvalue(self):
+    def getvalue(self) -> Any:
         return self["value"]
 
-    def ft_encode(self, offset):
+    def ft_encode(self, offset: int) -> tuple[int, int]:
         raw = bytearray()
         for item in self["value"] or ():
             self.element.encode_into(raw, len(raw), item)

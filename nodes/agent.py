@@ -23,8 +23,10 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from nodes.contracts import AgentError, TraceEvent
 
 # Protocol agents and daemons (charon, freeradius) run at nice -10: ahead of everything else that
 # is not real-time, and all of them on the same terms. Not real-time: one spinning thread of a
@@ -48,10 +50,6 @@ def _set_nice(value: int) -> None:
 
 def raise_agent_priority() -> None:
     _set_nice(AGENT_NICE)
-
-
-class AgentError(RuntimeError):
-    """A control command failed; the message goes back to the runner."""
 
 
 class Agent:
@@ -109,7 +107,7 @@ class Agent:
         try:
             callback()
         except Exception as error:  # reported, not fatal: the agent must keep serving
-            self.trace("deferred_failed", work=label, error=repr(error), traceback=traceback.format_exc())
+            self.trace(TraceEvent.DEFERRED_FAILED, work=label, error=repr(error), traceback=traceback.format_exc())
         finally:
             if renice:
                 _set_nice(AGENT_NICE)
@@ -154,7 +152,7 @@ class Agent:
             except OSError as error:
                 # The client went away (or stopped reading) before its reply: its loss, not ours.
                 # The agent keeps serving everyone else.
-                self.trace("control_client_lost", error=str(error))
+                self.trace(TraceEvent.CONTROL_CLIENT_LOST, error=str(error))
                 self._drop_client(connection)
                 return
         self._buffers[connection] = buffer
@@ -174,17 +172,17 @@ class Agent:
         try:
             result = handler(**request)
         except AgentError as error:
-            self.trace("command_failed", cmd=name, error=str(error))
+            self.trace(TraceEvent.COMMAND_FAILED, cmd=name, error=str(error))
             return {"ok": False, "error": str(error)}
         except Exception as error:  # reported, not fatal: the agent must keep serving
-            self.trace("command_failed", cmd=name, error=repr(error), traceback=traceback.format_exc())
+            self.trace(TraceEvent.COMMAND_FAILED, cmd=name, error=repr(error), traceback=traceback.format_exc())
             return {"ok": False, "error": f"{type(error).__name__}: {error}"}
         return {"ok": True, **(result or {})}
 
     def run(self) -> None:
         raise_agent_priority()
         print(f"READY {self.name} {os.getpid()}", flush=True)
-        self.trace("ready", pid=os.getpid())
+        self.trace(TraceEvent.READY, pid=os.getpid())
         while not self._stopping:
             timeout = 0.5
             if self._timers:
@@ -202,41 +200,16 @@ class Agent:
             while self._timers and self._timers[0][0] <= now:
                 _, _, callback = heapq.heappop(self._timers)
                 callback()
-                ready = True
+                ready = True  # type: ignore[assignment]  # from here on only its truth counts: something ran
             if self._deferred and not ready:
                 self._run_deferred()
         self.run_deferred_now()
-        self.trace("stopped")
+        self.trace(TraceEvent.STOPPED)
         self.close()
 
     def close(self) -> None:
         self._trace.close()
         self._control.close()
-
-
-class AgentClient:
-    """The runner's side of an agent's control socket."""
-
-    def __init__(self, path: str, timeout: float = 30.0) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self._file = self.sock.makefile("rb")
-
-    def request(self, cmd: str, **arguments: Any) -> dict[str, Any]:
-        self.sock.sendall(json.dumps({"cmd": cmd, **arguments}).encode() + b"\n")
-        line = self._file.readline()
-        if not line:
-            raise AgentError(f"agent at {self.path} closed its control socket")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise AgentError(f"{cmd}: {reply.get('error')}")
-        return reply
-
-    def close(self) -> None:
-        self._file.close()
-        self.sock.close()
 
 
 def read_trace(path: str) -> list[dict[str, Any]]:

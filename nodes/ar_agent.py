@@ -2,7 +2,7 @@
 
 One process per AR for the whole experiment. CXTP reaches MNs over raw ICMPv6 type 150 on the
 access link and the other AR over SCTP port 5091 (or TCP, as the paper's prototype did). The
-IPsec context is registered with the node's CXTP registry by :mod:`nodes.ipsec_handler`.
+IPsec context is registered with the node's CXTP registry as :mod:`nodes.ar_context`'s handler.
 
 Control commands (JSON lines, see :mod:`nodes.agent`): ``set_mn_key`` (the CXTP key shared with
 an MN, distributed out of band: RFC 4067 §6.3 leaves its establishment open),
@@ -20,6 +20,7 @@ import json
 import random
 import sys
 import time
+from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -29,10 +30,12 @@ from cxtp.events import ReleaseDue
 from cxtp.messages import normalize_address
 from cxtp.registry import Registry
 from ipsec import IpsecContext, Xfrm, XfrmError, capture_context, install_context, remove_context
-from nodes import ipsec_handler
+from nodes import ar_context, operator_policy
 from nodes.agent import Agent, main_guard
+from nodes.contracts import ArControl, TraceEvent, serve
 from nodes.cxtp_node import CxtpRuntime
-from nodes.cxtp_transport import IcmpTransport, SctpTransport, TcpTransport
+from nodes.cxtp_transport import IcmpTransport, SctpTransport, TcpTransport, Transport
+from nodes.install_fault import InstallFault
 
 
 class PeerAddressTransport:
@@ -87,28 +90,26 @@ class AccessRouterAgent:
         self.access_interface = access_interface
         self.xfrm = Xfrm()
         self.ipr = IPRoute()
-        self.handler = ipsec_handler.ArIpsecHandler(self.xfrm, address, agent.trace, state_dir, defer=agent.defer)
+        self.handler = ar_context.ArIpsecHandler(self.xfrm, address, agent.trace, state_dir, defer=agent.defer)
         peers = peers or {}
         self.engine = AccessRouter(address, Registry([self.handler]), Config(**(config or {})), random.Random(seed),
                                    peers=peers)
         ar_link = (SctpTransport(bind_address=link_address) if ar_transport == "sctp"
                    else TcpTransport(bind_address=link_address))
         self.ar_link = ar_link
-        transports = {TRANSPORT_ICMP: IcmpTransport(interface=access_interface),
-                      TRANSPORT_AR: PeerAddressTransport(ar_link, peers)}
+        transports: dict[str, Transport] = {TRANSPORT_ICMP: IcmpTransport(interface=access_interface),
+                                            TRANSPORT_AR: PeerAddressTransport(ar_link, peers)}
         self.transports = transports
         self.runtime = CxtpRuntime(agent, self.engine, transports, on_event=self._on_event)
         self._apply_lifetime()
         # CXTP with other ARs only under ESP, from the first moment (RFC 4067 §6.2); and nothing
         # forwarded that claims to be this AR's (it would leave in this AR's own SA)
-        require_esp = (*ipsec_handler.cxtp_requires_esp(), *ipsec_handler.no_forwarding_as((link_address, address)))
+        require_esp = (*operator_policy.cxtp_requires_esp(), *operator_policy.no_forwarding_as((link_address, address)))
         self._remove_policies(require_esp)
         for policy in require_esp:
             self.xfrm.add_policy(policy)
         self.static_policies: list = []
-        for name in ("set_mn_key", "trigger_predictive", "provision", "access_policy", "clear_mn", "counters",
-                     "configure", "fault", "install_fault"):
-            agent.command(name, getattr(self, name))
+        serve(agent, self, ArControl)
 
     # -- events of the engine ------------------------------------------------------------------------
     def _on_event(self, event) -> None:
@@ -117,7 +118,7 @@ class AccessRouterAgent:
             # this AR's link (its access link has no carrier: the station disassociated); an MN
             # still attached keeps its protection.
             if self.mn_attached():
-                self.agent.trace("release_skipped", mn=event.mn_previous_address, reason="MN still attached")
+                self.agent.trace(TraceEvent.RELEASE_SKIPPED, mn=event.mn_previous_address, reason="MN still attached")
             else:
                 self.handler.release(event.mn_previous_address)
 
@@ -141,7 +142,8 @@ class AccessRouterAgent:
 
     def configure(self, **timers: float) -> dict:
         """Engine timers derived from the scenario (they depend on the network, not on this code)."""
-        self.engine.config = dataclasses.replace(self.engine.config, **timers)
+        fields: dict[str, Any] = timers  # timer fields only: not every field of Config is a float
+        self.engine.config = dataclasses.replace(self.engine.config, **fields)
         self._apply_lifetime()
         return {"config": dataclasses.asdict(self.engine.config)}
 
@@ -153,23 +155,23 @@ class AccessRouterAgent:
         return self.runtime.inject_fault(message, action, count, delay_ms)
 
     def install_fault(self, after: int, action: str) -> dict:
-        self.handler.install_fault = ipsec_handler.InstallFault(self.xfrm, after, action)
+        self.handler.install_fault = InstallFault(self.xfrm, after, action)
         return {}
 
     def provision(self, context: str) -> dict:
         """Install a context set up in advance (an MN's static SAs, the AR-AR SAs). Replaces what
         an earlier run of this agent installed, so that a restarted agent can provision again."""
-        context = IpsecContext.decode(bytes.fromhex(context))
-        remove_context(self.xfrm, context)
-        installation = install_context(self.xfrm, context)
+        decoded = IpsecContext.decode(bytes.fromhex(context))
+        remove_context(self.xfrm, decoded)
+        installation = install_context(self.xfrm, decoded)
         self.handler.know_installed(installation.context)
         return {"sas": len(installation.context.sas)}
 
     def access_policy(self, prefix: str, enable: bool) -> dict:
-        self._remove_policies([*self.static_policies, *ipsec_handler.access_policies(prefix)])
+        self._remove_policies([*self.static_policies, *operator_policy.access_policies(prefix)])
         self.static_policies = []
         if enable:
-            for policy in ipsec_handler.access_policies(prefix):
+            for policy in operator_policy.access_policies(prefix):
                 self.xfrm.add_policy(policy)
                 self.static_policies.append(policy)
         return {"policies": len(self.static_policies)}

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Mapping
 
+from cxtp.engine import AccessRouter, Datagram, MobileNode
 from cxtp.errors import CxtpError
+from cxtp.events import AnyEvent
 from nodes.agent import Agent
+from nodes.contracts import TraceEvent, engine_event
+from nodes.cxtp_transport import Transport
 
 MESSAGE_NAMES = {1: "CTAR", 2: "CTAA", 3: "CTD", 4: "PCTD", 5: "CTDR", 6: "CTC", 7: "CT-Req"}
 
@@ -37,7 +42,8 @@ class OutgoingFault:
 
 
 class CxtpRuntime:
-    def __init__(self, agent: Agent, engine, transports: dict[str, object], on_event=None) -> None:
+    def __init__(self, agent: Agent, engine: AccessRouter | MobileNode, transports: Mapping[str, Transport],
+                 on_event: Callable[[AnyEvent], None] | None = None) -> None:
         self.agent = agent
         self.engine = engine
         self.transports = transports
@@ -45,22 +51,23 @@ class CxtpRuntime:
         self.faults: list[OutgoingFault] = []
         self._armed_deadline: float | None = None
         for transport in transports.values():
-            agent.add_reader(transport, lambda transport=transport: self._readable(transport))
+            # the default binds this transport (mypy cannot type a lambda with one: python/mypy#12557)
+            agent.add_reader(transport, lambda transport=transport: self._readable(transport))  # type: ignore[misc]
 
-    def _readable(self, transport) -> None:
+    def _readable(self, transport: Transport) -> None:
         try:
             received = transport.recv()
         except OSError as error:
-            self.agent.trace("cxtp_transport_error", link=transport.kind, error=str(error))
+            self.agent.trace(TraceEvent.CXTP_TRANSPORT_ERROR, link=transport.kind, error=str(error))
             return
         if received is None:
-            self.agent.trace("cxtp_dropped_by_transport", link=transport.kind,
+            self.agent.trace(TraceEvent.CXTP_DROPPED_BY_TRANSPORT, link=transport.kind,
                              counters=dict(getattr(transport, "counters", {})))
             return
         data, source = received
         # one clock read for the trace and the engine: in the guest each read is a system call
         received_ns = time.monotonic_ns()
-        self.agent.trace("cxtp_received", t_ns=received_ns, type=message_name(data), bytes=len(data),
+        self.agent.trace(TraceEvent.CXTP_RECEIVED, t_ns=received_ns, type=message_name(data), bytes=len(data),
                          link=transport.kind, source=source)
         self.engine.receive(data, source, transport.kind, received_ns / 1e9)
         self.pump()
@@ -72,15 +79,15 @@ class CxtpRuntime:
                 return fault
         return None
 
-    def _send(self, datagram) -> None:
+    def _send(self, datagram: Datagram) -> None:
         name = message_name(datagram.data)
         try:
             handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.transports[datagram.transport].send(datagram.data, datagram.destination)
-            self.agent.trace("cxtp_sent", t_ns=handed_over, type=name, bytes=len(datagram.data),
+            self.agent.trace(TraceEvent.CXTP_SENT, t_ns=handed_over, type=name, bytes=len(datagram.data),
                              link=datagram.transport, destination=datagram.destination)
         except OSError as error:
-            self.agent.trace("cxtp_send_failed", type=name, link=datagram.transport,
+            self.agent.trace(TraceEvent.CXTP_SEND_FAILED, type=name, link=datagram.transport,
                              destination=datagram.destination, error=str(error))
 
     def pump(self) -> None:
@@ -90,14 +97,15 @@ class CxtpRuntime:
             if fault is None:
                 self._send(datagram)
                 continue
-            self.agent.trace("cxtp_fault", type=fault.message, action=fault.action, delay_ms=fault.delay_ms)
+            self.agent.trace(TraceEvent.CXTP_FAULT, type=fault.message, action=fault.action, delay_ms=fault.delay_ms)
             if fault.action == "delay":
-                self.agent.call_at(time.monotonic() + fault.delay_ms / 1000, lambda d=datagram: self._send(d))
+                self.agent.call_at(time.monotonic() + fault.delay_ms / 1000,
+                                   lambda d=datagram: self._send(d))  # type: ignore[misc]  # python/mypy#12557
         reported_ns = None  # the events of one pass share a stamp: one clock read, not one each
         while (event := self.engine.next_event()) is not None:
             reported_ns = reported_ns or time.monotonic_ns()
             fields = dataclasses.asdict(event) if dataclasses.is_dataclass(event) else {"repr": repr(event)}
-            self.agent.trace("cxtp_" + type(event).__name__, t_ns=reported_ns, **fields)
+            self.agent.trace(engine_event(event), t_ns=reported_ns, **fields)
             if self.on_event is not None:
                 self.on_event(event)
         deadline = self.engine.get_timer()
@@ -110,7 +118,7 @@ class CxtpRuntime:
         try:
             self.engine.handle_timer(time.monotonic())
         except CxtpError as error:
-            self.agent.trace("cxtp_timer_error", error=str(error))
+            self.agent.trace(TraceEvent.CXTP_TIMER_ERROR, error=str(error))
         self.pump()
 
     def inject_fault(self, message: str, action: str, count: int = 1, delay_ms: float = 0.0) -> dict:

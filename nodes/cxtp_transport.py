@@ -26,7 +26,8 @@ import selectors
 import socket
 import struct
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from cxtp import constants as c
 from cxtp.engine import TRANSPORT_AR, TRANSPORT_ICMP
@@ -45,6 +46,21 @@ MSG_NOTIFICATION = 0x8000  # <netinet/sctp.h>
 IPPROTO_SCTP = getattr(socket, "IPPROTO_SCTP", 132)
 _SCTP_SNDRCVINFO = struct.Struct("@HHHIIIIIi")  # struct sctp_sndrcvinfo (32 octets)
 MAX_MESSAGE = 65535 + 64
+
+
+class Transport(Protocol):
+    """What every transport has (see above), for those that take any of them."""
+
+    kind: str
+    counters: Counter[str]
+
+    def fileno(self) -> int: ...
+
+    def send(self, data: bytes, destination: str) -> None: ...
+
+    def recv(self) -> tuple[bytes, str] | None: ...
+
+    def close(self) -> None: ...
 
 
 def _strip_scope(address: str) -> str:
@@ -331,12 +347,12 @@ class TcpTransport:
         self._selector.close()
 
 
-def flush(engine, transports: dict[str, object], on_error: Callable[[Exception], None] | None = None) -> int:
+def flush(engine, transports: Mapping[str, Transport], on_error: Callable[[Exception], None] | None = None) -> int:
     """Send everything ``engine`` has queued through ``transports[datagram.transport]``."""
     sent = 0
     for datagram in engine.datagrams_to_send():
         try:
-            transports[datagram.transport].send(datagram.data, datagram.destination)  # type: ignore[attr-defined]
+            transports[datagram.transport].send(datagram.data, datagram.destination)
             sent += 1
         except OSError as error:
             if on_error is None:

@@ -4,7 +4,8 @@ In the way of IPMininet's daemon classes: a daemon renders its configuration fro
 show it without starting anything: :meth:`Daemon.dry_run`), starts with one command in its host,
 is ready when its own readiness check says so (not after a sleep), writes its output and logs
 into its directory in the run directory, and is stopped by the PID that was recorded when it
-started: SIGTERM, then SIGKILL. The protocol agents, strongSwan's charon and FreeRADIUS all use it.
+started: SIGTERM, then SIGKILL. The protocol agents (:class:`AgentProcess`), strongSwan's charon
+and FreeRADIUS all use it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Generic, TypeVar
+
+from nodes.contracts import AgentClient, AgentError
 
 READY_POLL_S = 0.02
 
@@ -116,3 +121,59 @@ class Daemon:
             return self.output_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+_Client = TypeVar("_Client", bound=AgentClient)
+
+
+class AgentProcess(Daemon, Generic[_Client]):
+    """A protocol agent in a host (:mod:`nodes.agent`): ready once it has written ``READY`` (its
+    sockets are bound), then driven over its control socket through ``contract``, its typed
+    client (:mod:`nodes.contracts`); output and trace in the run directory; stopped by its PID."""
+
+    def __init__(self, host, module: str, arguments: list[str], directory: Path, name: str,
+                 contract: type[_Client], cwd: str, ready_timeout_s: float = 90.0) -> None:
+        self.name = name
+        super().__init__(host, directory)
+        self.module, self.arguments, self.contract, self.cwd = module, arguments, contract, cwd
+        self.ready_timeout_s = ready_timeout_s
+        self.control_path = str(self.directory / f"{name}.control")
+        self.trace_path = self.directory / f"trace-{name}.jsonl"
+        self._client: _Client | None = None
+        self._output_seen = 0
+        self.start(ready_timeout_s)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.arguments,
+                "--control", self.control_path, "--trace", str(self.trace_path)]
+
+    def prepare(self) -> None:
+        self._output_seen = self.output_path.stat().st_size if self.output_path.exists() else 0
+
+    def ready(self) -> bool:
+        with open(self.output_path, "rb") as output:
+            output.seek(self._output_seen)
+            return any(line.startswith(b"READY") for line in output)
+
+    def start(self, timeout: float | None = None) -> None:
+        super().start(self.ready_timeout_s if timeout is None else timeout)
+        self._client = self.contract(self.control_path, name=self.name)
+
+    @property
+    def client(self) -> _Client:
+        """The typed client, once the agent is known to be running (an agent that died is an
+        :class:`AgentError` naming its exit status, not a broken pipe)."""
+        if not self.alive or self._client is None:
+            code = self.process.returncode if self.process is not None else None
+            raise AgentError(f"agent {self.name} is not running (exit status {code})")
+        return self._client
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        super().stop(timeout)

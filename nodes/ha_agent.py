@@ -15,6 +15,7 @@ import time
 
 from nodes import mobility
 from nodes.agent import Agent, main_guard
+from nodes.contracts import HaControl, TraceEvent, serve
 from nodes.probe import DEFAULT_PORT, ProbeEnd, ProbeStreams
 
 
@@ -27,16 +28,21 @@ class HomeAgent:
         self.decode_errors = 0
         self.sock = mobility.mobility_socket()
         agent.add_reader(self.sock, self._receive)
-        agent.command("binding", lambda: {"care_of": self.cache.care_of(self.identity),
-                                          "decode_errors": self.decode_errors})
-        agent.command("lateness", probes.lateness)
+        self.probes = probes
+        serve(agent, self, HaControl)
+
+    def binding(self) -> dict:
+        return {"care_of": self.cache.care_of(self.identity), "decode_errors": self.decode_errors}
+
+    def lateness(self, start_ns: int, end_ns: int) -> dict:
+        return self.probes.lateness(start_ns, end_ns)
 
     def _receive(self) -> None:
         try:
             received = mobility.receive(self.sock)
         except mobility.MobilityDecodeError as error:
             self.decode_errors += 1
-            self.agent.trace("mh_decode_error", source=error.source, error=str(error))
+            self.agent.trace(TraceEvent.MH_DECODE_ERROR, source=error.source, error=str(error))
             return
         if received is None:
             return
@@ -44,7 +50,7 @@ class HomeAgent:
         if not isinstance(message, mobility.BindingUpdate):
             return
         status = self.cache.update(message, care_of)
-        self.agent.trace("bu_received", source=care_of, seq=message.sequence, identity=message.identity,
+        self.agent.trace(TraceEvent.BU_RECEIVED, source=care_of, seq=message.sequence, identity=message.identity,
                          status=status)
         if status == mobility.BA_STATUS_ACCEPTED and message.identity == self.identity:
             self.probe.peer = care_of  # the probe stream follows the binding
@@ -53,7 +59,7 @@ class HomeAgent:
             encoded = ack.encode()
             handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.sock.sendto(encoded, (care_of, 0))
-            self.agent.trace("ba_sent", t_ns=handed_over, destination=care_of, seq=message.sequence,
+            self.agent.trace(TraceEvent.BA_SENT, t_ns=handed_over, destination=care_of, seq=message.sequence,
                              status=status, bytes=len(encoded))
 
 
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--initial-peer", required=True, help="the MN's care-of address at start")
     parser.add_argument("--mn-namespace", required=True, help="the MN's network namespace (a pid or a name)")
     parser.add_argument("--mn-probe-out", required=True, help="the MN end's probe trace")
-    parser.add_argument("--identity", default="mn@testbed")
+    parser.add_argument("--identity", required=True)
     parser.add_argument("--bind", required=True,
                         help="the HA's address: the source of its probes, the destination of the MN's")
     parser.add_argument("--rate", type=float, default=1000.0)

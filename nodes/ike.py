@@ -185,7 +185,6 @@ def _child(local_ts: str, remote_ts: str) -> dict[str, Any]:
 # the old one), no DPD, rekeying or re-authentication timers inside a run.
 COMMON_CONNECTION_OPTIONS = {"version": "2", "proposals": [IKE_PROPOSAL], "mobike": "no", "fragmentation": "yes",
                              "dpd_delay": "0", "rekey_time": "0", "reauth_time": "0"}
-MN_IDENTITY = "mn"
 AR_CONNECTION = "access"         # the connection name on each AR
 
 
@@ -278,7 +277,7 @@ class PacketCounter:
 
     def drain(self) -> list[tuple[str, bytes]]:
         """Everything queued since the last drain: (``"out"`` or ``"in"``, UDP payload)."""
-        packets = []
+        packets: list[tuple[str, bytes]] = []
         while True:
             try:
                 data, address = self._sock.recvfrom(65535)

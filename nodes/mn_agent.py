@@ -30,8 +30,9 @@ from cxtp.engine import TRANSPORT_ICMP, MobileNode
 from cxtp.events import TransferCompleted, TransferFailed
 from cxtp.registry import Registry
 from ipsec import IpsecContext, Xfrm, capture_context, install_context, remove_context
-from nodes import ipsec_handler, mobility
+from nodes import mn_context, mobility, operator_policy
 from nodes.agent import Agent, main_guard
+from nodes.contracts import MnControl, TraceEvent, serve
 from nodes.cxtp_node import CxtpRuntime
 from nodes.cxtp_transport import IcmpTransport
 
@@ -65,7 +66,7 @@ class MobileNodeAgent:
         self.identity = identity
         self.rng = random.Random(seed)
         self.xfrm = Xfrm()
-        self.handler = ipsec_handler.MnIpsecHandler(self.xfrm, agent.trace)
+        self.handler = mn_context.MnIpsecHandler(self.xfrm, agent.trace)
         self.registry = Registry([self.handler])
         self.engine = MobileNode(address, self.registry, Config(), random.Random(seed + 1))
         self.runtime = CxtpRuntime(agent, self.engine, {TRANSPORT_ICMP: IcmpTransport()}, on_event=self._on_event)
@@ -88,9 +89,7 @@ class MobileNodeAgent:
         self._prepared_bu: tuple[int, bytes] | None = None  # the next BU, encoded before the attach
         self.bypass: list = []
         self.mh_decode_errors = 0
-        for name in ("set_key", "predictive", "expect_move", "attached", "retry_reactive", "provision", "clear",
-                     "fresh_attach", "signalling_bypass", "status"):
-            agent.command(name, getattr(self, name))
+        serve(agent, self, MnControl)
 
     def _on_event(self, event) -> None:
         if isinstance(event, (TransferCompleted, TransferFailed)):
@@ -126,7 +125,7 @@ class MobileNodeAgent:
             except BlockingIOError:
                 return
             except OSError as error:  # ENOBUFS: events were lost; the runner's fall-back covers it
-                self.agent.trace("route_events_error", error=str(error))
+                self.agent.trace(TraceEvent.ROUTE_EVENTS_ERROR, error=str(error))
                 return
             move = self.expected_move
             if move is None:
@@ -144,7 +143,7 @@ class MobileNodeAgent:
         previous = self.address
         self.expected_move = None
         attached_ns = time.monotonic_ns()  # one clock read (a system call in the guest) for both
-        self.agent.trace("attached", t_ns=attached_ns, nar=nar, par=par, previous=previous, new=new_address,
+        self.agent.trace(TraceEvent.ATTACHED, t_ns=attached_ns, nar=nar, par=par, previous=previous, new=new_address,
                          trigger=trigger)
         if cxtp:
             self.transactions += 1
@@ -155,7 +154,7 @@ class MobileNodeAgent:
         self.engine.moved_to(new_address)
         if ipsec:
             moved = self.handler.move(previous, new_address, par, nar)
-            self.agent.trace("ipsec_moved", sas=moved)
+            self.agent.trace(TraceEvent.IPSEC_MOVED, sas=moved)
         self.address = new_address
         self._send_bu(first=True)
         if ipsec:
@@ -207,7 +206,7 @@ class MobileNodeAgent:
         nothing else to the HA in clear: between the attach and the moment its SAs serve the new
         address, the protected flow is blocked on the MN instead of leaving it unencrypted."""
         if enable and not self.bypass:
-            self.bypass = list(ipsec_handler.mn_bypass_policies(self.ha))
+            self.bypass = list(operator_policy.mn_bypass_policies(self.ha))
             for policy in self.bypass:
                 self.xfrm.add_policy(policy)
         elif not enable:
@@ -237,12 +236,13 @@ class MobileNodeAgent:
         try:
             handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.mh.sendto(message, (self.ha, 0))
-            self.agent.trace("bu_sent", t_ns=handed_over, seq=sequence, source=self.address,
+            self.agent.trace(TraceEvent.BU_SENT, t_ns=handed_over, seq=sequence, source=self.address,
                              retransmission=not first, bytes=len(message))
         except OSError as error:
-            self.agent.trace("bu_send_failed", seq=sequence, error=str(error))
+            self.agent.trace(TraceEvent.BU_SEND_FAILED, seq=sequence, error=str(error))
         self.bu_pending = (sequence, min(timeout * 2, mobility.MAX_BINDACK_TIMEOUT))
-        self.agent.call_at(time.monotonic() + timeout, lambda s=sequence: self._bu_timeout(s))
+        # the default binds this BU's sequence (mypy cannot type a lambda with one: python/mypy#12557)
+        self.agent.call_at(time.monotonic() + timeout, lambda s=sequence: self._bu_timeout(s))  # type: ignore[misc]
 
     def _encode_bu(self, sequence: int) -> bytes:
         return mobility.BindingUpdate(sequence=sequence, identity=self.identity).encode()
@@ -256,14 +256,14 @@ class MobileNodeAgent:
             received = mobility.receive(self.mh)
         except mobility.MobilityDecodeError as error:
             self.mh_decode_errors += 1
-            self.agent.trace("mh_decode_error", source=error.source, error=str(error))
+            self.agent.trace(TraceEvent.MH_DECODE_ERROR, source=error.source, error=str(error))
             return
         if received is None:
             return
         message, _source = received
         if isinstance(message, mobility.BindingAck) and self.bu_pending and message.sequence == self.bu_pending[0]:
             self.bu_pending = None
-            self.agent.trace("ba_received", seq=message.sequence, status=message.status)
+            self.agent.trace(TraceEvent.BA_RECEIVED, seq=message.sequence, status=message.status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", required=True)
     parser.add_argument("--address", required=True, help="the MN's care-of address at start")
     parser.add_argument("--ha", required=True)
-    parser.add_argument("--identity", default="mn@testbed")
+    parser.add_argument("--identity", required=True)
     parser.add_argument("--seed", type=int, default=1)
     arguments = parser.parse_args(argv)
 

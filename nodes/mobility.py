@@ -80,9 +80,8 @@ def decode(data: bytes) -> BindingUpdate | BindingAck:
             return BindingUpdate(sequence=message.seq, identity=identity,
                                  lifetime_s=message.mhtime * LIFETIME_UNIT_S, acknowledge="A" in message.flags)
         if mh_type == MH_TYPE_BA:
-            message = MIP6MH_BA(data)
-            return BindingAck(sequence=message.seq, status=message.status,
-                              lifetime_s=message.mhtime * LIFETIME_UNIT_S)
+            ack = MIP6MH_BA(data)
+            return BindingAck(sequence=ack.seq, status=ack.status, lifetime_s=ack.mhtime * LIFETIME_UNIT_S)
     except MobilityDecodeError:
         raise
     except Exception as error:  # scapy raises a variety of errors on truncated input

@@ -1,6 +1,6 @@
 """Run code inside a network namespace without starting a process.
 
-Starting a process costs 50-300 ms in the UML guest, and pyroute2's own ``netns=`` helper spawns
+Starting a process is slow in the UML guest (docs/kernel.md), and pyroute2's own ``netns=`` helper spawns
 one, so agents and the scenario runner enter namespaces with ``setns(2)`` on a short-lived
 thread instead. A socket keeps the namespace it was created in, so a netlink or UDP socket made
 on that thread keeps working from any thread afterwards.
@@ -13,7 +13,8 @@ import ctypes
 import os
 import socket
 import threading
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -5,7 +5,7 @@ Each AR authenticates to the MN with a plain self-signed ECDSA certificate carry
 ``certs =`` in its remote auth round. A ``pki --self --ca`` certificate is refused by the client
 (no digitalSignature key usage), hence plain self-signed (see docs/baseline.md).
 
-``pki`` is started once per AR per run, at set-up only (a process start costs 50-300 ms in UML).
+``pki`` is started once per AR per run, at set-up only (a process start is slow in UML: docs/kernel.md).
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ def _absolute_sleeper():
     """A sleep until a point on the monotonic clock, in one system call.
 
     ``time.sleep`` reads the clock and then sleeps: two system calls, and in the UML guest (no
-    vDSO) each costs 40-140 us of the one CPU the agents share. The sender wakes 500-1000 times a
-    second, so it sleeps with clock_nanosleep(TIMER_ABSTIME) instead; where libc does not offer
-    it, with ``time.sleep``.
+    vDSO) each is a real system call on the one CPU the agents share (docs/performance.md). The
+    sender wakes 500-1000 times a second, so it sleeps with clock_nanosleep(TIMER_ABSTIME)
+    instead; where libc does not offer it, with ``time.sleep``.
     """
     try:
         clock_nanosleep = ctypes.CDLL(None, use_errno=True).clock_nanosleep
@@ -84,7 +84,7 @@ def raise_priority(priority: int = 50) -> None:
     """Real-time priority for the calling thread, so probes leave and are stamped on time.
 
     The UML guest has one virtual CPU shared by every agent; without this, a probe can wait a
-    whole scheduler slice (10-20 ms) behind another process, which is noise in the figures.
+    whole scheduler slice behind another process, which is noise in the figures.
     """
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
@@ -111,7 +111,7 @@ class ProbeEnd:
         self.sock.bind((bind_address, port))
         # Blocking, with the kernel's receive timeout rather than Python's: a Python socket
         # timeout reads the clock and polls before every send and receive, three system calls
-        # more per probe, each 40-140 us in the guest. The receiver wakes every 0.2 s when idle
+        # more per probe, each a real system call in the guest. The receiver wakes every 0.2 s when idle
         # to see whether it should stop; the sender never waits (MSG_DONTWAIT).
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RECEIVE_TIMEOUT)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -254,3 +254,8 @@ class ProbeStreams:
         self.stopping.set()
         for thread in self._threads:
             thread.join(timeout=2)
+
+    @property
+    def threads(self) -> tuple[int, int]:
+        """(started, still running): one receiver per end and the one sender."""
+        return len(self._threads), sum(thread.is_alive() for thread in self._threads)

@@ -13,15 +13,16 @@ import math
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from nodes import ipsec_handler
+from nodes import provisioning
 from scenarios.runner import methods as method_registry
 from topo import plan
 from topo.network import LinkParams
 
-PROFILES = tuple(ipsec_handler.PROFILES)
+PROFILES = tuple(provisioning.PROFILES)
 AR_TRANSPORTS = ("sctp", "tcp")
 SWEEPABLE = tuple(f"links.{link_class}.{field}" for link_class in plan.LINK_CLASSES
                   for field in ("delay_ms", "jitter_ms", "loss_percent", "rate_mbit")) + ("l2_delay_ms",)
@@ -44,8 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "sweep": {"parameter": "links.ar_aaa.delay_ms", "values": [0.0, 10.0, 20.0, 50.0],
               "methods": [name for name in method_registry.default_names()
                           if method_registry.get(name).sweeps == plan.AR_AAA]},
-    # 500 probes/s each way: 2 ms resolution, and the UML guest keeps up (the probes alone keep it
-    # 17-21% busy; at 1000/s 31-40%, and a short run there went over the fidelity tolerances)
+    # 500 probes/s each way: 2 ms resolution, at a load the UML guest keeps up with (measured by
+    # benchmarks/bench_probe_load.py; docs/performance.md)
     "probe": {"rate": 500.0, "size": 64},
     # Emulation fidelity (in the way of Mininet-HiFi's monitors): a handover during which the
     # emulator did not keep its own timing is marked, left out of the figures and repeated
@@ -183,7 +184,8 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
     if "sweep" not in data and "methods" in data:
         # The built-in sweep concerns the EAP baseline: it follows the scenario's methods.
         default_sweep = DEFAULTS["sweep"]
-        kept = [m for m in default_sweep["methods"] if m in data["methods"]] if isinstance(data["methods"], list) else []
+        kept = ([m for m in default_sweep["methods"] if m in data["methods"]] if isinstance(data["methods"], list)
+                else [])
         data = {**data, "sweep": {**default_sweep, "methods": kept} if kept else
                 {"parameter": "", "values": [], "methods": []}}
     merged = _merge(DEFAULTS, data, "")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job while the host is busy (issue 9): two CPU hogs (stress-ng from Debian) for the whole
+# The main job while the host is busy: two CPU hogs (stress-ng from Debian) for the whole
 # `make run-scenario`, stopped by their recorded PID however the run ends. Its exit status is the
 # run's: non-zero when any handover failed.
 set -euo pipefail

@@ -11,6 +11,7 @@ import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ _namespace_counter = itertools.count(1)
 
 
 @pytest.fixture
-def netns_factory():
+def netns_factory() -> Iterator[Callable[[str], str]]:
     """Create named network namespaces (``tb<pid>-<n>-<name>``); delete exactly those afterwards."""
     created: list[str] = []
 
@@ -102,7 +103,8 @@ def netns_factory():
 def veth_pair(netns_factory):
     """Two namespaces joined by a veth pair with 2001:db8:ff::1/64 and ::2/64 (no DAD)."""
     left, right = netns_factory("left"), netns_factory("right")
-    run(f"ip link add name tbveth{os.getpid() % 10000}a netns {left} type veth peer name tbveth{os.getpid() % 10000}b netns {right}")
+    run(f"ip link add name tbveth{os.getpid() % 10000}a netns {left} "
+        f"type veth peer name tbveth{os.getpid() % 10000}b netns {right}")
     left_if, right_if = f"tbveth{os.getpid() % 10000}a", f"tbveth{os.getpid() % 10000}b"
     run(f"ip -n {left} link set {left_if} up && ip -n {right} link set {right_if} up")
     run(f"ip -n {left} -6 addr add 2001:db8:ff::1/64 dev {left_if} nodad")
@@ -115,9 +117,9 @@ def veth_pair(netns_factory):
 def kernel_with_esp():
     """A kernel that takes ESP SAs with the testbed's algorithms (AES-CBC + HMAC-SHA256, AES-GCM;
     DES may be missing), their crypto templates warmed up once per session, before any test times
-    or waits on anything (the runner's own warm-up, nodes.ipsec_handler.warm_up_crypto)."""
+    or waits on anything (the runner's own warm-up, nodes.provisioning.warm_up_crypto)."""
     from ipsec import Xfrm
-    from nodes.ipsec_handler import warm_up_crypto
+    from nodes.provisioning import warm_up_crypto
 
     available, reason = _kernel_available()
     if not available:

@@ -1,6 +1,6 @@
 """Hypothesis profiles for the CXTP property tests: "dev" (default, quick) and "ci" (thorough).
 
-Select with HYPOTHESIS_PROFILE=ci. Kept out of conftest.py, which the lead owns.
+Select with HYPOTHESIS_PROFILE=ci.
 """
 
 from __future__ import annotations

@@ -52,12 +52,15 @@ def test_protocol_input_is_served_before_a_control_request_that_arrived_first(tm
     agent.add_reader(protocol, lambda: order.append(("protocol", protocol.recv(16))))
     agent.command("note", lambda: order.append(("control", b"")) or {})
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.connect(str(tmp_path / "control"))
-    agent._accept(None)  # the runner's connection, as an earlier loop pass accepted it
-    client.sendall(b'{"cmd": "note"}\n')  # the runner asks first ...
-    time.sleep(0.01)
-    peer.send(b"attach")  # ... then the kernel's event arrives
-    agent.call_at(time.monotonic() + 0.05, agent.stop)
+    client.connect(str(tmp_path / "control"))  # accepted by the loop's first pass
+
+    def both_arrive() -> None:
+        client.sendall(b'{"cmd": "note"}\n')  # the runner asks first ...
+        time.sleep(0.01)
+        peer.send(b"attach")  # ... then the kernel's event arrives, before the next pass
+
+    agent.call_at(time.monotonic() + 0.02, both_arrive)
+    agent.call_at(time.monotonic() + 0.1, agent.stop)
     agent.run()
     assert order == [("protocol", b"attach"), ("control", b"")]
     assert json.loads(client.recv(4096))["ok"]

@@ -6,7 +6,17 @@ import pytest
 
 import cxtp
 from cxtp import (
-    CTAA, CTAR, CTC, CTD, CTDR, PCTD, ContextDataBlock, CTReq, DecodeError, ProtocolError, StatusEntry,
+    CTAA,
+    CTAR,
+    CTC,
+    CTD,
+    CTDR,
+    PCTD,
+    ContextDataBlock,
+    CTReq,
+    DecodeError,
+    ProtocolError,
+    StatusEntry,
 )
 from cxtp.icmp import ExperimentalMobilityMessage, icmpv4_checksum, icmpv6_checksum, unwrap, wrap
 
@@ -26,10 +36,10 @@ def h(text: str) -> bytes:
 
 VECTORS = [
     pytest.param(
-        # RFC 4067 §2.5.1 figure (CTAR), IPv6 (V=0), A=1, no CDB; the worked example of the notes §3.2
+        # RFC 4067 §2.5.1 figure (CTAR), IPv6 (V=0), A=1, no CDB; the token of docs/protocol.md's check values
         CTAR(PREV6, PAR6, SEQ, h("69619059")),
         h("21 40 002c" + PREV6_HEX + PAR6_HEX + "1a2b3c4d 69619059"),
-        id="ctar-ipv6-notes-vector"),
+        id="ctar-ipv6-token-vector"),
     pytest.param(
         # §2.5.1 CTAR, IPv4 (V=1 -> 0x80) with A (0x40): second octet 0xc0; 5 words = 20 octets
         CTAR(PREV4, AR4, SEQ, h("76b9cce3")),
@@ -197,7 +207,7 @@ def test_decode_error_is_a_cxtp_error():
     assert issubclass(cxtp.ConfigError, cxtp.CxtpError)
 
 
-def test_decode_rejects_non_bytes():
+def test_decode_rejects_non_bytes() -> None:
     with pytest.raises(DecodeError):
         cxtp.decode("21400004")  # type: ignore[arg-type]
 
@@ -211,8 +221,8 @@ def test_decode_rejects_non_bytes():
     lambda: StatusEntry(1, 256),
     lambda: ContextDataBlock(1 << 16),
     lambda: ContextDataBlock(1, b"x", header_only=True),
-    lambda: CTD(PREV6, (b"not a block",)),
-    lambda: CTDR(PREV6, 1),
+    lambda: CTD(PREV6, (b"not a block",)),  # type: ignore[arg-type]  # invalid on purpose
+    lambda: CTDR(PREV6, 1),  # type: ignore[arg-type]  # invalid on purpose
 ])
 def test_invalid_construction_raises_protocol_error(build):
     with pytest.raises(ProtocolError):
@@ -239,7 +249,7 @@ def test_pctd_repr_hides_the_key():
 # --- ICMP Experimental Mobility wrapper (RFC 4067 §3.2, RFC 4065 §8) ---------------------------------
 
 def test_icmpv6_wrapper_vector():
-    # notes §3.2: type 0x96 = 150, code 0, checksum left 0 (kernel fills it), subtype 1, 3 reserved
+    # RFC 4065 §8, RFC 4067 §3.2: type 0x96 = 150, code 0, checksum left 0 (kernel fills it), subtype 1, 3 reserved
     ctar = CTAR(PREV6, PAR6, SEQ, h("69619059"))
     wire = wrap(ctar)
     assert wire[:12] == h("96 00 0000 01 000000 21 40 002c")
@@ -258,7 +268,7 @@ def test_icmpv4_wrapper_has_type_41_and_valid_checksum():
 
 
 def test_icmpv6_checksum_matches_scapy():
-    from scapy.layers.inet6 import in6_chksum, IPv6
+    from scapy.layers.inet6 import IPv6, in6_chksum
     src, dst = "2001:db8:2::99", "2001:db8:2::1"
     wire = wrap(CTAR(PREV6, PAR6, SEQ, h("69619059")), source=src, destination=dst)
     zeroed = wire[:2] + b"\0\0" + wire[4:]

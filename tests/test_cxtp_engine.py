@@ -9,10 +9,32 @@ import pytest
 
 import cxtp
 from cxtp import (
-    CTAA, CTAR, CTC, CTD, CTDR, PCTD, AccessRouter, Cancelled, Config, ConfigError, ContextActivated,
-    ContextInstalled, CtaaReceived, CTReq, DecodeFailed, DuplicateIgnored, MobileNode, ProtocolError,
-    RateLimited, Registry, RequestIgnored, StatusEntry, TokenRejected, TransferCompleted,
-    TransferFailed, TransferStarted,
+    CTAA,
+    CTAR,
+    CTC,
+    CTD,
+    CTDR,
+    PCTD,
+    AccessRouter,
+    Cancelled,
+    Config,
+    ConfigError,
+    ContextActivated,
+    ContextInstalled,
+    CtaaReceived,
+    CTReq,
+    DecodeFailed,
+    DuplicateIgnored,
+    MobileNode,
+    ProtocolError,
+    RateLimited,
+    Registry,
+    RequestIgnored,
+    StatusEntry,
+    TokenRejected,
+    TransferCompleted,
+    TransferFailed,
+    TransferStarted,
 )
 from cxtp import constants as c
 from cxtp.mld import InMemoryMldHandler
@@ -76,8 +98,8 @@ class Net:
                  links: dict[str, str] | None = None):
         self.config = config or Config()
         self.now = 0.0
-        self.handlers = {}
-        self.engines = {}
+        self.handlers: dict[str, tuple[InMemoryMldHandler, SpiLikeHandler]] = {}
+        self.engines: dict[str, MobileNode | AccessRouter] = {}
         self.mn = MobileNode(MN_PREV, self._registry("mn"), self.config, random.Random(seed))
         self.par = AccessRouter(PAR, self._registry("par"), self.config, random.Random(seed + 1),
                                 peers=par_peers)
@@ -128,8 +150,8 @@ class Net:
         """Fire timers in order up to ``until``, delivering what they send."""
         self.pump()
         while True:
-            timers = [(e.get_timer(), i, e) for i, e in enumerate((self.mn, self.par, self.nar))
-                      if e.get_timer() is not None and e.get_timer() <= until]
+            timers = [(when, i, e) for i, e in enumerate((self.mn, self.par, self.nar))
+                      if (when := e.get_timer()) is not None and when <= until]
             if not timers:
                 break
             when, _, engine = min(timers)

@@ -9,12 +9,35 @@ import pytest
 
 import cxtp
 from cxtp import (
-    CTAA, CTAR, CTC, CTD, CTDR, PCTD, Cancelled, Config, ContextActivated, CTReq, ReleaseDue,
-    RequestIgnored, SourceState, TargetState, TransferCompleted, TransferFailed,
+    CTAA,
+    CTAR,
+    CTC,
+    CTD,
+    CTDR,
+    PCTD,
+    Cancelled,
+    Config,
+    ContextActivated,
+    CTReq,
+    Datagram,
+    ReleaseDue,
+    RequestIgnored,
+    SourceState,
+    TargetState,
+    TransferCompleted,
+    TransferFailed,
 )
 from cxtp import constants as c
 from test_cxtp_engine import (
-    FPT_SPI, KEY, MN_NEW, MN_PREV, NAR, PAR, Net, complete_predictive, of_type,
+    FPT_SPI,
+    KEY,
+    MN_NEW,
+    MN_PREV,
+    NAR,
+    PAR,
+    Net,
+    complete_predictive,
+    of_type,
 )
 
 FPTS = (1, FPT_SPI)
@@ -298,11 +321,11 @@ def test_retransmitted_ctar_after_activation_resends_the_ctaa():
 
 
 @pytest.mark.parametrize("seed", range(25))
-def test_random_reordering_and_duplication_converge(seed):
+def test_random_reordering_and_duplication_converge(seed: int) -> None:
     """Every AR-AR message is delivered 1-3 times, in a random order, with random delays."""
     rng = random.Random(seed)
     net = Net(seed=seed)
-    queue: list[tuple[float, int, object, str]] = []
+    queue: list[tuple[float, int, Datagram, str]] = []
     counter = [0]
 
     def hold(src, datagram, message):

@@ -7,13 +7,28 @@ from __future__ import annotations
 import math
 import random
 
-import cxtp_profiles  # noqa: F401  (registers and loads the hypothesis profile)
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import cxtp
+import cxtp_profiles  # noqa: F401  (registers and loads the hypothesis profile)
 from cxtp import (
-    CTAA, CTAR, CTC, CTD, CTDR, PCTD, AccessRouter, Config, ContextDataBlock, CTReq, MobileNode,
-    ProtocolError, Registry, SourceState, StatusEntry,
+    CTAA,
+    CTAR,
+    CTC,
+    CTD,
+    CTDR,
+    PCTD,
+    AccessRouter,
+    AnyMessage,
+    Config,
+    ContextDataBlock,
+    CTReq,
+    MobileNode,
+    ProtocolError,
+    Registry,
+    SourceState,
+    StatusEntry,
 )
 from cxtp.mld import InMemoryMldHandler
 from test_cxtp_engine import SpiLikeHandler
@@ -72,6 +87,7 @@ class World:
         self.fresh = 0
         self.token_keys: dict[tuple[str, int, bytes], bytes] = {}  # which key made a CTAR's token
         spi = self.registry.get(0x8001)
+        assert isinstance(spi, SpiLikeHandler)
         for mn in MNS:
             spi.values[mn] = b"\x01\x02\x03\x04"
 
@@ -101,7 +117,7 @@ class World:
             nar = source.nar if right_source else OTHER_PEER
             option = choice % 5
             if option == 0:
-                message = CTDR(mn, True, (StatusEntry(1, 0),))
+                message: AnyMessage = CTDR(mn, True, (StatusEntry(1, 0),))
             elif option == 1:
                 message = CTDR(mn, False, (StatusEntry(1, 0x42),))
             elif option == 2:
@@ -147,7 +163,7 @@ class World:
         if kind == "ctar":
             i, number, tkind, named, ack, src, requested = args
             mn = MNS[i]
-            message = CTAR(mn, named, number, self.token(tkind, mn, number, requested), requested, ack)
+            message: AnyMessage = CTAR(mn, named, number, self.token(tkind, mn, number, requested), requested, ack)
             ar.receive(message.encode(), src, "icmp", self.now)
         elif kind == "ctreq":
             i, number, tkind, src, requested = args
@@ -208,7 +224,7 @@ class World:
 
     def check(self) -> None:
         ar = self.ar
-        times = []
+        times: list[float] = []
         for record in ar.source_records():
             state = record.state
             assert state not in (SourceState.IDLE, SourceState.DONE), record
@@ -220,13 +236,15 @@ class World:
                 assert record.release_at is not None
             elif state is SourceState.LATE_WINDOW:
                 assert record.late_until is not None
-            times.append(record.next_time())
-        for record in ar.target_records():
-            if record.live:
-                assert record.deadline is not None and math.isfinite(record.deadline)
-                times.append(record.deadline)
+            next_time = record.next_time()
+            assert next_time is not None  # every state above has one
+            times.append(next_time)
+        for target in ar.target_records():
+            if target.live:
+                assert target.deadline is not None and math.isfinite(target.deadline)
+                times.append(target.deadline)
             else:
-                assert record.ended_at is not None and record.deadline is None and record.key is None
+                assert target.ended_at is not None and target.deadline is None and target.key is None
         assert ar.get_timer() == (min(times) if times else None)
         while ar.next_event() is not None:
             pass

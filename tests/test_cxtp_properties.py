@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 
-import cxtp_profiles  # noqa: F401  (registers and loads the hypothesis profile)
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import cxtp
+import cxtp_profiles  # noqa: F401  (registers and loads the hypothesis profile)
 from cxtp import (
-    CTAA, CTAR, CTC, CTD, CTDR, PCTD, AccessRouter, ContextDataBlock, CTReq, DecodeError, MobileNode,
+    CTAA,
+    CTAR,
+    CTC,
+    CTD,
+    CTDR,
+    PCTD,
+    AccessRouter,
+    ContextDataBlock,
+    CTReq,
+    DecodeError,
+    MobileNode,
     StatusEntry,
 )
 from cxtp.icmp import unwrap

@@ -6,8 +6,17 @@ import pytest
 
 from cxtp import AccessRouter, IllegalTransition, MobileNode, ProtocolError
 from cxtp.state import (
-    MN_TRANSITIONS, SOURCE_TRANSITIONS, TARGET_TRANSITIONS, Machine, MnEvent, MnState, SourceEvent,
-    SourceState, TargetEvent, TargetState, transition,
+    MN_TRANSITIONS,
+    SOURCE_TRANSITIONS,
+    TARGET_TRANSITIONS,
+    Machine,
+    MnEvent,
+    MnState,
+    SourceEvent,
+    SourceState,
+    TargetEvent,
+    TargetState,
+    transition,
 )
 
 MN = "2001:db8:1::100"

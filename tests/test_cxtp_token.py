@@ -1,4 +1,5 @@
-"""Authorization Token (RFC 4067 §2.5.1) against the self-computed check values of the notes §5.1."""
+"""Authorization Token (RFC 4067 §2.5.1) against the self-computed check values
+in docs/protocol.md ("Token check values")."""
 
 from __future__ import annotations
 

@@ -6,13 +6,37 @@ import pytest
 
 import cxtp
 from cxtp import (
-    CTAA, CTAR, CTC, CTD, CTDR, PCTD, AccessRouter, Config, ConfigError, ContextDataBlock,
-    CTReq, MessageDropped, ProtocolError, RequestIgnored, SourceState, TargetState, TokenRejected,
-    TransferCompleted, TransferFailed,
+    CTAA,
+    CTAR,
+    CTC,
+    CTD,
+    CTDR,
+    PCTD,
+    AccessRouter,
+    Config,
+    ConfigError,
+    ContextDataBlock,
+    CTReq,
+    MessageDropped,
+    ProtocolError,
+    RequestIgnored,
+    SourceState,
+    TargetState,
+    TokenRejected,
+    TransferCompleted,
+    TransferFailed,
 )
 from cxtp import constants as c
 from test_cxtp_engine import (
-    GROUP, KEY, MN_NEW, MN_PREV, NAR, PAR, Net, complete_predictive, of_type,
+    GROUP,
+    KEY,
+    MN_NEW,
+    MN_PREV,
+    NAR,
+    PAR,
+    Net,
+    complete_predictive,
+    of_type,
 )
 
 OTHER = "2001:db8:3::1"  # another peer AR

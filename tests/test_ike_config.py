@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from nodes import ike
-from scenarios.runner import baseline
 from nodes.radius import RadiusConfig, render_radiusd_conf, render_users, write_config
+from scenarios.runner import baseline
 from topo import plan
 
 CERT = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -31,7 +31,7 @@ def test_mn_eap_connection_is_the_papers_tunnel(ar, method):
     assert conn["local_addrs"] == [plan.MN_COA[ar]]
     assert conn["remote_addrs"] == [plan.AR_ACCESS_ADDRESS[ar]]
     assert conn["mobike"] == "no"  # a handover is a fresh IKE_SA, never a MOBIKE update
-    assert conn["local-1"] == {"auth": method, "id": "mn", "eap_id": "mn"}
+    assert conn["local-1"] == {"auth": method, "id": plan.MN_IDENTITY, "eap_id": plan.MN_IDENTITY}
     assert conn["remote-1"] == {"auth": "pubkey", "id": ar, "certs": [CERT]}  # pinned certificate
     (child_name, child), = conn["children"].items()
     assert child_name == baseline.mn_connection_name(ar)
@@ -63,18 +63,18 @@ def test_eap_needs_the_certificate():
 def test_psk_connections_and_secrets():
     params = ike.BaselineParams(method="psk", aaa=False, psk="k" * 24)
     mn, ar = baseline.mn_connection(plan.NAR, params, None), baseline.ar_connection(plan.NAR, params, None)
-    assert mn["local-1"] == {"auth": "psk", "id": "mn"} and mn["remote-1"] == {"auth": "psk", "id": "nar"}
-    assert ar["local-1"] == {"auth": "psk", "id": "nar"} and ar["remote-1"] == {"auth": "psk", "id": "mn"}
+    assert mn["local-1"] == {"auth": "psk", "id": plan.MN_IDENTITY} and mn["remote-1"] == {"auth": "psk", "id": "nar"}
+    assert ar["local-1"] == {"auth": "psk", "id": "nar"} and ar["remote-1"] == {"auth": "psk", "id": plan.MN_IDENTITY}
     for node in (plan.MN, plan.PAR, plan.NAR):
         (secret,) = baseline.shared_secrets(node, params)
         assert secret["type"] == "IKE" and secret["data"] == "k" * 24
-        assert set(secret["owners"]) == {"mn", "par", "nar"}
+        assert set(secret["owners"]) == {plan.MN_IDENTITY, "par", "nar"}
 
 
 def test_eap_secret_only_on_the_mn():
     params = ike.BaselineParams(method="eap-md5", password="pw")
     assert baseline.shared_secrets(plan.MN, params) == [
-        {"id": "eap-mn", "type": "EAP", "data": "pw", "owners": ["mn"]}]
+        {"id": "eap-mn", "type": "EAP", "data": "pw", "owners": [plan.MN_IDENTITY]}]
     assert baseline.shared_secrets(plan.PAR, params) == []
 
 

@@ -1,5 +1,5 @@
 """Rewrites against the consistent reading of the paper's Tables I-IV
-(/work/shared/docs/paper-tables.md), and the lifetime / sequence policies."""
+(docs/paper-tables.md), and the lifetime / sequence policies."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def policy(direction, sel_src, sel_dst, tmpl_src, tmpl_dst, reqid):
 def par_context():
     """The pAR's SAD/SPD for the MN before the handover."""
     sa1 = SecurityAssociation(MN_P, PAR, SPI_MN_IN, reqid=1, algorithms=KEYS_SA1, replay=ReplayState(oseq=500))
-    sa2 = SecurityAssociation(PAR, MN_P, SPI_MN_OUT_1, reqid=2, algorithms=KEYS_SA2, replay=ReplayState(seq=400, bitmap=(0xFFFF,)))
+    sa2 = SecurityAssociation(PAR, MN_P, SPI_MN_OUT_1, reqid=2, algorithms=KEYS_SA2,
+                              replay=ReplayState(seq=400, bitmap=(0xFFFF,)))
     policies = (
         policy(XFRM_POLICY_IN, MN_P, HA, MN_P, PAR, 2),
         policy(XFRM_POLICY_OUT, HA, MN_P, PAR, MN_P, 1),

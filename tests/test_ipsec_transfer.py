@@ -35,7 +35,7 @@ class FakeXfrm:
     if_id), as the kernel keys them; EEXIST / ESRCH / ENOENT as it answers.
     A policy with an action other than allow/block is refused (EINVAL)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sas: dict = {}
         self.policies: dict = {}
         self.next_spi = 0x9000

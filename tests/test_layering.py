@@ -25,7 +25,7 @@ MININET_ONLY_IN = {"topo"}
 def _imports(path: Path) -> set[str]:
     """Top-level names of every module ``path`` imports (also inside functions)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
@@ -53,3 +53,30 @@ def test_the_checker_sees_a_bad_edge(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from topo import plan\n")
     assert "topo" in _imports(bad)
+
+
+def _scenario_modules(path: Path) -> set[str]:
+    """The ``scenarios.*`` modules ``path`` imports, by their full dotted names."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.startswith("scenarios"):
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names if alias.name.startswith("scenarios"))
+    return names
+
+
+#: what the analysis may take from the runner: the method declarations, which name what a run holds
+ANALYSIS_MAY_IMPORT_FROM_RUNNER = {"scenarios.runner", "scenarios.runner.methods"}
+
+
+@pytest.mark.parametrize("path", sorted((REPOSITORY / "scenarios").glob("*.py"))
+                         + sorted((REPOSITORY / "scenarios" / "analysis").glob("*.py")),
+                         ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_the_analysis_and_the_records_do_not_run_anything(path):
+    """A stored run is analysed without the runner: the analysis, the records and the scenario
+    parser import nothing of ``scenarios.runner`` but the method declarations."""
+    runner = {name for name in _scenario_modules(path) if name.startswith("scenarios.runner")}
+    assert runner <= ANALYSIS_MAY_IMPORT_FROM_RUNNER, f"{path.name} imports {sorted(runner)}"

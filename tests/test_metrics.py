@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -9,6 +10,8 @@ import pytest
 
 from nodes import probe
 from scenarios.analysis import metrics
+from scenarios.records import HandoverRecord
+from topo import plan
 
 MS = 1_000_000
 
@@ -74,7 +77,7 @@ def path_trace(rows: list[tuple[int, float, float, int]]) -> dict:
 
 
 def test_late_old_path_probes_do_not_split_the_silence():
-    """Issue 10: two late probes via the old AR in the middle of a 249 ms silence made the longest
+    """A regression: two late probes via the old AR in the middle of a 249 ms silence made the longest
     gap 168 ms. Measured to the first probe through the new path, the silence is whole."""
     rows = [(n, float(n), n + 5.0, 1) for n in range(1, 100)]           # old path, until the detach
     rows += [(101, 101.0, 180.0, 1), (102, 102.0, 181.0, 1)]             # late via the old AR
@@ -98,6 +101,11 @@ def test_no_probe_through_the_new_path_is_an_error():
         metrics.interruption(path_trace(rows), detach_ns=100 * MS, new_path={2})
 
 
+def _record(**fields) -> HandoverRecord:
+    return HandoverRecord(index=1, mn=plan.MN_IDENTITY, method="none", from_ar=plan.PAR, to_ar=plan.NAR,
+                          mn_previous=plan.MN_COA[plan.PAR], mn_new=plan.MN_COA[plan.NAR], l2_delay_ms=50.0, **fields)
+
+
 def test_emulation_fidelity_judges_steps_l2_drift_and_a_busy_guest():
     """The runner's verdict on one handover (scenarios.runner.run.emulation_fidelity), at the edges."""
     from scenarios import config
@@ -105,13 +113,12 @@ def test_emulation_fidelity_judges_steps_l2_drift_and_a_busy_guest():
 
     tolerances = config.load(None).fidelity
     ms = 1_000_000
-    handover = {"l2_delay_ms": 50.0, "detach_start_ns": 0, "detached_ns": 10 * ms,
-                "attach_start_ns": 60 * ms, "attached_ns": 70 * ms}
+    handover = _record(detach_start_ns=0, detached_ns=10 * ms, attach_start_ns=60 * ms, attached_ns=70 * ms)
     assert emulation_fidelity(handover, 0.99, tolerances, settled=0.8)["violations"] == []  # the method's own work
-    handover["attached_ns"] += 1
+    handover.attached_ns += 1
     assert emulation_fidelity(handover, 0.5, tolerances, settled=0.81)["violations"] == [
         "attach took 10.0 ms", "guest busy 81% with the probes alone"]
-    handover["attach_start_ns"] += 10 * ms + 1
+    handover.attach_start_ns += 10 * ms + 1
     assert "L2 delay off by 10.0 ms" in emulation_fidelity(handover, None, tolerances)["violations"]
 
 
@@ -126,8 +133,8 @@ def test_probe_lateness_is_judged_during_the_run_as_the_report_judges_it_afterwa
     tolerances = config.load(None).fidelity
     limit_us = int(tolerances["max_probe_late_ms"] * 1000)
     ms = 1_000_000
-    handover = {"l2_delay_ms": 50.0, "detach_start_ns": 100 * ms, "detached_ns": 100 * ms,
-                "attach_start_ns": 150 * ms, "attached_ns": 150 * ms, "window_end_ns": 600 * ms}
+    handover = _record(detach_start_ns=100 * ms, detached_ns=100 * ms, attach_start_ns=150 * ms,
+                       attached_ns=150 * ms, window_end_ns=600 * ms)
     sent_ns = [n * 2 * ms for n in range(400)]  # 0 .. 798 ms
     for worst_us, judged in ((limit_us, False), (limit_us + 1, True)):
         # every probe in the window on time but for 1% + 1 of them, late by ``worst_us``; one
@@ -140,7 +147,7 @@ def test_probe_lateness_is_judged_during_the_run_as_the_report_judges_it_afterwa
         answered = {end: probe.send_lateness_ms(sent_ns, late_us, 100 * ms, 600 * ms) for end in ("mn", "ha")}
         in_run = emulation_fidelity(handover, 0.3, tolerances, settled=0.2, probe_late=answered)
         trace = {"sent": {"ns": sent_ns, "late_us": late_us}}
-        afterwards = metrics.fidelity_of({**handover, "fidelity": in_run}, trace, trace, tolerances)
+        afterwards = metrics.fidelity_of(dataclasses.replace(handover, fidelity=in_run), trace, trace, tolerances)
         assert bool(in_run["violations"]) is judged
         assert in_run["violations"] == afterwards["violations"]
         assert in_run["probe_late_p99_ms_mn"] == afterwards["probe_late_p99_ms_mn"]
@@ -187,7 +194,8 @@ def test_the_mean_overhead_resolves_below_the_probe_interval_where_the_median_ca
     metrics.add_intervals(summary, rows, "none")
     for direction in ("ha_to_mn", "mn_to_ha"):
         overhead = summary["cxtp-predictive"][direction]["overhead_ms"]
-        assert overhead["median"] % 2.0 == pytest.approx(0.0, abs=1e-9) or overhead["median"] % 2.0 == pytest.approx(2.0)
+        assert (overhead["median"] % 2.0 == pytest.approx(0.0, abs=1e-9)
+                or overhead["median"] % 2.0 == pytest.approx(2.0))
         assert overhead["mean"] == pytest.approx(2.3, abs=0.25)
         low, high = overhead["mean_ci95"]
         assert low < 2.3 < high and high - low < 1.0

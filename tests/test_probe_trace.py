@@ -50,7 +50,7 @@ def test_probe_pair_over_loopback_delivers_every_probe_in_order_and_stops():
     finally:
         streams.stop()
         first.sock.close(), second.sock.close()
-    assert len(streams._threads) == 3 and not any(thread.is_alive() for thread in streams._threads)
+    assert streams.threads == (3, 0)
     # the lateness the runner asks for, per end; none over a window without probes
     assert set(window) == {"mn", "ha"} and all(value is not None and value >= 0 for value in window.values())
     assert nothing == {"mn": None, "ha": None}

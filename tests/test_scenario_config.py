@@ -14,7 +14,7 @@ def test_defaults_are_complete():
     assert scenario.handovers >= 20
     assert scenario.methods == methods.default_names()
     assert set(scenario.links) == set(plan.LINK_CLASSES)
-    assert scenario.probe_rate >= 500  # 2 ms resolution, and the UML guest keeps up (README, "What the results mean")
+    assert scenario.probe_rate >= 500  # 2 ms resolution, and the UML guest keeps up (docs/results.md)
     assert scenario.source == "built-in defaults"
 
 
@@ -42,7 +42,7 @@ def test_file_overrides_only_what_it_states(tmp_path):
     ("[probe]\nrate = 0", "probe.rate"),
     ("hand_overs = 3", "hand_overs"),
     ('name = "../escape"', "name"),
-    # accepted once and then mishandled (issue 9): each is refused before anything runs
+    # accepted once and then mishandled: each is refused before anything runs
     ("l2_delay_ms = nan", "l2_delay_ms"),
     ("anticipation_ms = inf", "anticipation_ms"),
     ("[links.ar_ha]\nrate_mbit = inf", "links.ar_ha.rate_mbit"),
@@ -97,7 +97,8 @@ def test_built_in_sweep_follows_the_methods_of_a_file(tmp_path):
     path.write_text('methods = ["none", "cxtp-reactive"]\n')
     scenario = config.load(path)
     assert scenario.sweep_parameter == "" and scenario.schedule() == [(None, "none"), (None, "cxtp-reactive")]
-    path.write_text('methods = ["none"]\n[sweep]\nparameter = "links.ar_ar.delay_ms"\nvalues = [1, 2]\nmethods = ["reauth-eap"]\n')
+    path.write_text('methods = ["none"]\n[sweep]\nparameter = "links.ar_ar.delay_ms"\nvalues = [1, 2]\n'
+                    'methods = ["reauth-eap"]\n')
     with pytest.raises(config.ScenarioError, match=r"sweep.methods\[0\]"):
         config.load(path)
 

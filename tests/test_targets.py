@@ -1,8 +1,10 @@
-"""Issue 10's targets, judged on synthetic summaries: each limit at its edge, on both sides."""
+"""The performance targets (scenarios/analysis/targets.py), judged on synthetic summaries: each limit
+at its edge, on both sides."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
@@ -13,9 +15,10 @@ RECORD = {"parameters": {"links": LINKS}}
 
 
 def _direction(median: float, overhead: float | None, upper: float | None = None) -> dict:
-    entry = {"interruption_ms": {"median": median, "n": 20}}
+    entry: dict[str, Any] = {"interruption_ms": {"median": median, "n": 20}}
     if overhead is not None:
-        entry["overhead_ms"] = {"median": overhead, "ci95": [overhead - 0.5, upper if upper is not None else overhead + 0.5]}
+        entry["overhead_ms"] = {"median": overhead,
+                                "ci95": [overhead - 0.5, upper if upper is not None else overhead + 0.5]}
     return entry
 
 
@@ -25,14 +28,16 @@ def _summary(predictive=1.5, network=2.0, reactive_up=15.0, reactive_down=1.0, c
         "none": (50.0, None), "cxtp-predictive": (50.0 + predictive, predictive),
         "cxtp-network": (50.0 + network, network), "reauth-eap@20": (50.0 + eap, eap),
     }
-    per_method = {key: {"handovers": handovers // 5, "mn_to_ha": _direction(m, o, upper=2.0 if key == "cxtp-predictive" else None),
+    per_method = {key: {"handovers": handovers // 5,
+                        "mn_to_ha": _direction(m, o, upper=2.0 if key == "cxtp-predictive" else None),
                         "ha_to_mn": _direction(m, o, upper=2.0 if key == "cxtp-predictive" else None)}
                   for key, (m, o) in methods.items()}
     per_method["cxtp-reactive"] = {"handovers": handovers // 5, "mn_to_ha": _direction(50 + reactive_up, reactive_up),
                                    "ha_to_mn": _direction(50 + reactive_down, reactive_down)}
     per_method["cxtp-predictive"]["signalling_ms"] = {"ctar_to_ctaa_ms": {"median": ctar}}
     total = sum(entry["handovers"] for entry in per_method.values())
-    return {"per_method": per_method, "fidelity": {"violations": round(violations / 100 * total / (1 - violations / 100))}}
+    return {"per_method": per_method,
+            "fidelity": {"violations": round(violations / 100 * total / (1 - violations / 100))}}
 
 
 def _met(rows) -> dict[str, bool]:
@@ -91,7 +96,7 @@ def test_a_kept_reference_holds_the_compact_part_and_reports_from_its_summary(tm
     run = tmp_path / "default" / "20261129T000000Z"
     run.mkdir(parents=True)
     summary = _summary()
-    for key, entry in summary["per_method"].items():
+    for _key, entry in summary["per_method"].items():
         for direction in ("mn_to_ha", "ha_to_mn"):
             entry[direction]["lost"] = {"median": 1, "n": 20}
             entry[direction]["interruption_ms"].update(p95=1.0, max=1.0)
@@ -102,7 +107,8 @@ def test_a_kept_reference_holds_the_compact_part_and_reports_from_its_summary(tm
     kept = reference.keep(run, tmp_path / "reference")
     assert kept.name == "default-20261129T000000Z"
     assert sorted(p.name for p in kept.iterdir()) == sorted(
-        ["record.json", "handovers.json", "summary.json", "per_handover.json", "interruption_by_method.png", "table.txt"])
+        ["record.json", "handovers.json", "summary.json", "per_handover.json", "interruption_by_method.png",
+         "table.txt"])
     assert report.is_compact(kept) and not report.is_compact(run)
     assert report.main([str(kept)]) == 0
     assert "cxtp-predictive" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 """The Wireshark dissector (wireshark/cxtp.lua) against the project's own codecs, and the ESP profile
-(scenarios/wireshark.py) against a packet scapy encrypted.
+(scenarios/analysis/wireshark.py) against a packet scapy encrypted.
 
 Every message type is built with ``cxtp.messages`` (the byte vectors of test_cxtp_codec.py and more),
 carried over ICMPv6 type 150 / ICMPv4 type 41, SCTP port 5091 and TCP port 5091, written to one
@@ -54,7 +54,7 @@ from ipsec import (
     Template,
     encode_spi_changes,
 )
-from nodes.ipsec_handler import ar_ar_contexts, initial_contexts
+from nodes.provisioning import ar_ar_contexts, initial_contexts
 from scenarios.analysis import wireshark
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -181,6 +181,7 @@ def icmp_packet(payload: bytes, ipv4: bool, source: str | None = None, destinati
     message = bytearray(ExperimentalMobilityMessage(payload, ipv4, subtype).encode(source, destination))
     if checksum_delta:
         message[2:4] = ((int.from_bytes(message[2:4], "big") + checksum_delta) & 0xFFFF).to_bytes(2, "big")
+    layer: IP | IPv6
     if ipv4:
         layer = IP(src=source, dst=destination, proto=1, ttl=hop_limit)
     else:
@@ -294,7 +295,10 @@ def extra_messages() -> list[tuple[str, object]]:
 
 
 def all_messages() -> list[tuple[str, object]]:
-    vectors = [(parameter.id, parameter.values[0]) for parameter in codec_vectors.VECTORS]
+    vectors = []
+    for parameter in codec_vectors.VECTORS:
+        assert isinstance(parameter.id, str)  # every vector is named
+        vectors.append((parameter.id, parameter.values[0]))
     return vectors + extra_messages()
 
 
@@ -420,7 +424,7 @@ def check_ipsec(node: Node, contexts: list[IpsecContext]) -> None:
     # lifetimes: every SA's, then every policy's (document order)
     lifetimes = [sa.lifetime for sa in sas] + [p.lifetime for p in policies]
     for f in dataclasses.fields(LifetimeConfig):
-        assert node.ints(f"cxtp.ipsec.lifetime.{f.name}") == [getattr(l, f.name) for l in lifetimes]
+        assert node.ints(f"cxtp.ipsec.lifetime.{f.name}") == [getattr(lifetime, f.name) for lifetime in lifetimes]
     # selectors: every SA's, then every policy's
     selectors = [sa.selector for sa in sas] + [p.selector for p in policies]
     assert node.shows(*_address_fields("cxtp.ipsec.sel.daddr")) == [s.daddr for s in selectors]
@@ -551,7 +555,9 @@ def test_display_filters_select_the_messages(tshark, tmp_path):
     contexts = ipsec_contexts()
     packets = [
         icmp_packet(CTAR(MN6, NAR6, 0x1234, bytes(4)).encode(), False),
-        sctp_packet(PCTD(MN6, KEY, (ContextDataBlock(IPSEC_CONTEXT_FPT, contexts["attach-aes-cbc-sha256"].encode()),)).encode(), False),
+        sctp_packet(PCTD(MN6, KEY,
+                         (ContextDataBlock(IPSEC_CONTEXT_FPT, contexts["attach-aes-cbc-sha256"].encode()),)).encode(),
+                    False),
         sctp_packet(CTDR("2001:db8:1::200", True, ()).encode(), False),
     ]
     capture = tmp_path / "filters.pcap"
@@ -675,7 +681,8 @@ def malformed(tshark, tmp_path_factory):
          {"cxtp.expert.icmp.bad_checksum"}),
         ("icmp-hop-limit-64", icmp_packet(wrapper, False, hop_limit=64), {"cxtp.expert.icmp.hop_limit"}),
         ("icmp-subtype-card", icmp_packet(wrapper, False, subtype=0), {"cxtp.expert.icmp.not_cxtp"}),
-        ("icmp-header-truncated", Ether(src=MAC_A, dst=MAC_B) / IPv6(src=MN6, dst=PAR6, nh=58, hlim=255) / Raw(bytes([150, 0, 0, 0, 1])),
+        ("icmp-header-truncated",
+         Ether(src=MAC_A, dst=MAC_B) / IPv6(src=MN6, dst=PAR6, nh=58, hlim=255) / Raw(bytes([150, 0, 0, 0, 1])),
          {"cxtp.expert.truncated"}),
     ]
     for name, packet, wanted in wrapper_cases:
@@ -692,7 +699,7 @@ def test_malformed_inputs_show_expert_info(malformed):
 
 
 def test_malformed_cxtp_is_malformed_for_the_project_decoder_too(malformed):
-    for (name, octets, wanted), _packet in malformed:
+    for (_name, octets, wanted), _packet in malformed:
         if octets is None or not wanted & CXTP_ERRORS:
             continue
         with pytest.raises(DecodeError):
@@ -701,7 +708,7 @@ def test_malformed_cxtp_is_malformed_for_the_project_decoder_too(malformed):
 
 def test_corrupted_ipsec_contexts_are_refused_by_the_project_decoder_too(malformed):
     assert len(ipsec_malformed_cases()) == sum(1 for (name, _, _), _ in malformed if name.startswith("ipsec-"))
-    for name, context in ipsec_malformed_cases():
+    for _name, context in ipsec_malformed_cases():
         with pytest.raises(ContextDecodeError):
             IpsecContext.decode(context)
         cxtp.decode(_ipsec_ctd(context))  # the CXTP message around it is well formed
@@ -880,4 +887,5 @@ def test_unknown_authentication_of_a_known_length_still_decrypts():
     legacy = dataclasses.replace(sa, algorithms=(Algorithm("auth", "hmac(sha256)", bytes(32)),))
     assert wireshark.esp_sa_entry(legacy).authentication == "HMAC-SHA-256-96 [draft-ietf-ipsec-ciph-sha-256-00]"
     with pytest.raises(wireshark.UnsupportedSa):
-        wireshark.esp_sa_entry(dataclasses.replace(sa, algorithms=(Algorithm("auth_trunc", "hmac(sha1)", bytes(20), 160),)))
+        wireshark.esp_sa_entry(
+            dataclasses.replace(sa, algorithms=(Algorithm("auth_trunc", "hmac(sha1)", bytes(20), 160),)))

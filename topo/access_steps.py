@@ -15,8 +15,8 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE
@@ -115,7 +115,8 @@ class StepSocket:
                     (code,) = struct.unpack_from("=i", reply, offset + _NLMSGHDR.size)
                     if code:
                         request_type = struct.unpack_from("=H", batch[sequences.index(sequence)], 4)[0]
-                        refused.append(f"rtnetlink type {request_type}: {os.strerror(-code)} ({errno.errorcode.get(-code, -code)})")
+                        refused.append(f"rtnetlink type {request_type}: {os.strerror(-code)} "
+                                       f"({errno.errorcode.get(-code, -code)})")
                 offset += (length + 3) & ~3
         if refused:
             raise StepError("; ".join(refused))

@@ -33,7 +33,8 @@ from pathlib import Path
 
 UML_BINARY = "/usr/bin/linux.uml"
 UML_MODULES_ROOT = Path("/usr/lib/uml/modules")
-UML_MEMORY = os.environ.get("UML_MEMORY", "8G")  # backed by a file in the guest's work directory: only what is touched costs host memory
+# backed by a file in the guest's work directory: only what is touched costs host memory
+UML_MEMORY = os.environ.get("UML_MEMORY", "8G")
 IN_GUEST_VARIABLE = "TESTBED_IN_GUEST"
 
 # Kernel modules the guest loads before the command runs: ESP/AH and the XFRM user interface,
@@ -183,7 +184,7 @@ if [ ! -f {status_file} ]; then
 fi
 sync
 halt -f -d 2>/dev/null || poweroff -f
-"""
+"""  # noqa: E501 (a line of the script)
 
 
 # Variables worth carrying into the guest; the rest of the host's environment stays out.
@@ -249,7 +250,7 @@ def run_in_uml(command: list[str], timeout: float | None = None) -> int:
                     signal.signal(number, handler)
         status_file = workdir / "status"
         if not status_file.exists():
-            sys.stderr.write(f"[testbed] the UML guest died before the command finished; boot log:\n")
+            sys.stderr.write("[testbed] the UML guest died before the command finished; boot log:\n")
             sys.stderr.write(boot_log.read_text(errors="replace")[-8000:])
             return 125
         status = int(status_file.read_text().strip() or 125)

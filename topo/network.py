@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from mininet.link import TCLink
 from mininet.log import setLogLevel
@@ -18,7 +18,6 @@ from mininet.net import Mininet
 
 from nodes import netns
 from topo import access_steps, plan
-
 
 STEP_PRIORITY = 70  # SCHED_FIFO, above the probe threads' 50 (nodes/probe.py)
 
@@ -49,20 +48,14 @@ class LinkParams:
 
 
 @dataclasses.dataclass
-class HandoverRecord:
-    """Monotonic timestamps (ns, one clock for every namespace) of one handover's steps."""
+class MoveTimes:
+    """Monotonic timestamps (ns, one clock for every namespace) of the emulator's steps of one move
+    of the MN: the link to the old AR going down, the L2 delay, the link to the new one coming up."""
 
-    index: int
-    from_ar: str
-    to_ar: str
-    l2_delay_ms: float
     detach_start_ns: int = 0
     detached_ns: int = 0
     attach_start_ns: int = 0
     attached_ns: int = 0
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class Testbed:
@@ -79,10 +72,9 @@ class Testbed:
         self._mn_steps: access_steps.StepSocket | None = None
         self._detach_batch: dict[str, tuple[bytes, ...]] = {}
         self._attach_batch: dict[str, tuple[bytes, ...]] = {}
-        self._handovers = 0
 
     # -- life cycle ---------------------------------------------------------------------------
-    def start(self) -> "Testbed":
+    def start(self) -> Testbed:
         setLogLevel("warning")
         net = Mininet(topo=None, build=False, controller=None, link=TCLink, autoSetMacs=False,
                       autoStaticArp=False, waitConnected=False)
@@ -112,7 +104,7 @@ class Testbed:
             self.net.stop()  # ends the host shells Mininet started, by their recorded PIDs
             self.net = None
 
-    def __enter__(self) -> "Testbed":
+    def __enter__(self) -> Testbed:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -170,7 +162,8 @@ class Testbed:
             link = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]]
             mn_mac = self.host(plan.MN).intf(link.interface(plan.MN)).MAC()
             self.access_lladdr[ar] = self.host(ar).intf(link.interface(ar)).MAC()
-            self.cmd(ar, f"ip -6 neigh replace {plan.MN_COA[ar]} lladdr {mn_mac} dev {link.interface(ar)} nud permanent")
+            self.cmd(ar, f"ip -6 neigh replace {plan.MN_COA[ar]} lladdr {mn_mac} dev {link.interface(ar)} "
+                         "nud permanent")
         # The MN starts detached from both access links; start() attaches it to the initial AR.
         for ar in plan.ACCESS_ROUTERS:
             interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
@@ -211,7 +204,7 @@ class Testbed:
         self.current_ar = ar
 
     # -- the handover primitive ------------------------------------------------------------------
-    def handover(self, to_ar: str, l2_delay_ms: float) -> HandoverRecord:
+    def handover(self, to_ar: str, l2_delay_ms: float) -> MoveTimes:
         """Detach the MN from its AR, wait the L2 handover delay, attach it to ``to_ar``.
 
         The wait is the emulated radio-level handover, a scenario parameter; every protocol step
@@ -219,21 +212,20 @@ class Testbed:
         """
         if self.current_ar is None or to_ar == self.current_ar or to_ar not in plan.ACCESS_ROUTERS:
             raise TopologyError(f"cannot hand over from {self.current_ar} to {to_ar}")
-        self._handovers += 1
-        record = HandoverRecord(self._handovers, self.current_ar, to_ar, l2_delay_ms)
+        times = MoveTimes()
         # The emulator's own steps, above the probes' real-time priority: the L2 delay is the
         # scenario's, and neither step waits behind the measurement it is measured by.
         with access_steps.realtime(STEP_PRIORITY):
-            record.detach_start_ns = time.monotonic_ns()
+            times.detach_start_ns = time.monotonic_ns()
             self._detach(self.current_ar)
-            record.detached_ns = time.monotonic_ns()
-            deadline = record.detached_ns + int(l2_delay_ms * 1e6)
+            times.detached_ns = time.monotonic_ns()
+            deadline = times.detached_ns + int(l2_delay_ms * 1e6)
             while (remaining := deadline - time.monotonic_ns()) > 0:
                 time.sleep(remaining / 1e9)
-            record.attach_start_ns = time.monotonic_ns()
+            times.attach_start_ns = time.monotonic_ns()
             self._attach(to_ar)
-            record.attached_ns = time.monotonic_ns()
-        return record
+            times.attached_ns = time.monotonic_ns()
+        return times
 
     def set_link_params(self, link_class: str, params: LinkParams) -> None:
         """Change the shaping of every link of a class in place (for sweeps; set-up speed only)."""

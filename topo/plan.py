@@ -1,21 +1,10 @@
 """The paper's topology (Fig. 4) as plain data: nodes, links, the IPv6 addressing plan, routes.
 
-Nothing here touches a kernel; :mod:`topo.network` turns this plan into a Mininet network. Keeping
-the plan as data lets the README's addressing table, the tests and the builder share one source.
-
-Prefixes come from the documentation range 2001:db8::/32 (RFC 3849). The paper's DNS names map to
-addresses as follows (the MN's care-of address changes with its access router):
-
-==================  =====================  ===========================================
-paper name          address                where
-==================  =====================  ===========================================
-MN.par.ipv6.com     2001:db8:1::100        MN's care-of address on pAR's access link
-MN.nar.ipv6.com     2001:db8:2::100        MN's care-of address on nAR's access link
-pAR.par.ipv6.com    2001:db8:1::1          pAR on its access link
-nAR.nar.ipv6.com    2001:db8:2::1          nAR on its access link
-HA.ha.ipv6.com      2001:db8:3::1          HA (on its loopback, reached through either AR)
-(AAA server)        2001:db8:4::1          AAA node (loopback), for the re-authentication baseline
-==================  =====================  ===========================================
+Nothing here touches a kernel; :mod:`topo.network` turns this plan into a Mininet network. The
+data below is the one source of the addressing plan: the builder and the tests read it, and
+``tests/test_readme.py`` checks the README's addressing table against it. Prefixes come from the
+documentation range 2001:db8::/32 (RFC 3849); the paper's DNS names (MN.par.ipv6.com, ...) are
+``MN_COA``, ``AR_ACCESS_ADDRESS`` and ``LOOPBACK_ADDRESSES``.
 """
 
 from __future__ import annotations
@@ -24,6 +13,8 @@ import dataclasses
 import ipaddress
 
 MN, PAR, NAR, HA, AAA = "mn", "par", "nar", "ha", "aaa"
+#: the MN's identity wherever one is asked for: its Binding Updates, IKE and EAP, the records
+MN_IDENTITY = "mn@testbed"
 ACCESS_ROUTERS = (PAR, NAR)
 NODES = (MN, PAR, NAR, HA, AAA)
 

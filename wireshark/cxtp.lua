@@ -10,7 +10,7 @@
 -- and docs/ipsec-context.md describe them, docs/wireshark.md lists every display filter field.
 --
 -- Load it with `tshark -X lua_script:wireshark/cxtp.lua ...` (or let the profile written by
--- scenarios/wireshark.py load it). Written for Wireshark 4.0 (Lua 5.2, bit32); loading it twice is
+-- scenarios/analysis/wireshark.py load it). Written for Wireshark 4.0 (Lua 5.2, bit32); loading it twice is
 -- harmless.
 
 if CXTP_DISSECTOR_LOADED then

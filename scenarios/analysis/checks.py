@@ -1,6 +1,6 @@
 """Check the kernel's SAD and SPD after a handover against the paper's Tables I-IV.
 
-The tables are read as ``../shared/docs/paper-tables.md`` does (Table II prints its SPIs swapped
+The tables are read as ``docs/paper-tables.md`` does (Table II prints its SPIs swapped
 and Tables III/IV their "Inner"/"Outer" headers swapped; the content below is the consistent
 reading, in XFRM terms). ``spi_out`` is the SPI of SA2 at the nAR: the pAR's unless it collided.
 """

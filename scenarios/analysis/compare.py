@@ -58,7 +58,8 @@ def show(run_a: Path, run_b: Path, entries: list[dict]) -> str:
         interval = entry["ci95"]
         cell = f"[{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "-"
         lines.append(f"{key:<22} {entry['direction']:<7} {entry['median_a']:>8.1f} {entry['median_b']:>8.1f} "
-                     f"{entry['difference']:>+8.1f} {cell:>18} {counts:>8}" + (" *" if entry.get("significant") else ""))
+                     f"{entry['difference']:>+8.1f} {cell:>18} {counts:>8}"
+                     + (" *" if entry.get("significant") else ""))
     return "\n".join(lines)
 
 

@@ -18,12 +18,16 @@ the link actually going down) from being mistaken for the end of the interruptio
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import random
 import statistics
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from nodes import probe
+from nodes.contracts import TraceEvent
+from scenarios.records import HandoverRecord
 from topo import plan
 
 
@@ -110,34 +114,34 @@ def _span_ms(start: dict | None, end: dict | None) -> float | None:
 LINK_NAMES = {"icmp": "access", "ar": "ar_ar"}
 
 
-def signalling(handover: dict, traces: dict[str, list[dict]], horizon_ns: float) -> dict[str, Any]:
+def signalling(handover: HandoverRecord, traces: dict[str, list[dict]], horizon_ns: float) -> dict[str, Any]:
     """Signalling of one handover from the agents' traces: durations, messages and bytes per link."""
-    start = handover.get("anticipation_start_ns") or handover["detach_start_ns"]
-    attached = handover["attached_ns"]
-    mn = traces.get("mn", [])
-    par = traces.get(handover["from_ar"], [])
-    ctar = _first(mn, attached, horizon_ns, event="cxtp_sent", type="CTAR")
-    ctaa = _first(mn, ctar["t_ns"], horizon_ns, event="cxtp_received", type="CTAA") if ctar else None
-    data = next((e for e in par if start <= e["t_ns"] < horizon_ns and e["event"] == "cxtp_sent"
+    start = handover.start_ns or 0
+    attached = handover.attached_ns or start
+    mn = traces.get(plan.MN, [])
+    par = traces.get(handover.from_ar, [])
+    ctar = _first(mn, attached, horizon_ns, event=TraceEvent.CXTP_SENT, type="CTAR")
+    ctaa = _first(mn, ctar["t_ns"], horizon_ns, event=TraceEvent.CXTP_RECEIVED, type="CTAA") if ctar else None
+    data = next((e for e in par if start <= e["t_ns"] < horizon_ns and e["event"] == TraceEvent.CXTP_SENT
                  and e["type"] in ("PCTD", "CTD")), None)
-    ctdr = _first(par, data["t_ns"], horizon_ns, event="cxtp_received", type="CTDR") if data else None
-    bu = _first(mn, attached, horizon_ns, event="bu_sent", retransmission=False)
-    ba = _first(mn, bu["t_ns"], horizon_ns, event="ba_received") if bu else None
+    ctdr = _first(par, data["t_ns"], horizon_ns, event=TraceEvent.CXTP_RECEIVED, type="CTDR") if data else None
+    bu = _first(mn, attached, horizon_ns, event=TraceEvent.BU_SENT, retransmission=False)
+    ba = _first(mn, bu["t_ns"], horizon_ns, event=TraceEvent.BA_RECEIVED) if bu else None
     per_link: dict[str, dict[str, int]] = {}
     for events in traces.values():
         for event in events:
             if not start <= event["t_ns"] < horizon_ns:
                 continue
-            if event["event"] == "cxtp_sent":
+            if event["event"] == TraceEvent.CXTP_SENT:
                 link = LINK_NAMES.get(event["link"], event["link"])
-            elif event["event"] in ("bu_sent", "ba_sent"):
+            elif event["event"] in (TraceEvent.BU_SENT, TraceEvent.BA_SENT):
                 link = "mobility"
             else:
                 continue
             entry = per_link.setdefault(link, {"messages": 0, "bytes": 0})
             entry["messages"] += 1
             entry["bytes"] += event.get("bytes", 0)
-    reauth = handover.get("reauth")
+    reauth = handover.reauth
     if reauth:
         # Counted on the wire by the baseline (scenarios/baseline.py): IKE on the access link, RADIUS on
         # the AR-AAA link, for this attach only.
@@ -149,54 +153,85 @@ def signalling(handover: dict, traces: dict[str, list[dict]], horizon_ns: float)
             "ike_to_child_ms": reauth["elapsed_ms"] if reauth else None, "per_link": per_link}
 
 
-#: the agents' trace events that make a handover's timeline: (node role, event, match, step name,
-#: searched from the handover's start or from the attach)
-TIMELINE_EVENTS = (
-    ("mn", "cxtp_sent", {"type": "CTAR"}, "ctar_predictive_sent", "start"),
-    ("mn", "attached", {}, "mn_trigger", "start"),
-    ("mn", "cxtp_sent", {"type": "CTAR"}, "ctar_sent", "attached"),
-    ("mn", "ipsec_moved", {}, "mn_rehomed", "start"),
-    ("mn", "cxtp_received", {"type": "CTAA"}, "ctaa_received", "attached"),
-    ("mn", "bu_sent", {"retransmission": False}, "bu_sent", "start"),
-    ("mn", "ba_received", {}, "ba_received", "start"),
-    ("par", "cxtp_received", {"type": "CTAR"}, "par_ctar_received", "start"),
-    ("par", "cxtp_sent", {"type": "PCTD"}, "pctd_sent", "start"),
-    ("par", "cxtp_sent", {"type": "CTD"}, "ctd_sent", "start"),
-    ("par", "cxtp_received", {"type": "CT-Req"}, "ct_req_received", "start"),
-    ("par", "cxtp_received", {"type": "CTDR"}, "ctdr_received", "start"),
-    ("par", "ipsec_released", {}, "par_released", "start"),
-    ("nar", "cxtp_received", {"type": "PCTD"}, "pctd_received", "start"),
-    ("nar", "cxtp_received", {"type": "CTD"}, "ctd_received", "start"),
-    ("nar", "cxtp_sent", {"type": "CT-Req"}, "ct_req_sent", "start"),
-    ("nar", "cxtp_received", {"type": "CTAR"}, "nar_ctar_received", "attached"),
-    ("nar", "ipsec_activated", {}, "nar_activated", "start"),
-    ("nar", "cxtp_sent", {"type": "CTAA"}, "ctaa_sent", "attached"),
-    ("nar", "cxtp_sent", {"type": "CTDR"}, "ctdr_sent", "start"),
-    ("ha", "bu_received", {}, "ha_bu_received", "start"),
-    ("ha", "ba_sent", {}, "ha_ba_sent", "start"),
+@dataclasses.dataclass(frozen=True)
+class TimelineStep:
+    """One step of a handover's timeline read from an agent's trace: the first ``event`` (with the
+    fields of ``match``) that node ``role`` traced, searched from the handover's start or from the
+    attach. ``methods`` says which handovers must have it: the analysis's contract with the agents,
+    checked by a kernel test that runs a handover of each method."""
+
+    role: str
+    event: TraceEvent
+    match: tuple[tuple[str, Any], ...]
+    name: str
+    origin: str
+    methods: str  # "all", "cxtp", "predictive" (MN-initiated), "network" (pAR-initiated), "reactive"
+
+
+def _step(role: str, event: TraceEvent, name: str, origin: str = "start", methods: str = "all",
+          **match: Any) -> TimelineStep:
+    return TimelineStep(role, event, tuple(match.items()), name, origin, methods)
+
+
+#: the agents' trace events that make a handover's timeline
+TIMELINE_STEPS = (
+    _step("mn", TraceEvent.CXTP_SENT, "ctar_predictive_sent", methods="predictive", type="CTAR"),
+    _step("mn", TraceEvent.ATTACHED, "mn_trigger"),
+    _step("mn", TraceEvent.CXTP_SENT, "ctar_sent", "attached", methods="cxtp", type="CTAR"),
+    _step("mn", TraceEvent.IPSEC_MOVED, "mn_rehomed", methods="cxtp"),
+    _step("mn", TraceEvent.CXTP_RECEIVED, "ctaa_received", "attached", methods="cxtp", type="CTAA"),
+    _step("mn", TraceEvent.BU_SENT, "bu_sent", retransmission=False),
+    _step("mn", TraceEvent.BA_RECEIVED, "ba_received"),
+    _step("par", TraceEvent.CXTP_RECEIVED, "par_ctar_received", methods="predictive", type="CTAR"),
+    _step("par", TraceEvent.CXTP_SENT, "pctd_sent", methods="predictive network", type="PCTD"),
+    _step("par", TraceEvent.CXTP_SENT, "ctd_sent", methods="reactive", type="CTD"),
+    _step("par", TraceEvent.CXTP_RECEIVED, "ct_req_received", methods="reactive", type="CT-Req"),
+    _step("par", TraceEvent.CXTP_RECEIVED, "ctdr_received", methods="cxtp", type="CTDR"),
+    _step("par", TraceEvent.IPSEC_RELEASED, "par_released", methods="cxtp"),
+    _step("nar", TraceEvent.CXTP_RECEIVED, "pctd_received", methods="predictive network", type="PCTD"),
+    _step("nar", TraceEvent.CXTP_RECEIVED, "ctd_received", methods="reactive", type="CTD"),
+    _step("nar", TraceEvent.CXTP_SENT, "ct_req_sent", methods="reactive", type="CT-Req"),
+    _step("nar", TraceEvent.CXTP_RECEIVED, "nar_ctar_received", "attached", methods="cxtp", type="CTAR"),
+    _step("nar", TraceEvent.IPSEC_ACTIVATED, "nar_activated", methods="cxtp"),
+    _step("nar", TraceEvent.CXTP_SENT, "ctaa_sent", "attached", methods="cxtp", type="CTAA"),
+    _step("nar", TraceEvent.CXTP_SENT, "ctdr_sent", methods="cxtp", type="CTDR"),
+    _step("ha", TraceEvent.BU_RECEIVED, "ha_bu_received"),
+    _step("ha", TraceEvent.BA_SENT, "ha_ba_sent"),
 )
 
 
-def timeline(handover: dict, traces: dict[str, list[dict]], row: dict, horizon_ns: float) -> dict[str, float]:
+def required_steps(kinds: set[str]) -> list[str]:
+    """The timeline steps a handover of a method of these kinds must show (``all`` always; a
+    CXTP method adds ``cxtp`` and its mode)."""
+    return [step.name for step in TIMELINE_STEPS
+            if step.methods == "all" or set(step.methods.split()) & kinds]
+
+
+def timeline(handover: HandoverRecord, traces: dict[str, list[dict]], row: dict, horizon_ns: float) -> dict[str, float]:
     """Every step of one handover on the one monotonic clock, in ms from the detach: the runner's
     steps, the agents' messages and kernel work, IKE, and the first probe through the new path
     in each direction."""
-    detach = handover["detach_start_ns"]
-    start = handover.get("anticipation_start_ns") or detach
+    detach = handover.detach_start_ns
+    assert detach is not None
+    start = handover.start_ns or detach
+    restored = handover.restored_ns or (handover.recovery.fresh_attach_ns if handover.recovery else None)
     steps: dict[str, float] = {}
-    for name in ("anticipation_start_ns", "detach_start_ns", "detached_ns", "attach_start_ns", "attached_ns",
-                 "trigger_sent_ns", "retry_sent_ns", "restored_ns"):
-        if handover.get(name):
-            steps[name[:-3]] = (handover[name] - detach) / 1e6
-    nodes = {"mn": plan.MN, "par": handover.get("from_ar"), "nar": handover.get("to_ar"), "ha": plan.HA}
-    origins = {"start": start, "attached": handover.get("attached_ns", start)}
-    for role, event, match, step, origin in TIMELINE_EVENTS:
-        found = _first(traces.get(nodes[role], []), origins[origin], horizon_ns, event=event, **match)
-        if step == "ctar_predictive_sent" and found is not None and found["t_ns"] >= detach:
+    for name, value in (("anticipation_start", handover.anticipation_start_ns), ("detach_start", detach),
+                        ("detached", handover.detached_ns), ("attach_start", handover.attach_start_ns),
+                        ("attached", handover.attached_ns), ("retry_sent", handover.retry_sent_ns),
+                        ("restored", restored)):
+        if value:
+            steps[name] = (value - detach) / 1e6
+    nodes = {"mn": plan.MN, "par": handover.from_ar, "nar": handover.to_ar, "ha": plan.HA}
+    origins = {"start": start, "attached": handover.attached_ns or start}
+    for step in TIMELINE_STEPS:
+        found = _first(traces.get(nodes[step.role], []), origins[step.origin], horizon_ns, event=step.event,
+                       **dict(step.match))
+        if step.name == "ctar_predictive_sent" and found is not None and found["t_ns"] >= detach:
             continue  # no CTAR before the detach: not a predictive transfer
         if found is not None:
-            steps[step] = (found["t_ns"] - detach) / 1e6
-    reauth = handover.get("reauth") or {}
+            steps[step.name] = (found["t_ns"] - detach) / 1e6
+    reauth = handover.reauth or {}
     for name in ("initiate_sent_ns", "child_installed_ns"):
         if reauth.get(name):
             steps[f"ike_{name[:-3]}"] = (reauth[name] - detach) / 1e6
@@ -207,12 +242,12 @@ def timeline(handover: dict, traces: dict[str, list[dict]], row: dict, horizon_n
     return dict(sorted(steps.items(), key=lambda item: item[1]))
 
 
-def lateness_window(handover: dict) -> tuple[int, int]:
+def lateness_window(handover: HandoverRecord) -> tuple[int, int]:
     """The instants the probes' send lateness is judged between for one handover: from the
     anticipation (or the detach) to the end of its measurement window. The runner asks the probes
     over it and the report reads their traces over it: one window, one verdict."""
-    start = handover.get("anticipation_start_ns") or handover["detach_start_ns"]
-    return start, handover.get("window_end_ns") or start
+    start = handover.start_ns or 0
+    return start, handover.window_end_ns or start
 
 
 def probe_lateness_ms(sender_trace: dict, start_ns: int, end_ns: int) -> float | None:
@@ -248,10 +283,10 @@ def emulation_violations(fidelity: dict, tolerances: dict) -> list[str]:
     return violations
 
 
-def fidelity_of(handover: dict, mn_trace: dict, ha_trace: dict, tolerances: dict | None) -> dict:
+def fidelity_of(handover: HandoverRecord, mn_trace: dict, ha_trace: dict, tolerances: dict | None) -> dict:
     """The runner's fidelity record, completed with the probes' send lateness (p99) over the
     handover, and judged against the scenario's tolerances."""
-    result = dict(handover.get("fidelity") or {})
+    result = dict(handover.fidelity or {})
     start, end = lateness_window(handover)
     for name, trace in (("mn", mn_trace), ("ha", ha_trace)):
         # the same function the probe answered the runner with: the same value (a trace that
@@ -265,26 +300,26 @@ def fidelity_of(handover: dict, mn_trace: dict, ha_trace: dict, tolerances: dict
     return result
 
 
-def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
+def per_handover(handovers: list[HandoverRecord], mn_trace: dict, ha_trace: dict,
                  traces: dict[str, list[dict]] | None = None, tolerances: dict | None = None) -> list[dict[str, Any]]:
     """Both directions (and, with agent traces, the signalling and timeline) for every handover,
     with its emulation fidelity."""
     results = []
     for position, handover in enumerate(handovers):
         following = handovers[position + 1] if position + 1 < len(handovers) else None
-        horizon = handover.get("window_end_ns")
+        horizon = handover.window_end_ns
         if horizon is None and following is not None:
-            horizon = following.get("anticipation_start_ns") or following["detach_start_ns"]
-        row = {"index": handover["index"], "method": handover.get("method", "none"),
-               "from": handover.get("from_ar"), "to": handover.get("to_ar"),
-               "l2_delay_ms": handover.get("l2_delay_ms"), "sweep_value": handover.get("sweep_value"),
-               "warmup": handover.get("warmup", False), "outcome": handover.get("outcome", "ok"),
-               "restored_by": handover.get("restored_by")}
-        if "detach_start_ns" not in handover:  # failed before the MN moved: nothing to measure
+            horizon = following.start_ns
+        row: dict[str, Any] = {"index": handover.index, "mn": handover.mn, "method": handover.method,
+                               "from": handover.from_ar, "to": handover.to_ar,
+                               "l2_delay_ms": handover.l2_delay_ms, "sweep_value": handover.sweep_value,
+                               "warmup": handover.warmup, "outcome": handover.outcome or "ok",
+                               "restored_by": handover.restored_by}
+        if handover.detach_start_ns is None:  # failed before the MN moved: nothing to measure
             results.append(row)
             continue
         # Downlink HA -> MN is received by the MN; uplink MN -> HA by the HA.
-        new_ar = handover.get("to_ar")
+        new_ar = handover.to_ar
         receivers = (("ha_to_mn", mn_trace, plan.LINKS_BY_NAME[plan.ACCESS_LINK[new_ar]].interface(plan.MN)
                       if new_ar in plan.ACCESS_LINK else None),
                      ("mn_to_ha", ha_trace, plan.LINKS_BY_NAME[f"{new_ar}-{plan.HA}"].interface(plan.HA)
@@ -292,7 +327,7 @@ def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
         for direction, trace, interface in receivers:
             try:
                 new_path = path_ifindexes(trace, interface) if interface else None
-                row[direction] = interruption(trace, handover["detach_start_ns"], horizon, new_path or None)
+                row[direction] = interruption(trace, handover.detach_start_ns, horizon, new_path or None)
             except MetricsError as error:
                 row[direction] = {"error": str(error)}
         if traces is not None:
@@ -300,9 +335,9 @@ def per_handover(handovers: list[dict], mn_trace: dict, ha_trace: dict,
             row["timeline"] = timeline(handover, traces, row, horizon if horizon is not None else float("inf"))
         row["fidelity"] = fidelity_of(handover, mn_trace, ha_trace, tolerances)
         row["fidelity_ok"] = not row["fidelity"]["violations"]
-        if "tables_check" in handover:
-            row["tables_ok"] = not handover["tables_check"]
-            row["tables_problems"] = handover["tables_check"]
+        if handover.tables_check is not None:
+            row["tables_ok"] = not handover.tables_check
+            row["tables_problems"] = handover.tables_check
         results.append(row)
     return results
 
@@ -363,7 +398,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 for name in ("ctar_to_ctaa_ms", "ctd_to_ctdr_ms", "bu_to_ba_ms", "ike_to_child_ms")}
             links = sorted({link for s in signalling_rows for link in s["per_link"]})
             entry["signalling_per_link"] = {
-                link: {"messages": statistics_of(s["per_link"].get(link, {}).get("messages", 0) for s in signalling_rows),
+                link: {"messages": statistics_of(s["per_link"].get(link, {}).get("messages", 0)
+                                                 for s in signalling_rows),
                        "bytes": statistics_of(s["per_link"].get(link, {}).get("bytes", 0) for s in signalling_rows)}
                 for link in links}
         checked = [row for row in group if "tables_ok" in row]

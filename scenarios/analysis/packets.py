@@ -14,8 +14,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from scenarios.runner import methods
 from scenarios.analysis.wireshark import PROFILE_NAME, WiresharkProfile
+from scenarios.records import HandoverRecord, read_handovers
+from scenarios.runner import methods
 from topo import plan
 
 PROBE_PORT = "40000"
@@ -73,7 +74,8 @@ def classify_access(packets: list[tuple[float, str]], secure: bool = True) -> li
 
 def read_window(capture: Path, profile: WiresharkProfile, start_s: float, end_s: float) -> list[tuple[float, str]]:
     """(wall-clock seconds, label) of every packet of ``capture`` between ``start_s`` and ``end_s``."""
-    command = profile.tshark_command(capture, "-Y", f"frame.time_epoch >= {start_s:.6f} && frame.time_epoch <= {end_s:.6f}",
+    command = profile.tshark_command(capture, "-Y",
+                                     f"frame.time_epoch >= {start_s:.6f} && frame.time_epoch <= {end_s:.6f}",
                                      "-T", "fields", "-E", "separator=\t", *(f"-e{field}" for field in FIELDS))
     result = subprocess.run(command, capture_output=True, text=True, env=profile.environment(), timeout=300)
     if result.returncode != 0:
@@ -96,24 +98,23 @@ def sequences(run_dir: Path) -> dict[str, dict]:
     record = json.loads((run_dir / "record.json").read_text())
     offset_ns = record["realtime_minus_monotonic_ns"]
     profile = WiresharkProfile((run_dir / "wireshark").resolve(), PROFILE_NAME)
-    handovers = json.loads((run_dir / "handovers.json").read_text())
-    chosen: dict[str, dict] = {}
-    for handover in handovers:
-        if handover.get("outcome") == "ok" and not handover.get("warmup") and "detach_start_ns" in handover:
-            chosen.setdefault(handover["method"], handover)
+    chosen: dict[str, HandoverRecord] = {}
+    for handover in read_handovers(run_dir):
+        if handover.outcome == "ok" and not handover.warmup and handover.moved:
+            chosen.setdefault(handover.method, handover)
     result = {}
     for method, handover in chosen.items():
-        detach_ns = handover["detach_start_ns"]
-        start_ns = (handover.get("anticipation_start_ns") or detach_ns) - 20_000_000
-        end_ns = handover["window_end_ns"]
+        detach_ns = handover.detach_start_ns or 0
+        start_ns = (handover.start_ns or detach_ns) - 20_000_000
+        end_ns = handover.window_end_ns or detach_ns
         points = {}
         for capture in captures:
             packets = read_window(capture, profile, (start_ns + offset_ns) / 1e9, (end_ns + offset_ns) / 1e9)
             if capture.stem.endswith(f"-{plan.MN}"):  # the AR's end of an access link
                 packets = classify_access(packets, methods.get(method).security.secure)
             points[capture.stem] = [((t * 1e9 - offset_ns - detach_ns) / 1e6, name) for t, name in packets]
-        result[method] = {"index": handover["index"], "points": points,
-                          "attached_ms": (handover["attached_ns"] - detach_ns) / 1e6}
+        result[method] = {"index": handover.index, "points": points,
+                          "attached_ms": ((handover.attached_ns or detach_ns) - detach_ns) / 1e6}
     return result
 
 

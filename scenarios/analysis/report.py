@@ -11,8 +11,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from scenarios.runner import methods
+from scenarios import records
 from scenarios.analysis import metrics, packets
+from scenarios.runner import methods
 
 DIRECTIONS = (("ha_to_mn", "HA->MN"), ("mn_to_ha", "MN->HA"))
 REFERENCE = methods.reference_name()
@@ -23,7 +24,7 @@ class ReportError(RuntimeError):
     """A run directory lacks what a report is made from."""
 
 
-def _read_traces(run_dir: Path) -> dict[str, list[dict]]:
+def read_traces(run_dir: Path) -> dict[str, list[dict]]:
     traces = {}
     for path in sorted(run_dir.glob("trace-*.jsonl")):
         with open(path) as handle:
@@ -42,12 +43,15 @@ def compute(run_dir: Path) -> dict:
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
     if missing:
         raise ReportError(f"{run_dir}: not a complete run directory (missing {', '.join(missing)})")
-    handovers = json.loads((run_dir / "handovers.json").read_text())
+    try:
+        handovers = records.read_handovers(run_dir)
+    except records.RecordError as error:
+        raise ReportError(f"{run_dir}: {error}") from None
     mn_trace = json.loads((run_dir / "probe-mn.json").read_text())
     ha_trace = json.loads((run_dir / "probe-ha.json").read_text())
     record = json.loads((run_dir / "record.json").read_text())
     tolerances = record["parameters"].get("fidelity")
-    rows = metrics.per_handover(handovers, mn_trace, ha_trace, _read_traces(run_dir), tolerances)
+    rows = metrics.per_handover(handovers, mn_trace, ha_trace, read_traces(run_dir), tolerances)
     per_method = metrics.summarize(rows)
     metrics.add_intervals(per_method, rows, REFERENCE)
     summary = {
@@ -60,12 +64,8 @@ def compute(run_dir: Path) -> dict:
     summary["ratios"] = metrics.ratios(summary["per_method"], methods.reauth_names(), methods.cxtp_names(), rows)
     summary["fidelity"] = {"tolerances": tolerances,
                            "violations": sum(1 for row in rows if not row.get("warmup") and not row["fidelity_ok"]),
-                           "repeated": sum(1 for handover in handovers if handover.get("repeated"))}
-    # handovers.json holds every step of every handover on the one clock, once computed
-    timelines = {row["index"]: row.get("timeline") for row in rows}
-    for handover in handovers:
-        handover["timeline_ms"] = timelines.get(handover["index"])
-    (run_dir / "handovers.json").write_text(json.dumps(handovers, indent=2))
+                           "repeated": sum(1 for handover in handovers if handover.repeated)}
+    # derived files only: the raw records (handovers.json) stay as the runner wrote them
     (run_dir / "per_handover.json").write_text(json.dumps(rows, indent=2))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(run_dir, rows, summary)
@@ -107,10 +107,19 @@ def _mean_overheads(per_method: dict) -> list[str]:
             "whole intervals", *rows]
 
 
+def run_name(run_dir: Path) -> str:
+    """A run as a reader of the repository names it: its path in the repository, or (elsewhere,
+    a temporary directory) its scenario and run id, never a machine's path."""
+    resolved = run_dir.resolve()
+    if resolved.is_relative_to(records.REPOSITORY):
+        return str(resolved.relative_to(records.REPOSITORY))
+    return f"{resolved.parent.name}/{resolved.name}"
+
+
 def table(run_dir: Path) -> str:
     summary = json.loads((run_dir / "summary.json").read_text())
     per_method = summary["per_method"]
-    lines = [f"run {run_dir}", "",
+    lines = [f"run {run_name(run_dir)}", "",
              "interruption at the receiver (ms), from the last in-order probe before the detach to the first probe",
              "through the new path: median [95% bootstrap interval], p95, max, n handovers; lost probes (median);",
              f"security overhead = median minus {REFERENCE}'s, from this run, with its 95% interval",
@@ -126,7 +135,8 @@ def table(run_dir: Path) -> str:
                          f"{_cell(stats, 'max')} {stats.get('n', 0):>4} {_cell(lost, width=6, digits=0)}{extra}")
     lines += _mean_overheads(per_method)
     fidelity = summary.get("fidelity") or {}
-    violations = {key: entry["fidelity_violations"] for key, entry in per_method.items() if entry.get("fidelity_violations")}
+    violations = {key: entry["fidelity_violations"] for key, entry in per_method.items()
+                  if entry.get("fidelity_violations")}
     lines += ["", f"emulation fidelity (tolerances {json.dumps(fidelity.get('tolerances'))}): "
               f"{fidelity.get('violations', 0)} measured handovers outside them, left out of the figures"
               + (f" ({', '.join(f'{key} {count}' for key, count in violations.items())})" if violations else "")
@@ -147,14 +157,15 @@ def table(run_dir: Path) -> str:
         sig = entry.get("signalling_ms", {})
         links = entry.get("signalling_per_link", {})
 
-        def link_cell(name: str) -> str:
-            if name not in links or not links[name]["messages"].get("median"):
+        def link_cell(name: str) -> str:  # called in this iteration only: `links` is this entry's
+            if name not in links or not links[name]["messages"].get("median"):  # noqa: B023
                 return f"{'-':>11}"
-            return f"{links[name]['messages']['median']:>4.0f}/{links[name]['bytes']['median']:<6.0f}"
+            return f"{links[name]['messages']['median']:>4.0f}/{links[name]['bytes']['median']:<6.0f}"  # noqa: B023
 
         tables = f"{entry['tables_ok']}/{entry['tables_checked']}" if "tables_checked" in entry else "-"
         lines.append(f"{key:<22} {_cell(sig.get('ctar_to_ctaa_ms', {}), width=9)} "
-                     f"{_cell(sig.get('ctd_to_ctdr_ms', {}), width=9)} {_cell(sig.get('ike_to_child_ms', {}), width=7)} "
+                     f"{_cell(sig.get('ctd_to_ctdr_ms', {}), width=9)} "
+                     f"{_cell(sig.get('ike_to_child_ms', {}), width=7)} "
                      f"{_cell(sig.get('bu_to_ba_ms', {}), width=7)} {link_cell('access')} {link_cell('ar_ar')} "
                      f"{link_cell('ike')} {link_cell('radius')} {tables:>7}")
     if summary.get("ratios"):
@@ -184,7 +195,8 @@ def plot(run_dir: Path, rows: list[dict], summary: dict) -> None:
     methods = list(dict.fromkeys(row["method"] for row in measured))
     figure, axes = plt.subplots(1, 2, figsize=(max(8, 2.4 * len(methods)), 4.5), sharey=True)
     for axis, (direction, label) in zip(axes, DIRECTIONS):
-        data = [[interruption for value in dict.fromkeys(r.get("sweep_value") for r in measured if r["method"] == method)
+        data = [[interruption
+                 for value in dict.fromkeys(r.get("sweep_value") for r in measured if r["method"] == method)
                  for interruption in metrics.interruptions(rows, method, value, direction)] for method in methods]
         axis.boxplot(data, showfliers=False)
         axis.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right")
@@ -278,10 +290,10 @@ def plot_timelines(run_dir: Path, rows: list[dict], plt) -> None:
                 axis.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, label, fontsize=6, color="C0",
                           ha="center", va="bottom")
         for step, t in steps.items():
-            lane = STEP_LANES.get(step)
-            if lane and not any(step in message[1:] for message in MESSAGES):
-                axis.plot([x[lane]], [t], marker="s", markersize=3, color="C3")
-                axis.text(x[lane] + 0.05, t, step.replace("_", " "), fontsize=5, color="C3", va="center")
+            step_lane = STEP_LANES.get(step)
+            if step_lane and not any(step in message[1:] for message in MESSAGES):
+                axis.plot([x[step_lane]], [t], marker="s", markersize=3, color="C3")
+                axis.text(x[step_lane] + 0.05, t, step.replace("_", " "), fontsize=5, color="C3", va="center")
         if "attached" in steps:
             axis.axhspan(0, steps["attached"], color="0.92")  # the L2 handover
         axis.set_xticks(range(len(LANES)), LANES, fontsize=7)

@@ -1,4 +1,5 @@
-"""The figures issue 10 sets as targets, checked on stored runs: a benchmark's verdict, not a test.
+"""The handover targets (security overheads, CTAR -> CTAA, re-authentication against CXTP,
+fidelity, run agreement), checked on stored runs: a benchmark's verdict, not a test.
 
     python -m scenarios.analysis.targets results/default/<run-a> [results/default/<run-b>]
 
@@ -14,7 +15,9 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypedDict
 
 from scenarios.analysis import metrics
 
@@ -45,7 +48,17 @@ def _rows(run_dir: Path) -> list[dict]:
         return []
 
 
-def _overhead(summary: dict, key: str, direction: str) -> dict | None:
+class _Overhead(TypedDict):
+    """A method's security overhead in one direction, as the summary holds it (ms; see
+    :func:`scenarios.analysis.metrics.add_intervals`)."""
+
+    median: float
+    ci95: list[float] | None
+    mean: float
+    mean_ci95: list[float] | None
+
+
+def _overhead(summary: dict, key: str, direction: str) -> _Overhead | None:
     return (summary["per_method"].get(key, {}).get(direction) or {}).get("overhead_ms")
 
 
@@ -61,7 +74,7 @@ def checks(summary: dict, record: dict) -> list[tuple[str, float | None, float, 
     """(target, value, limit, met) for one run."""
     links = record["parameters"]["links"]
     access = links["access"]["delay_ms"]
-    rows = []
+    rows: list[tuple[str, float | None, float, bool]] = []
 
     def at_most(name: str, value: float | None, limit: float) -> None:
         rows.append((name, value, limit, value is not None and value <= limit))
@@ -81,7 +94,8 @@ def checks(summary: dict, record: dict) -> list[tuple[str, float | None, float, 
     for direction, label in DIRECTIONS:
         eap = _overhead(summary, "reauth-eap@20", direction)
         predictive = _overhead(summary, "cxtp-predictive", direction)
-        upper = predictive["ci95"][1] if predictive and predictive.get("ci95") else None
+        interval = predictive.get("ci95") if predictive else None
+        upper = interval[1] if interval else None
         value = eap["median"] if eap else None
         limit = EAP_FACTOR * upper if upper is not None else float("nan")
         rows.append((f"reauth-eap@20 overhead over {EAP_FACTOR:.0f}x cxtp-predictive's upper bound, {label} (ms)",
@@ -95,7 +109,7 @@ def checks(summary: dict, record: dict) -> list[tuple[str, float | None, float, 
 
 def agreement(first: dict, second: dict) -> list[tuple[str, float | None, float, bool]]:
     """Every method's median interruption in the two runs, per direction."""
-    rows = []
+    rows: list[tuple[str, float | None, float, bool]] = []
     for key, entry in first["per_method"].items():
         for direction, label in DIRECTIONS:
             a = entry.get(direction, {}).get("interruption_ms", {}).get("median")
@@ -157,7 +171,7 @@ def _print_paths(paths: dict[str, dict], summary: dict, width: int) -> None:
     print("where the uplink's overhead goes: median per step over the measured handovers; network = the")
     print("link's nominal one-way delay, beyond = the nodes' work and the emulator's on top of it")
     for method, path in paths.items():
-        measured = _overhead(summary, method, "mn_to_ha") or {}
+        measured: Mapping[str, Any] = _overhead(summary, method, "mn_to_ha") or {}
         print(f"  {method} (n {path['n']})")
         for label, median, nominal in path["steps"]:
             extra = f"   network {nominal:.1f}, beyond {median - nominal:.2f}" if nominal else ""

@@ -40,8 +40,8 @@ import ipaddress
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ipsec import SecurityAssociation, Xfrm
 from nodes import netns
@@ -221,7 +221,8 @@ class WiresharkProfile:
 
     def shell_command(self, capture: str | Path, program: str = "wireshark") -> str:
         """What a reader types to open ``capture`` with this profile."""
-        return f"WIRESHARK_CONFIG_DIR={self.config_dir} {program} -C {self.name} {'-r ' if program == 'tshark' else ''}{capture}"
+        read = "-r " if program == "tshark" else ""
+        return f"WIRESHARK_CONFIG_DIR={self.config_dir} {program} -C {self.name} {read}{capture}"
 
 
 @dataclasses.dataclass(frozen=True)

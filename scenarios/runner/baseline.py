@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from vici.exception import CommandException, SessionException
 
-from nodes import ipsec_handler
 from nodes import pki as pki_module
+from nodes import provisioning
 from nodes.ike import (
-    AR_CONNECTION, COMMON_CONNECTION_OPTIONS, MN_IDENTITY, BaselineParams, Charon, EventListener,
-    IkeError, IkeStartError, PacketCounter, _child, _decode, classify_failure, request, summarize_ike,
+    AR_CONNECTION,
+    COMMON_CONNECTION_OPTIONS,
+    BaselineParams,
+    Charon,
+    EventListener,
+    IkeError,
+    IkeStartError,
+    PacketCounter,
+    _child,
+    _decode,
+    classify_failure,
+    request,
+    summarize_ike,
     summarize_radius,
 )
 from nodes.radius import FreeRadius, RadiusConfig
@@ -38,12 +50,12 @@ def mn_connection_name(ar: str) -> str:
 def mn_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None) -> dict[str, Any]:
     """The MN's connection to ``ar``: from its CoA there to the AR's access address."""
     if params.eap:
-        local = {"auth": params.method, "id": MN_IDENTITY, "eap_id": MN_IDENTITY}
+        local = {"auth": params.method, "id": plan.MN_IDENTITY, "eap_id": plan.MN_IDENTITY}
         if ar_cert_pem is None:
             raise ValueError("EAP needs the AR's certificate to pin")
         remote = {"auth": "pubkey", "id": ar, "certs": [ar_cert_pem]}
     else:
-        local = {"auth": "psk", "id": MN_IDENTITY}
+        local = {"auth": "psk", "id": plan.MN_IDENTITY}
         remote = {"auth": "psk", "id": ar}
     return {
         **COMMON_CONNECTION_OPTIONS,
@@ -67,7 +79,7 @@ def ar_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None) ->
         remote = {"auth": "eap-radius", "id": "%any"}
     else:
         local = {"auth": "psk", "id": ar}
-        remote = {"auth": "psk", "id": MN_IDENTITY}
+        remote = {"auth": "psk", "id": plan.MN_IDENTITY}
     return {
         **COMMON_CONNECTION_OPTIONS,
         "local_addrs": [plan.AR_ACCESS_ADDRESS[ar]],
@@ -84,9 +96,9 @@ def shared_secrets(node: str, params: BaselineParams) -> list[dict[str, Any]]:
     secrets = []
     if params.method == "psk":
         secrets.append({"id": f"psk-{node}", "type": "IKE", "data": params.psk,
-                        "owners": [MN_IDENTITY, *AR_NODES]})
+                        "owners": [plan.MN_IDENTITY, *AR_NODES]})
     elif node == plan.MN:
-        secrets.append({"id": "eap-mn", "type": "EAP", "data": params.password, "owners": [MN_IDENTITY]})
+        secrets.append({"id": "eap-mn", "type": "EAP", "data": params.password, "owners": [plan.MN_IDENTITY]})
     return secrets
 
 
@@ -121,7 +133,7 @@ class IkeBaseline:
             if self.params.aaa:
                 radius_config = RadiusConfig(
                     address=plan.AAA_ADDRESS, secret=self.params.radius_secret,
-                    users={MN_IDENTITY: self.params.radius_password or self.params.password},
+                    users={plan.MN_IDENTITY: self.params.radius_password or self.params.password},
                     method=self.params.method if self.params.eap else "eap-mschapv2")
                 self.radius = FreeRadius(self.testbed.host(plan.AAA), radius_config, self.workdir / plan.AAA)
                 self.radius.start()
@@ -161,7 +173,7 @@ class IkeBaseline:
             self.radius = None
         self.attached_to = set()
 
-    def __enter__(self) -> "IkeBaseline":
+    def __enter__(self) -> IkeBaseline:
         self.start()
         return self
 
@@ -174,7 +186,7 @@ class IkeBaseline:
         from ipsec.xfrm import Xfrm
 
         with Xfrm(netns=f"/proc/{self.testbed.pid(plan.MN)}/ns/net") as xfrm:
-            ipsec_handler.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
+            provisioning.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
 
     def _load(self) -> None:
         params = self.params
@@ -254,7 +266,7 @@ class IkeBaseline:
         session = self.charons[plan.MN].session
         assert session is not None
         request(session, "load-shared", {"id": "eap-mn", "type": "EAP", "data": password,
-                                         "owners": [MN_IDENTITY]})
+                                         "owners": [plan.MN_IDENTITY]})
 
     def _clean_after_failure(self, ar: str) -> None:
         for node in (plan.MN, ar):
@@ -289,8 +301,12 @@ class IkeBaseline:
         name = mn_connection_name(ar)
         deadline = time.monotonic() + timeout
         while True:
-            left = [node for node, ike in ((ar, AR_CONNECTION), (plan.MN, name))
-                    if list(self.charons[node].session.list_sas({"ike": ike}))]
+            left = []
+            for node, ike in ((ar, AR_CONNECTION), (plan.MN, name)):
+                session = self.charons[node].session
+                assert session is not None  # open while the baseline runs
+                if list(session.list_sas({"ike": ike})):
+                    left.append(node)
             left += [f"{node} kernel" for node in (ar, plan.MN) if self._kernel_holds(node, ar)]
             if not left:
                 return
@@ -317,7 +333,7 @@ class IkeBaseline:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="print the baseline's daemon configurations")
     parser.add_argument("--dry-run", metavar="METHOD", choices=("eap-mschapv2", "eap-md5", "psk"), required=True)
-    parser.add_argument("--workdir", default="/tmp/testbed-baseline-dry-run")
+    parser.add_argument("--workdir", default=tempfile.mkdtemp(prefix="testbed-baseline-dry-run-"))
     arguments = parser.parse_args(argv)
     params = BaselineParams(method=arguments.dry_run, aaa=arguments.dry_run != "psk")
     workdir = Path(arguments.workdir)
@@ -326,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(Charon(None, node, workdir / node, radius).dry_run())
     if params.aaa:
         config = RadiusConfig(address=plan.AAA_ADDRESS, secret=params.radius_secret,
-                              users={MN_IDENTITY: params.password}, method=params.method)
+                              users={plan.MN_IDENTITY: params.password}, method=params.method)
         print(FreeRadius(None, config, workdir / plan.AAA).dry_run())
     return 0
 

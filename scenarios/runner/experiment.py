@@ -16,17 +16,18 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ipsec import IpsecContext, IpsecError, Xfrm, capture_context
-from nodes import ipsec_handler, netns
-from nodes.agent import AgentClient, AgentError
-from nodes.daemon import Daemon, DaemonError
+from nodes import netns, provisioning
+from nodes.contracts import AgentError, ArControl, HaControl, MnControl, MnStatus
+from nodes.daemon import AgentProcess, DaemonError
 from nodes.ike import IkeError
-from scenarios.runner import methods
 from scenarios.analysis import checks
+from scenarios.records import HandoverRecord, Recovery
+from scenarios.runner import methods
 from scenarios.runner.baseline import IkeBaseline
 from scenarios.runner.methods import Method, Security
 from topo import plan
@@ -35,7 +36,6 @@ from topo.network import Testbed
 REPOSITORY = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90.0
 STATE_ROOT = "/run/testbed-state"
-MN_IDENTITY = "mn@testbed"
 SPI_MN_IN, SPI_MN_OUT = 0x102, 0x101  # the paper's §VI-A values: pAR->MN 0x102, MN->pAR 0x101
 STATIC_SPI_STRIDE = 0x1000  # later static attaches: 0x1102/0x1101, 0x2102/0x2101, ...
 #: how long the MN may take to finish a handover (its CTAR retransmissions end at CT_RETRY_MAX,
@@ -52,14 +52,19 @@ class ExperimentError(RuntimeError):
 class HandoverFailed(ExperimentError):
     """A handover did not end in success; ``record`` holds what was measured up to the failure."""
 
-    def __init__(self, reason: str, record: dict | None = None) -> None:
+    def __init__(self, reason: str, record: HandoverRecord | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.record = record or {}
+        self.record = record
 
 
 #: what a failing step may raise; anything else is a bug of the testbed and ends the run
 STEP_ERRORS = (ExperimentError, AgentError, DaemonError, IkeError, IpsecError, OSError)
+
+
+def pause(milliseconds: float) -> None:
+    """Pacing (anticipation, settling): scenario timing, not a stand-in for protocol work."""
+    time.sleep(milliseconds / 1000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,140 +96,106 @@ class Move:
         return plan.LINKS_BY_NAME[plan.ACCESS_LINK[self.nar]].interface(plan.MN)
 
 
-class AgentProcess(Daemon):
-    """A protocol agent in a host (:mod:`nodes.agent`): ready once it has written ``READY`` (its
-    sockets are bound), then driven over its control socket; output and traces in the run
-    directory; stopped by its PID."""
-
-    cwd = str(REPOSITORY)
-
-    def __init__(self, testbed: Testbed, node: str, module: str, arguments: list[str], run_dir: Path,
-                 name: str | None = None, controlled: bool = True) -> None:
-        self.name = name or node
-        super().__init__(testbed.host(node), run_dir)
-        self.module, self.arguments, self.controlled = module, arguments, controlled
-        self.control = str(run_dir / f"{self.name}.control")
-        self.client: AgentClient | None = None
-        self._output_seen = 0
-        self.start(READY_TIMEOUT_S)
-
-    def command(self) -> list[str]:
-        command = [sys.executable, "-m", self.module, *self.arguments]
-        if self.controlled:
-            command += ["--control", self.control, "--trace", str(self.directory / f"trace-{self.name}.jsonl")]
-        return command
-
-    def prepare(self) -> None:
-        self._output_seen = self.output_path.stat().st_size if self.output_path.exists() else 0
-
-    def ready(self) -> bool:
-        with open(self.output_path, "rb") as output:
-            output.seek(self._output_seen)
-            return any(line.startswith(b"READY") for line in output)
-
-    def start(self, timeout: float = READY_TIMEOUT_S) -> None:
-        try:
-            super().start(timeout)
-        except DaemonError as error:
-            raise ExperimentError(f"agent {error}") from None
-        if self.controlled:
-            self.client = AgentClient(self.control)
-
-    def request(self, cmd: str, **arguments):
-        if not self.alive:
-            code = self.process.returncode if self.process is not None else None
-            raise ExperimentError(f"agent {self.name} is not running (exit status {code})")
-        try:
-            return self.client.request(cmd, **arguments)
-        except (AgentError, OSError, ValueError) as error:
-            raise ExperimentError(f"{self.name}: {error}") from None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        super().stop(timeout)
-
-
 class Experiment:
     """Agents on every node of a running testbed, and one handover of any declared method."""
 
     def __init__(self, testbed: Testbed, run_dir: Path, probe_rate: float = 500.0, probe_size: int = 64,
                  profile: str = "aes-cbc-sha256", ar_transport: str = "sctp", anticipation_ms: float = 100.0,
-                 seed: int = 1, timers: dict[str, float] | None = None) -> None:
+                 seed: int = 1, timers: dict[str, float] | None = None,
+                 agent_factory: Callable[..., AgentProcess] = AgentProcess,
+                 baseline_factory: Callable[..., IkeBaseline] = IkeBaseline) -> None:
+        """``agent_factory`` and ``baseline_factory`` start the agents and the IKE baseline's
+        daemons (tests give stand-ins that record the commands the typed clients send)."""
         self.testbed = testbed
+        self.agent_factory, self.baseline_factory = agent_factory, baseline_factory
         self.run_dir = run_dir
         self.profile = profile
         self.anticipation_ms = anticipation_ms
         self.timers = dict(timers or {})
+        self.identity = plan.MN_IDENTITY
         self.agents: dict[str, AgentProcess] = {}
         # The ARs' install journals: on a tmpfs (they guard against a process that dies, not a
         # reboot), off the measured path's slow file system; removed when the experiment stops.
         self.state_root = Path(STATE_ROOT) / f"{run_dir.name}-{os.getpid()}"
         self.security: Security | None = methods.NO_SECURITY
-        self.baseline = None
+        self.baseline: IkeBaseline | None = None
         #: called after every change of kernel state the runner makes (security entered, a
         #: handover done, a recovery): the run's Wireshark profile collects the SAs there
-        self.on_state_change = None
+        self.on_state_change: Callable[[], object] | None = None
         self.state_change_errors: list[str] = []
         self._pending_trigger: tuple | None = None
         self._fallback_triggered = False
         self._static_algorithms: dict[int, tuple] = {}
         self._static_generation = 0
+        self._handovers = 0
         try:
             for ar in plan.ACCESS_ROUTERS:
                 peers = [f"--peer={plan.AR_ACCESS_ADDRESS[other]}={plan.AR_LINK_ADDRESS[other]}"
                          for other in plan.ACCESS_ROUTERS if other != ar]
-                self.agents[ar] = AgentProcess(testbed, ar, "nodes.ar_agent", [
+                self._start_agent(ar, "nodes.ar_agent", ArControl, [
                     "--name", ar, "--address", plan.AR_ACCESS_ADDRESS[ar],
                     "--access-interface", plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(ar),
                     "--ar-transport", ar_transport, "--seed", str(seed),
                     "--link-address", plan.AR_LINK_ADDRESS[ar], *peers,
-                    "--state-dir", str(self.state_root / ar), "--config", json.dumps(self.timers)], run_dir)
+                    "--state-dir", str(self.state_root / ar), "--config", json.dumps(self.timers)])
             self._provision_ar_ar()
-            self.agents[plan.HA] = AgentProcess(testbed, plan.HA, "nodes.ha_agent", [
+            self._start_agent(plan.HA, "nodes.ha_agent", HaControl, [
                 "--probe-out", str(run_dir / "probe-ha.json"), "--initial-peer", self.mn_address,
                 "--mn-namespace", str(testbed.pid(plan.MN)), "--mn-probe-out", str(run_dir / "probe-mn.json"),
-                "--identity", MN_IDENTITY, "--rate", str(probe_rate), "--size", str(probe_size),
-                "--bind", plan.HA_ADDRESS], run_dir)
-            self.agents[plan.MN] = AgentProcess(testbed, plan.MN, "nodes.mn_agent", [
-                "--address", self.mn_address, "--ha", plan.HA_ADDRESS, "--identity", MN_IDENTITY,
-                "--seed", str(seed)], run_dir)
+                "--identity", self.identity, "--rate", str(probe_rate), "--size", str(probe_size),
+                "--bind", plan.HA_ADDRESS])
+            self._start_agent(plan.MN, "nodes.mn_agent", MnControl, [
+                "--address", self.mn_address, "--ha", plan.HA_ADDRESS, "--identity", self.identity,
+                "--seed", str(seed)])
         except BaseException:
             self.stop()
             raise
 
+    def _start_agent(self, node: str, module: str, contract: type, arguments: list[str]) -> None:
+        try:
+            self.agents[node] = self.agent_factory(self.testbed.host(node), module, arguments, self.run_dir, node,
+                                                   contract, str(REPOSITORY), READY_TIMEOUT_S)
+        except DaemonError as error:
+            raise ExperimentError(f"agent {error}") from None
+
+    # -- the agents, through their typed clients -----------------------------------------------------------
+    @property
+    def mn(self) -> MnControl:
+        return self.agents[plan.MN].client
+
+    @property
+    def ha(self) -> HaControl:
+        return self.agents[plan.HA].client
+
+    def ar(self, name: str) -> ArControl:
+        return self.agents[name].client
+
     def _provision_ar_ar(self) -> None:
         """CXTP between the ARs travels in ESP, set up before any handover (RFC 4067 §6.2)."""
-        par_side, nar_side = ipsec_handler.ar_ar_contexts(
+        par_side, nar_side = provisioning.ar_ar_contexts(
             plan.AR_LINK_ADDRESS[plan.PAR], plan.AR_LINK_ADDRESS[plan.NAR], self.profile)
         self._ar_ar = {plan.PAR: par_side.encode().hex(), plan.NAR: nar_side.encode().hex()}
         for ar, context in self._ar_ar.items():
-            self.request(ar, "provision", context=context)
+            self.ar(ar).provision(context=context)
 
     # -- plumbing ---------------------------------------------------------------------------------------
     @property
     def mn_address(self) -> str:
-        return plan.MN_COA[self.testbed.current_ar]
-
-    def request(self, agent: str, cmd: str, **arguments) -> dict:
-        return self.agents[agent].request(cmd, **arguments)
+        ar = self.testbed.current_ar
+        assert ar is not None  # the MN is attached from the testbed's start to its stop
+        return plan.MN_COA[ar]
 
     def probe_lateness(self, start_ns: int, end_ns: int) -> dict[str, float | None]:
         """The p99 send lateness of each probe end between two instants (ms), asked of the probes
         themselves: the verdict the report gives from their traces later, available now."""
-        answer = self.request(plan.HA, "lateness", start_ns=start_ns, end_ns=end_ns)
+        answer = self.ha.lateness(start_ns=start_ns, end_ns=end_ns)
         return {end: answer[end] for end in ("mn", "ha")}
 
     def configure_timers(self, timers: dict[str, float]) -> None:
         """The ARs' CXTP timers, derived from the scenario's network (a sweep changes them)."""
         self.timers = dict(timers)
         for ar in plan.ACCESS_ROUTERS:
-            self.request(ar, "configure", **self.timers)
+            self.ar(ar).configure(**self.timers)
 
     def stop(self) -> None:
         self._stop_baseline()
@@ -243,9 +214,10 @@ class Experiment:
             return
         self.leave()
         for router in plan.ACCESS_ROUTERS:
-            self.request(router, "access_policy", prefix=plan.ACCESS_PREFIX[router], enable=security.secure)
-        self.request(plan.MN, "signalling_bypass", enable=security.secure)
+            self.ar(router).access_policy(prefix=plan.ACCESS_PREFIX[router], enable=security.secure)
+        self.mn.signalling_bypass(enable=security.secure)
         ar = self.testbed.current_ar
+        assert ar is not None  # the MN is attached from the testbed's start to its stop
         self.security = security  # from here on, a failure is cleaned up by leave()
         if security.static_tunnel:
             # Each attach with static SAs gets SAs of its own (the paper's SPIs the first time,
@@ -253,12 +225,12 @@ class Experiment:
             # in flight, a replay window) can meet the new SAs.
             generation, self._static_generation = self._static_generation, self._static_generation + 1
             spi_in, spi_out = (SPI_MN_IN + STATIC_SPI_STRIDE * generation, SPI_MN_OUT + STATIC_SPI_STRIDE * generation)
-            mn_side, ar_side = (self._same_keys(context) for context in ipsec_handler.initial_contexts(
+            mn_side, ar_side = (self._same_keys(context) for context in provisioning.initial_contexts(
                 self.mn_address, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, self.profile, spi_in, spi_out))
-            self.request(ar, "provision", context=ar_side.encode().hex())
-            self.request(plan.MN, "provision", context=mn_side.encode().hex())
+            self.ar(ar).provision(context=ar_side.encode().hex())
+            self.mn.provision(context=mn_side.encode().hex())
         elif security.ike_auth is not None:
-            self.baseline = IkeBaseline(self.testbed, self.run_dir / f"ike-{security.name}",
+            self.baseline = self.baseline_factory(self.testbed, self.run_dir / f"ike-{security.name}",
                                         method=security.ike_auth, aaa=security.ike_auth != "psk")
             self.baseline.start()
             self.baseline.attach(ar)
@@ -284,10 +256,10 @@ class Experiment:
         engines and handlers forgetting it."""
         self._stop_baseline()
         addresses = [plan.MN_COA[ar] for ar in plan.ACCESS_ROUTERS]
-        self.request(plan.MN, "clear", addresses=addresses)
+        self.mn.clear(addresses=addresses)
         for router in plan.ACCESS_ROUTERS:
             for address in addresses:
-                self.request(router, "clear_mn", mn=address)
+                self.ar(router).clear_mn(mn=address)
         self.security = None
 
     def _stop_baseline(self) -> None:
@@ -296,50 +268,53 @@ class Experiment:
             baseline.stop()
 
     # -- one handover -----------------------------------------------------------------------------------
-    def handover(self, method: Method, l2_delay_ms: float) -> dict:
+    def handover(self, method: Method, l2_delay_ms: float, *, index: int | None = None, warmup: bool = False,
+                 sweep_value: float | None = None) -> HandoverRecord:
         """Move the MN to the other AR with ``method``. Returns the record; raises
         :class:`HandoverFailed` (with the partial record) if the handover did not succeed, after the
         MN's own fall-back (a reactive retry of a failed transfer) did not help either."""
-        record: dict = {"method": method.name, "anticipation_start_ns": None}
+        self._handovers += 1
+        current_ar = self.testbed.current_ar
+        assert current_ar is not None  # the MN is attached from the testbed's start to its stop
+        move = Move(current_ar, self.testbed.other_ar())
+        record = HandoverRecord(
+            index=self._handovers if index is None else index, mn=self.identity, method=method.name,
+            from_ar=move.par, to_ar=move.nar, mn_previous=move.mn_previous, mn_new=move.mn_new,
+            l2_delay_ms=l2_delay_ms, warmup=warmup, sweep_value=sweep_value, note=method.note or None)
         self._pending_trigger, self._fallback_triggered = None, False
         try:
             self.enter(method.security)
-            move = Move(self.testbed.current_ar, self.testbed.other_ar())
-            record.update(mn_previous=move.mn_previous, mn_new=move.mn_new)
-            if method.note:
-                record["note"] = method.note
             if method.cxtp:
                 # The SPIs the MN uses before the move, for the Tables I-IV check after it (IKE picks
                 # them at random; the static SAs use the paper's).
                 spi = {sa.daddr: sa.spi for sa in self.xfrm_state(plan.MN, move.mn_previous).sas}
-                record.update(spi_mn_in=spi.get(move.mn_previous), spi_mn_out=spi.get(move.par_address))
+                record.spi_mn_in, record.spi_mn_out = spi.get(move.mn_previous), spi.get(move.par_address)
                 self._fresh_key(move)
             if method.before_detach is not None:
-                record["anticipation_start_ns"] = time.monotonic_ns()
+                record.anticipation_start_ns = time.monotonic_ns()
                 method.before_detach(self, move)
-                _pause(self.anticipation_ms)
+                pause(self.anticipation_ms)
             # The MN learns of the attach from its kernel (the default route through the new AR),
             # as a real host does; the runner only says beforehand what the method will be.
-            self.request(plan.MN, "expect_move", interface=move.mn_interface, nar=move.nar_address,
-                         par=move.par_address, new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
-            record.update(self.testbed.handover(move.nar, l2_delay_ms).as_dict())
+            self.mn.expect_move(interface=move.mn_interface, nar=move.nar_address, par=move.par_address,
+                                new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
+            times = self.testbed.handover(move.nar, l2_delay_ms)
+            record.detach_start_ns, record.detached_ns = times.detach_start_ns, times.detached_ns
+            record.attach_start_ns, record.attached_ns = times.attach_start_ns, times.attached_ns
             self._pending_trigger = (move, method, time.monotonic() + TRIGGER_TIMEOUT_S)
-            record["trigger"] = "kernel"
             if method.after_attach is not None:
-                record["reauth"] = method.after_attach(self, move)
+                record.reauth = method.after_attach(self, move)
             status = self.wait_idle()
-            if self._fallback_triggered:
-                record["trigger"] = "runner-fallback"
-            record["completed"] = status["idle"]
-            record["restored_by"] = "method"
+            record.trigger = "runner-fallback" if self._fallback_triggered else "kernel"
+            record.completed = status["idle"]
             if method.cxtp:
                 failure = _transfer_failure(status)
                 if failure:
-                    record["transfer_failure"] = failure
+                    record.transfer_failure = failure
                     status = self._retry_reactive(move, record)
             if not status["idle"]:
                 raise HandoverFailed("the MN's Binding Update got no Binding Ack", record)
-            record["restored_ns"] = time.monotonic_ns()
+            record.restored_ns = time.monotonic_ns()
             self._state_changed()
         except HandoverFailed as failure:
             failure.record = record
@@ -348,7 +323,7 @@ class Experiment:
             raise HandoverFailed(f"{type(error).__name__}: {error}", record) from None
         return record
 
-    def _trigger_fallback(self, status: dict) -> None:
+    def _trigger_fallback(self, status: MnStatus) -> None:
         """The MN's own trigger comes from the kernel's route event; if it has not come within
         the timeout (an event lost to a full socket buffer), the runner tells the MN itself."""
         if self._pending_trigger is None:
@@ -359,35 +334,33 @@ class Experiment:
         elif time.monotonic() >= deadline:
             self._pending_trigger = None
             self._fallback_triggered = True
-            self.request(plan.MN, "attached", nar=move.nar_address, par=move.par_address,
-                         new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
+            self.mn.attached(nar=move.nar_address, par=move.par_address, new_address=move.mn_new,
+                             cxtp=method.cxtp, ipsec=method.cxtp)
 
     def _fresh_key(self, move: Move) -> None:
         """A fresh CXTP key for one transaction, shared by the MN and its current AR: RFC 4067 leaves
         key establishment open and forbids reuse (§6.3). Given out of band, unmeasured."""
         key = os.urandom(20).hex()
-        self.request(plan.MN, "set_key", key=key)
-        self.request(move.par, "set_mn_key", mn=move.mn_previous, key=key)
+        self.mn.set_key(key=key)
+        self.ar(move.par).set_mn_key(mn=move.mn_previous, key=key)
 
-    def _retry_reactive(self, move: Move, record: dict) -> dict:
+    def _retry_reactive(self, move: Move, record: HandoverRecord) -> MnStatus:
         """The MN's fall-back after a failed transfer: one reactive retry, with a fresh key, for the
         context the pAR still holds (it keeps it for its release hold)."""
         if not self.xfrm_state(move.par, move.mn_previous).sas:
-            raise HandoverFailed(f"transfer failed ({record['transfer_failure']}) and the pAR holds no context "
+            raise HandoverFailed(f"transfer failed ({record.transfer_failure}) and the pAR holds no context "
                                  "to retry with", record)
         self._fresh_key(move)
-        self.request(plan.MN, "retry_reactive", par=move.par_address, nar=move.nar_address,
-                     previous=move.mn_previous)
-        record["retry_sent_ns"] = time.monotonic_ns()
+        self.mn.retry_reactive(par=move.par_address, nar=move.nar_address, previous=move.mn_previous)
+        record.retry_sent_ns = time.monotonic_ns()
         status = self.wait_idle()
         failure = _transfer_failure(status)
         if failure:
-            raise HandoverFailed(f"transfer failed ({record['transfer_failure']}), and the reactive retry too "
+            raise HandoverFailed(f"transfer failed ({record.transfer_failure}), and the reactive retry too "
                                  f"({failure})", record)
-        record["restored_by"] = "cxtp-retry"
         return status
 
-    def wait_idle(self, timeout_s: float = IDLE_TIMEOUT_S, poll_ms: float = 20.0) -> dict:
+    def wait_idle(self, timeout_s: float = IDLE_TIMEOUT_S, poll_ms: float = 20.0) -> MnStatus:
         """Readiness, not a sleep: poll the MN until its CXTP transaction and its binding update are
         done (or failed, after their own retransmissions), so handovers never overlap. An agent that
         died meanwhile ends the wait at once."""
@@ -396,34 +369,34 @@ class Experiment:
             # first a pause, then the question: a handover is not over the moment the attach is,
             # and a request then would reach the MN's agent with the kernel's attach event, on
             # the guest's one CPU, and be served first
-            _pause(poll_ms)
+            pause(poll_ms)
             dead = [name for name, agent in self.agents.items() if not agent.alive]
             if dead:
                 raise HandoverFailed(f"agent {', '.join(dead)} died during the handover")
-            status = self.request(plan.MN, "status")
+            status = self.mn.status()
             self._trigger_fallback(status)
             if (status["idle"] and not status.get("move_expected")) or time.monotonic() >= deadline:
                 return status
 
     # -- after a handover (outside the measured interval) -------------------------------------------------
-    def verify(self, method: Method, record: dict, release_timeout_s: float) -> list[str]:
+    def verify(self, method: Method, record: HandoverRecord, release_timeout_s: float) -> list[str]:
         """Every problem with the state after a handover; [] if none. Nothing of the MN's previous
         address may stay on any node (the pAR releases after the CTDR, a moment after the MN is done;
         after a late or missing CTDR, within its release hold); a CXTP handover must leave the
         SAD/SPD of Tables I-IV."""
         deadline = time.monotonic() + release_timeout_s
         while True:
-            left = self.leftovers(record["mn_previous"])
+            left = self.leftovers(record.mn_previous)
             if not left or time.monotonic() >= deadline:
                 break
-            _pause(20)
+            pause(20)
         problems = [f"{node} still holds {what} of the MN's previous address" for node, what in left.items()]
         if method.cxtp:
-            nar = record["to_ar"]
+            nar = record.to_ar
             problems += checks.check_tables(
-                self.xfrm_state(plan.MN, record["mn_new"]), self.xfrm_state(nar, record["mn_new"]),
-                IpsecContext(), record["mn_new"], plan.AR_ACCESS_ADDRESS[nar], plan.HA_ADDRESS,
-                record.get("spi_mn_in") or SPI_MN_IN, record.get("spi_mn_out") or SPI_MN_OUT)
+                self.xfrm_state(plan.MN, record.mn_new), self.xfrm_state(nar, record.mn_new),
+                IpsecContext(), record.mn_new, plan.AR_ACCESS_ADDRESS[nar], plan.HA_ADDRESS,
+                record.spi_mn_in or SPI_MN_IN, record.spi_mn_out or SPI_MN_OUT)
         return problems
 
     def leftovers(self, address: str) -> dict[str, str]:
@@ -435,7 +408,7 @@ class Experiment:
                 found[node] = f"{len(context.sas)} SAs and {len(context.policies)} policies"
         return found
 
-    def recover(self, security: Security) -> dict:
+    def recover(self, security: Security) -> Recovery:
         """Back to a known clean state after a failed handover: dead agents restarted, nothing of
         the MN on any node, then a fresh attach at the AR the MN is on, with the security state the
         method needs (``security``). Returns what was done, for the record."""
@@ -446,16 +419,16 @@ class Experiment:
                 restarted.append(name)
         if restarted and any(ar in restarted for ar in plan.ACCESS_ROUTERS):
             for ar in plan.ACCESS_ROUTERS:
-                self.request(ar, "provision", context=self._ar_ar[ar])
+                self.ar(ar).provision(context=self._ar_ar[ar])
         self.leave()
         left = {address: self.leftovers(address) for address in (plan.MN_COA[ar] for ar in plan.ACCESS_ROUTERS)}
         left = {address: nodes for address, nodes in left.items() if nodes}
         if left:
             raise ExperimentError(f"state of the MN survived the clean-up: {left}")
-        self.request(plan.MN, "fresh_attach", address=self.mn_address)
+        self.mn.fresh_attach(address=self.mn_address)
         self.enter(security)
         status = self.wait_idle()
-        return {"restarted_agents": restarted, "fresh_attach_ns": time.monotonic_ns(), "bound": status["idle"]}
+        return Recovery(restarted_agents=restarted, fresh_attach_ns=time.monotonic_ns(), bound=status["idle"])
 
     def snapshot(self) -> dict[str, list[str]]:
         """Every node's whole SAD and SPD, one line per entry, for a failure's record."""
@@ -487,7 +460,7 @@ class Experiment:
         return {name: int(value) for name, value in (line.split() for line in text.splitlines() if line.strip())}
 
 
-def _transfer_failure(status: dict) -> str | None:
+def _transfer_failure(status: MnStatus) -> str | None:
     """Why the MN's last CXTP transaction failed, or None if it succeeded."""
     if not status["idle"] and status.get("cxtp_in_progress"):
         return "no CTAA before the MN's wait ended"
@@ -499,7 +472,3 @@ def _transfer_failure(status: dict) -> str | None:
         return f"{outcome['reason']}" + (f" (statuses {codes})" if codes else "")
     return None
 
-
-def _pause(milliseconds: float) -> None:
-    """Pacing (anticipation, settling): scenario timing, not a stand-in for protocol work."""
-    time.sleep(milliseconds / 1000)

@@ -8,7 +8,7 @@ method is one more :func:`register` call, for example::
     register(Method(
         name="cxtp-reactive-slow-l2",
         summary="cxtp-reactive, for a scenario that sets its own L2 delay",
-        security=STATIC_TUNNEL, cxtp=True,
+        security=STATIC_TUNNEL, cxtp=True, transfer="reactive",
     ))
 
 Everything a method's hooks do between handovers (keys, provisioning, checks) is outside the
@@ -18,7 +18,8 @@ measured interval; inside it only the agents' own protocol work happens.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the hooks receive the running experiment and the move in progress
     from scenarios.runner.experiment import Experiment, Move
@@ -59,17 +60,30 @@ class Method:
     #: SAD/SPD and the nAR's are checked against Tables I-IV
     cxtp: bool = False
     #: before the detach, ``anticipation_ms`` ahead (predictive methods)
-    before_detach: Callable[["Experiment", "Move"], None] | None = None
+    before_detach: Callable[[Experiment, Move], None] | None = None
     #: after the attach (the re-authentication baselines); returns figures for the record
-    after_attach: Callable[["Experiment", "Move"], dict] | None = None
+    after_attach: Callable[[Experiment, Move], dict] | None = None
     #: part of the default comparison (the EAP baseline is in it through the default sweep)
     default: bool = True
     #: a note for the run record: how the method's state starts, what it leaves out
     note: str = ""
     #: the only method that crosses a link class, for the default sweep
     sweeps: str | None = None
+    #: how a CXTP method moves the context: "predictive" (the MN asks the pAR before the move),
+    #: "network" (the pAR's own trigger, before the move) or "reactive" (the nAR asks after it)
+    transfer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cxtp != (self.transfer in TRANSFERS):
+            raise ValueError(f"method {self.name!r}: a CXTP method names its transfer, one of {TRANSFERS}")
+
+    @property
+    def kinds(self) -> set[str]:
+        """What the analysis expects of its handovers (:data:`scenarios.analysis.metrics.TIMELINE_STEPS`)."""
+        return {"cxtp", self.transfer} if self.cxtp and self.transfer else set()
 
 
+TRANSFERS = ("predictive", "network", "reactive")
 METHODS: dict[str, Method] = {}
 
 
@@ -106,21 +120,23 @@ def reauth_names() -> tuple[str, ...]:
 
 
 # -- hooks --------------------------------------------------------------------------------------------
-def _mn_predictive(experiment: "Experiment", move: "Move") -> None:
+def _mn_predictive(experiment: Experiment, move: Move) -> None:
     """MN-initiated predictive: the CTAR goes to the pAR, naming the nAR."""
-    experiment.request("mn", "predictive", par=move.par_address, nar=move.nar_address)
+    experiment.mn.predictive(par=move.par_address, nar=move.nar_address)
 
 
-def _par_predictive(experiment: "Experiment", move: "Move") -> None:
+def _par_predictive(experiment: Experiment, move: Move) -> None:
     """Network-initiated: the pAR's own trigger sends the PCTD with the key."""
-    experiment.request(move.par, "trigger_predictive", mn=move.mn_previous, nar=move.nar_address)
+    experiment.ar(move.par).trigger_predictive(mn=move.mn_previous, nar=move.nar_address)
 
 
-def _reauthenticate(experiment: "Experiment", move: "Move") -> dict:
+def _reauthenticate(experiment: Experiment, move: Move) -> dict:
     """A fresh IKEv2 initiation at the nAR (not a rekey), then the old SAs at the pAR (and on the
     MN) go."""
-    result = experiment.baseline.attach(move.nar)
-    experiment.baseline.detach_old(move.par)
+    baseline = experiment.baseline
+    assert baseline is not None  # entering the method's security (IKE) started it
+    result = baseline.attach(move.nar)
+    baseline.detach_old(move.par)
     return result
 
 
@@ -129,17 +145,17 @@ register(Method("none", "no security: attach, Binding Update; the reference line
 register(Method("cxtp-predictive",
                 "MN-initiated predictive: CTAR to the pAR before the move (PCTD to the nAR), CTAR to the "
                 "nAR after it (activation, CTAA, CTDR)",
-                STATIC_TUNNEL, cxtp=True, before_detach=_mn_predictive))
+                STATIC_TUNNEL, cxtp=True, transfer="predictive", before_detach=_mn_predictive))
 register(Method("cxtp-reactive",
                 "MN-initiated reactive: after the move, CTAR to the nAR, CT-Req to the pAR, CTD back, "
-                "activation, CTAA, CTDR", STATIC_TUNNEL, cxtp=True))
+                "activation, CTAA, CTDR", STATIC_TUNNEL, cxtp=True, transfer="reactive"))
 register(Method("cxtp-network",
                 "network-initiated by the pAR (predictive): PCTD with key material on the pAR's trigger, "
-                "then the MN's CTAR to the nAR activates it", STATIC_TUNNEL, cxtp=True,
+                "then the MN's CTAR to the nAR activates it", STATIC_TUNNEL, cxtp=True, transfer="network",
                 before_detach=_par_predictive))
 register(Method("cxtp-reactive-ike",
                 "cxtp-reactive starting from SAs that IKEv2 (PSK) negotiated at the pAR", IKE_PSK_FOR_CXTP,
-                cxtp=True,
+                cxtp=True, transfer="reactive",
                 default=False,
                 note="SAs and policies negotiated by IKEv2 (PSK, strongSwan) at the pAR; CXTP moves the kernel "
                      "SAs and policies; the IKE SA stays behind at the pAR and is not moved"))

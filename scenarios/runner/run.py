@@ -21,15 +21,17 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ipsec import Xfrm
-from nodes import ipsec_handler, netns
-from nodes.capture import Capture
+from nodes import netns, provisioning
 from nodes.agent import raise_agent_priority
+from nodes.capture import Capture
 from scenarios import config, records
-from scenarios.runner import methods
 from scenarios.analysis import metrics, report, wireshark
-from scenarios.runner.experiment import STEP_ERRORS, Experiment, HandoverFailed, _pause
+from scenarios.records import Failure, HandoverRecord
+from scenarios.runner import methods
+from scenarios.runner.experiment import STEP_ERRORS, Experiment, HandoverFailed, pause
 from topo import plan
 from topo.network import Testbed
 
@@ -41,7 +43,7 @@ def warm_up_crypto(testbed: Testbed, profile: str) -> None:
     with netns.entered(testbed.pid(plan.MN)):
         xfrm = Xfrm()
     try:
-        ipsec_handler.warm_up_crypto(xfrm, (profile,))
+        provisioning.warm_up_crypto(xfrm, (profile,))
     finally:
         xfrm.close()
 
@@ -51,25 +53,25 @@ def _apply_sweep(testbed: Testbed, scenario: config.Scenario, value: float | Non
     if value is None or scenario.sweep_parameter == "l2_delay_ms":
         return scenario.l2_delay_ms if value is None else value
     _, link_class, field = scenario.sweep_parameter.split(".")
-    params = dataclasses.replace(testbed.link_params[link_class], **{field: value or (None if field == "rate_mbit" else 0.0)})
+    change: dict[str, Any] = {field: value or (None if field == "rate_mbit" else 0.0)}
+    params = dataclasses.replace(testbed.link_params[link_class], **change)
     testbed.set_link_params(link_class, params)
     return scenario.l2_delay_ms
 
 
-def _progress_line(handover: dict, total: int, scenario: config.Scenario) -> str:
-    value = handover.get("sweep_value")
-    outcome = handover["outcome"]
-    line = (f"[{handover['index']:>3}/{total}] {handover['method']:<16} {handover.get('from_ar', '?')}->"
-            f"{handover.get('to_ar', '?')}" + (f" {scenario.sweep_parameter}={value:g}" if value is not None else "")
-            + (" (warm-up)" if handover["warmup"] else ""))
-    violations = handover.get("fidelity", {}).get("violations")
+def _progress_line(handover: HandoverRecord, total: int, scenario: config.Scenario) -> str:
+    value = handover.sweep_value
+    line = (f"[{handover.index:>3}/{total}] {handover.method:<16} {handover.from_ar}->{handover.to_ar}"
+            + (f" {scenario.sweep_parameter}={value:g}" if value is not None else "")
+            + (" (warm-up)" if handover.warmup else ""))
+    violations = (handover.fidelity or {}).get("violations")
     if violations:
-        line += f" FIDELITY: {'; '.join(violations)}" + (", repeated" if handover.get("repeated") else "")
-    if outcome == "ok":
-        return line + (" tables ok" if "tables_check" in handover else "")
-    if outcome == "recovered":
-        return line + f" RECOVERED by {handover['restored_by']}: {handover['transfer_failure']}"
-    return line + f" FAILED: {handover['failure']['reason']}"
+        line += f" FIDELITY: {'; '.join(violations)}" + (", repeated" if handover.repeated else "")
+    if handover.outcome == "ok":
+        return line + (" tables ok" if handover.tables_check is not None else "")
+    if handover.outcome == "recovered":
+        return line + f" RECOVERED by {handover.restored_by}: {handover.transfer_failure}"
+    return line + f" FAILED: {handover.failure.reason if handover.failure else '?'}"
 
 
 def capture_points(link_classes) -> list[tuple[str, str, str]]:
@@ -116,7 +118,7 @@ def _busy_share(before: tuple[float, float], after: tuple[float, float]) -> floa
     return min(1.0, max(0.0, 1.0 - idle / elapsed)) if elapsed > 0 else None
 
 
-def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict, settled: float | None = None,
+def emulation_fidelity(handover: HandoverRecord, busy: float | None, tolerances: dict, settled: float | None = None,
                        probe_late: dict | None = None) -> dict:
     """How far the emulation kept its own timing during one handover: the L2 delay as it happened
     against the scenario's, the detach and attach steps, the kernel's busy share over the
@@ -129,65 +131,66 @@ def emulation_fidelity(handover: dict, busy: float | None, tolerances: dict, set
     result: dict = {"guest_busy": busy, "guest_busy_settled": settled, "violations": []}
     for end, late in (probe_late or {}).items():
         result[f"probe_late_p99_ms_{end}"] = late
-    if "attached_ns" not in handover:
+    if handover.attached_ns is None:
         return result
-    l2_actual = (handover["attach_start_ns"] - handover["detached_ns"]) / 1e6
-    result.update(l2_delay_actual_ms=l2_actual, l2_drift_ms=l2_actual - handover["l2_delay_ms"],
-                  detach_ms=(handover["detached_ns"] - handover["detach_start_ns"]) / 1e6,
-                  attach_ms=(handover["attached_ns"] - handover["attach_start_ns"]) / 1e6)
+    assert handover.attach_start_ns is not None and handover.detached_ns is not None
+    assert handover.detach_start_ns is not None
+    l2_actual = (handover.attach_start_ns - handover.detached_ns) / 1e6
+    result.update(l2_delay_actual_ms=l2_actual, l2_drift_ms=l2_actual - handover.l2_delay_ms,
+                  detach_ms=(handover.detached_ns - handover.detach_start_ns) / 1e6,
+                  attach_ms=(handover.attached_ns - handover.attach_start_ns) / 1e6)
     result["violations"] = metrics.emulation_violations(result, tolerances)
     return result
 
 
 def run_handover(experiment: Experiment, method, l2_delay: float, scenario: config.Scenario,
-                 release_timeout_s: float) -> dict:
+                 release_timeout_s: float, *, index: int | None = None, warmup: bool = False,
+                 sweep_value: float | None = None) -> HandoverRecord:
     """One handover that always ends in a defined state: ``ok``; ``recovered`` (the method's transfer
     failed and the MN's fall-back restored the traffic); or ``failed``, recorded with its reason and
     every node's SAD/SPD, after which the testbed is brought back to a clean state and a fresh
     attach (``restored_by``)."""
     cpu_before = cpu_times()
     try:
-        handover = experiment.handover(method, l2_delay)
+        handover = experiment.handover(method, l2_delay, index=index, warmup=warmup, sweep_value=sweep_value)
         problems = None
     except HandoverFailed as failure:
+        assert failure.record is not None
         handover, problems = failure.record, [failure.reason]
-    handover["l2_delay_ms"] = l2_delay
     if problems is None:
         settle_before = cpu_times()
-        _pause(scenario.settle_ms)
+        pause(scenario.settle_ms)
         # The handover's measurement window ends here: what the runner does next (a check, a
         # change of method or of a swept parameter) is not its doing.
-        handover["window_end_ns"] = time.monotonic_ns()
+        handover.window_end_ns = time.monotonic_ns()
         now = cpu_times()
         try:
             late = experiment.probe_lateness(*metrics.lateness_window(handover))
         except STEP_ERRORS:
             late = None  # judged from the traces when the run is reported, as before
-        handover["fidelity"] = emulation_fidelity(handover, _busy_share(cpu_before, now), scenario.fidelity,
-                                                  settled=_busy_share(settle_before, now), probe_late=late)
+        handover.fidelity = emulation_fidelity(handover, _busy_share(cpu_before, now), scenario.fidelity,
+                                               settled=_busy_share(settle_before, now), probe_late=late)
         try:
             problems = experiment.verify(method, handover, release_timeout_s)
         except STEP_ERRORS as error:
             problems = [f"checking the state failed: {type(error).__name__}: {error}"]
         if method.cxtp:
-            handover["tables_check"] = problems
+            handover.tables_check = problems
     else:
-        handover["window_end_ns"] = time.monotonic_ns()
+        handover.window_end_ns = time.monotonic_ns()
     if not problems:
-        handover["outcome"] = "recovered" if handover.get("restored_by") not in (None, "method") else "ok"
+        handover.outcome = "recovered" if handover.restored_by == "cxtp-retry" else "ok"
         return handover
-    handover["outcome"] = "failed"
-    handover["failure"] = {"reason": problems[0], "problems": problems, "t_ns": time.monotonic_ns(),
-                           "state": experiment.snapshot()}
-    handover["restored_by"] = "fresh-attach"
-    handover["recovery"] = experiment.recover(method.security)
-    handover["restored_ns"] = handover["recovery"]["fresh_attach_ns"]
-    _pause(scenario.settle_ms)
+    handover.outcome = "failed"
+    handover.failure = Failure(reason=problems[0], problems=problems, t_ns=time.monotonic_ns(),
+                               state=experiment.snapshot())
+    handover.recovery = experiment.recover(method.security)
+    pause(scenario.settle_ms)
     return handover
 
 
 def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
-    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = results_root / scenario.name / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     run_record = records.new_record(scenario.parameters())
@@ -199,7 +202,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     rng = random.Random(scenario.seed)
     raise_agent_priority()  # the runner times the handover steps: as the agents, ahead of the rest
     started = time.monotonic()
-    handovers: list[dict] = []
+    handovers: list[HandoverRecord] = []
     schedule = scenario.schedule()
     total = len(schedule) * (scenario.handovers + scenario.warmup_handovers)
     stats_before = stats_after = {}
@@ -221,7 +224,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                     captures = start_captures(testbed, run_dir, scenario.captures)
                     progress(f"capturing on {len(captures)} interfaces into {run_dir / 'captures'}")
                 stats_before = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
-                _pause(scenario.warmup_ms)
+                pause(scenario.warmup_ms)
                 applied: object = "unset"
                 for value, name in schedule:
                     method = methods.get(name)
@@ -235,17 +238,17 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                     while index < scenario.warmup_handovers + scenario.handovers:
                         # A random offset within one probe interval keeps handover instants from
                         # locking to the probe schedule; it comes from the scenario's seed.
-                        _pause(rng.uniform(0, 1000 / scenario.probe_rate))
-                        handover = run_handover(experiment, method, l2_delay, scenario, release_timeout_s)
+                        pause(rng.uniform(0, 1000 / scenario.probe_rate))
                         warmup = index < scenario.warmup_handovers
-                        handover.update(warmup=warmup, sweep_value=value, index=len(handovers) + 1)
+                        handover = run_handover(experiment, method, l2_delay, scenario, release_timeout_s,
+                                                index=len(handovers) + 1, warmup=warmup, sweep_value=value)
                         handovers.append(handover)
-                        violated = handover.get("fidelity", {}).get("violations")
+                        violated = (handover.fidelity or {}).get("violations")
                         # the emulator slipped: this one does not count, another runs in its place
-                        handover["repeated"] = bool(violated and not warmup and handover["outcome"] == "ok"
-                                                    and repeats < scenario.fidelity["max_repeats"])
+                        handover.repeated = bool(violated and not warmup and handover.outcome == "ok"
+                                                 and repeats < scenario.fidelity["max_repeats"])
                         progress(_progress_line(handover, total, scenario))
-                        if handover["repeated"]:
+                        if handover.repeated:
                             repeats += 1
                             continue
                         index += 1
@@ -260,8 +263,8 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
             node: {name: stats_after[node][name] - stats_before.get(node, {}).get(name, 0)
                    for name in stats_after[node] if stats_after[node][name] != stats_before.get(node, {}).get(name, 0)}
             for node in stats_after}
-        run_record["failed_handovers"] = sum(h["outcome"] != "ok" for h in handovers)
-        (run_dir / "handovers.json").write_text(json.dumps(handovers, indent=2))
+        run_record["failed_handovers"] = sum(h.outcome != "ok" for h in handovers)
+        records.write_handovers(run_dir / "handovers.json", handovers)
         run_record["wall_time_s"] = round(time.monotonic() - started, 2)
         (run_dir / "record.json").write_text(json.dumps(run_record, indent=2))
     report.compute(run_dir)
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"scenario {scenario.name} ({scenario.source}): {scenario.handovers} handovers x "
           f"{', '.join(scenario.methods)}, L2 delay {scenario.l2_delay_ms} ms"
-          + (f", sweep {scenario.sweep_parameter} over {list(scenario.sweep_values)}" if scenario.sweep_parameter else ""),
+          + (f", sweep {scenario.sweep_parameter} over {list(scenario.sweep_values)}"
+             if scenario.sweep_parameter else ""),
           file=sys.stderr)
     try:
         run_dir = run(scenario, Path(arguments.results), progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -288,11 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run failed before its handovers could run: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     report.show(run_dir)
-    handovers = json.loads((run_dir / "handovers.json").read_text())
-    failed = [h for h in handovers if h["outcome"] != "ok"]
+    handovers = records.read_handovers(run_dir)
+    failed = [h for h in handovers if h.outcome != "ok"]
     if failed:
         by_method = ", ".join(f"{name} {count}" for name, count in
-                              collections.Counter(h["method"] for h in failed).items())
+                              collections.Counter(h.method for h in failed).items())
         print(f"{len(failed)} of {len(handovers)} handovers failed ({by_method}): see 'failure' and "
               f"'transfer_failure' in {run_dir / 'handovers.json'}", file=sys.stderr)
         return 1

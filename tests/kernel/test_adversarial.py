@@ -1,4 +1,4 @@
-"""Issue 12: CXTP's trust boundary, attacked from hosts that are not access routers.
+"""CXTP's trust boundary, attacked from hosts that are not access routers.
 
 Every attack that worked on the old code runs here for real, in the testbed's kernel, from a
 namespace that is not an AR: the HA's, an intruder added on the AR-AR segment (``eve``: one
@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 # Imported before any traffic starts: loading scapy takes seconds in the guest.
 from scapy.layers.inet import TCP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
@@ -52,12 +53,14 @@ import cxtp
 from cxtp import CTAR, CTC, CTD, CTDR, PCTD, ContextDataBlock, CTReq, StatusEntry
 from cxtp.icmp import wrap
 from ipsec import IPSEC_CONTEXT_FPT, Xfrm, install_context, remove_context
-from nodes import ipsec_handler, netns
+from nodes import netns, operator_policy, provisioning
 from nodes.agent import read_trace
+from nodes.contracts import ArControl, MnControl
 from nodes.cxtp_transport import SctpTransport, TcpTransport
 from scenarios import config
+from scenarios.records import HandoverRecord
 from scenarios.runner import methods
-from scenarios.runner.experiment import Experiment, _pause
+from scenarios.runner.experiment import Experiment, pause
 from scenarios.runner.run import run_handover, warm_up_crypto
 from topo import plan
 from topo.network import LinkParams, Testbed
@@ -80,7 +83,7 @@ ETH_P_IPV6 = 0x86DD
 CXTP_PORT = 5091
 #: kernel counters of CXTP refused for want of ESP (an IN policy with a template, no SA used)
 ESP_REFUSALS = ("XfrmInTmplMismatch", "XfrmInNoStates", "XfrmInPolBlock", "XfrmInNoPols")
-#: a control ping must come back within this even right after an attack (issue 12)
+#: a control ping must come back within this even right after an attack
 PING_LIMIT_MS = 100.0
 #: probes per second each way: the attacks need traffic, not a measurement; the flow test below
 #: runs its own testbed at the scenarios' rate (500 per second: at 1000 the guest's one CPU is
@@ -173,7 +176,9 @@ class Bed:
 
     @property
     def current(self) -> str:
-        return self.testbed.current_ar
+        current = self.testbed.current_ar
+        assert current is not None  # the MN is attached while the testbed runs
+        return current
 
     @property
     def other(self) -> str:
@@ -183,19 +188,16 @@ class Bed:
     def mn_address(self) -> str:
         return self.experiment.mn_address
 
-    def request(self, agent: str, cmd: str, **arguments) -> dict:
-        return self.experiment.request(agent, cmd, **arguments)
-
     def counters(self, ar: str) -> dict[str, int]:
-        reply = self.request(ar, "counters")
+        reply = self.experiment.ar(ar).counters()
         return {f"{part}.{name}": value for part in ("engine", "icmp", "ar") for name, value in reply[part].items()}
 
     def arm_key(self) -> bytes:
         """A fresh CXTP key at the MN and its AR, as the runner gives before a handover: the AR can
         authorise a transfer of the MN's context from now on, the state an attacker wants."""
         key = os.urandom(20)
-        self.request(plan.MN, "set_key", key=key.hex())
-        self.request(self.current, "set_mn_key", mn=self.mn_address, key=key.hex())
+        self.experiment.mn.set_key(key=key.hex())
+        self.experiment.ar(self.current).set_mn_key(mn=self.mn_address, key=key.hex())
         return key
 
 
@@ -207,19 +209,16 @@ def _running_bed(run_dir: Path, probe_rate: float, intruder: bool):
         experiment = Experiment(testbed, run_dir, probe_rate=probe_rate,
                                 timers=SCENARIO.cxtp_timers(testbed.link_params))
         eve = None
+        keys_sent: dict = {}
         try:
             eve = Intruder(testbed) if intruder else None
             result = Bed(experiment, eve, run_dir)
-            request = experiment.request
-
-            def keep_keys(agent: str, cmd: str, **arguments):  # the keys the runner hands out
-                if cmd in ("set_key", "set_mn_key"):
-                    result.cxtp_keys.append(bytes.fromhex(arguments["key"]))
-                return request(agent, cmd, **arguments)
-
-            experiment.request = keep_keys
+            # the keys the runner hands out, seen where the typed clients send them
+            for contract, name in ((MnControl, "set_key"), (ArControl, "set_mn_key")):
+                send = keys_sent[contract, name] = getattr(contract, name)
+                setattr(contract, name, _keeping_keys(send, result.cxtp_keys))
             experiment.enter(methods.STATIC_TUNNEL)
-            _pause(300)
+            pause(300)
             # Warm-up, as a run's warm-up handovers: the AR-AR association's set-up (with both ARs
             # often starting one at once) and the kernel's first-use costs are paid here, before
             # the tests judge anything (a running network has paid them long ago).
@@ -227,9 +226,18 @@ def _running_bed(run_dir: Path, probe_rate: float, intruder: bool):
                 _handover(result, name)
             yield result
         finally:
+            for (contract, name), send in keys_sent.items():
+                setattr(contract, name, send)
             if eve is not None:
                 eve.remove()
             experiment.stop()
+
+
+def _keeping_keys(send, keys: list[bytes]):
+    def sending(client, **arguments):
+        keys.append(bytes.fromhex(arguments["key"]))
+        return send(client, **arguments)
+    return sending
 
 
 @pytest.fixture(scope="module")
@@ -251,15 +259,14 @@ def _sane(request):
     experiment = bed.experiment
     # the MN's interface to the other AR is down (a test may have left it up, on the nAR's link)
     _set_link(bed, plan.LINKS_BY_NAME[plan.ACCESS_LINK[bed.other]].interface(plan.MN), up=False)
-    status = experiment.request(plan.MN, "status")
+    status = experiment.mn.status()
     if (not status["idle"] or experiment.security != methods.STATIC_TUNNEL
             or any(not agent.alive for agent in experiment.agents.values())):
-        experiment.recover()
-        experiment.enter(methods.STATIC_TUNNEL)
+        experiment.recover(methods.STATIC_TUNNEL)
     yield
 
 
-def _handover(bed: Bed, method) -> dict:
+def _handover(bed: Bed, method) -> HandoverRecord:
     timers = bed.experiment.timers
     if isinstance(method, str):
         method = methods.get(method)
@@ -267,12 +274,12 @@ def _handover(bed: Bed, method) -> dict:
                         timers["release_hold"] + timers["late_ctdr_grace"])
 
 
-def _assert_ok(record: dict) -> None:
-    assert record["outcome"] == "ok", (record["method"], record.get("failure", {}).get("reason"),
-                                       record.get("transfer_failure"))
+def _assert_ok(record: HandoverRecord) -> None:
+    assert record.outcome == "ok", (record.method, (record.failure.reason if record.failure else None),
+                                       record.transfer_failure)
 
 
-def _legitimate_handovers(bed: Bed) -> list[dict]:
+def _legitimate_handovers(bed: Bed) -> list[HandoverRecord]:
     """Right after an attack: one handover of each CXTP method, each must be ``ok``."""
     records = []
     for name in CXTP_METHODS:
@@ -368,6 +375,7 @@ def _start_captures(bed: Bed, directory: Path, expression: str, nodes=NODES, int
         for node in nodes:
             captures.append(Capture([], bed.testbed.host(node).popen, node, directory / f"{node}.pcap", expression))
         if intruder:
+            assert bed.intruder is not None  # asked for where the bed has one
             captures.append(Capture(["ip", "netns", "exec", bed.intruder.namespace], subprocess.Popen, "eve",
                                     directory / "eve.pcap", expression))
     except BaseException:
@@ -429,8 +437,8 @@ def _ar_addresses() -> set[str]:
     addresses = set(plan.AR_ACCESS_ADDRESS.values())
     for link in plan.LINKS:
         for node in (link.a, link.b):
-            if node in plan.ACCESS_ROUTERS and link.address_of(node):
-                addresses.add(link.address_of(node))
+            if node in plan.ACCESS_ROUTERS and (address := link.address_of(node)):
+                addresses.add(address)
     return addresses
 
 
@@ -450,7 +458,7 @@ class Watch:
             self.keys = set().union(*(_keys_held(bed.testbed.pid(node)) for node in NODES))
             self.state = self.snapshot()
             self.counters = {ar: bed.counters(ar) for ar in plan.ACCESS_ROUTERS}
-            self.mn_counters = bed.request(plan.MN, "status")["engine"]
+            self.mn_counters = bed.experiment.mn.status()["engine"]
             self.xfrm_stat = {node: _proc(bed.testbed, node, "xfrm_stat") for node in NODES}
             self.snmp6 = {node: _proc(bed.testbed, node, "snmp6") for node in NODES}
             self.started_ns = time.monotonic_ns()
@@ -464,8 +472,10 @@ class Watch:
     def assert_unchanged(self, since: dict | None = None) -> None:
         before, after = since or self.state, self.snapshot()
         for node in NODES:
-            for label, old, new in (("SA", before[node][0], after[node][0]), ("policy", before[node][1], after[node][1])):
-                assert old == new, f"{node}: {label}s changed: gone {sorted(old - new, key=str)}, new {sorted(new - old, key=str)}"
+            for label, old, new in (("SA", before[node][0], after[node][0]),
+                                    ("policy", before[node][1], after[node][1])):
+                assert old == new, (f"{node}: {label}s changed: gone {sorted(old - new, key=str)}, "
+                                    f"new {sorted(new - old, key=str)}")
 
     def counted(self, ar: str) -> dict[str, int]:
         return _delta(self.bed.counters(ar), self.counters[ar])
@@ -491,7 +501,8 @@ class Watch:
     def finish(self) -> None:
         """Stop the captures and check them; the agents are the ones that started."""
         self.close()
-        keys = (self.keys | set(self.bed.cxtp_keys) | set().union(*(_keys_held(self.bed.testbed.pid(n)) for n in NODES)))
+        keys = (self.keys | set(self.bed.cxtp_keys)
+                | set().union(*(_keys_held(self.bed.testbed.pid(n)) for n in NODES)))
         keys.discard(ATTACK_KEY)
         ars = _ar_addresses()
         problems = []
@@ -580,6 +591,7 @@ def _ar_ar_attack(bed: Bed, watch: Watch, target: str, messages: list[bytes], sp
     the HA (raw IPv6) and from the intruder (frames on the AR-AR segment). Returns how many packets
     reached ``target``'s kernel at least (one INIT per socket, one forged packet each)."""
     testbed, intruder = bed.testbed, bed.intruder
+    assert intruder is not None  # the AR-AR attacks run on a bed with one
     destination = plan.AR_LINK_ADDRESS[target]
     lower = plan.LINKS_BY_NAME["par-nar"].interface(target)
     target_mac = testbed.host(target).intf(lower).MAC()
@@ -648,12 +660,12 @@ def _wait_for(read, predicate, timeout_s: float, what: str):
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out waiting for {what}: {value}")
-        _pause(20)
+        pause(20)
 
 
 def _ping_ms(bed: Bed, agent: str) -> float:
     started = time.monotonic()
-    bed.request(agent, "ping")
+    bed.experiment.agents[agent].client.ping()
     return (time.monotonic() - started) * 1000
 
 
@@ -665,7 +677,7 @@ def _answers_promptly(bed: Bed, agent: str, count: int = 5) -> float:
 
 def _attacker_context(mn: str, ar: str):
     """The SAs an attacker would like an AR to install for ``mn``: its own keys."""
-    _, ar_side = ipsec_handler.initial_contexts(mn, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, "aes-cbc-sha256",
+    _, ar_side = provisioning.initial_contexts(mn, plan.AR_ACCESS_ADDRESS[ar], plan.HA_ADDRESS, "aes-cbc-sha256",
                                                 *ATTACK_SPIS)
     return (ContextDataBlock(IPSEC_CONTEXT_FPT, ar_side.encode()),)
 
@@ -673,7 +685,7 @@ def _attacker_context(mn: str, ar: str):
 def _settle(bed: Bed) -> None:
     """Long enough for any transfer an attack started to time out at the ARs (the derived
     transfer time), and for the CTAR rate window to pass."""
-    _pause(1000 * bed.experiment.timers["ct_max_transfer_time"] + 1000)
+    pause(1000 * bed.experiment.timers["ct_max_transfer_time"] + 1000)
 
 
 def _assert_no_attacker_sas(bed: Bed) -> None:
@@ -706,7 +718,7 @@ class TestProtectedFlow:
         experiment = bed.experiment
         declared = methods.get(method)
         experiment.enter(declared.security)  # daemons and the first attach, outside the capture
-        _pause(300)
+        pause(300)
         nar = bed.other
         directory = bed.directory / f"flow-{method}"
         directory.mkdir(parents=True, exist_ok=True)
@@ -723,13 +735,13 @@ class TestProtectedFlow:
             raise
         try:
             record = _handover(bed, declared)
-            _pause(800)  # the flow in ESP after the handover
+            pause(800)  # the flow in ESP after the handover
         finally:
             reports = {plan.MN: mn.stop(), nar: ar.stop()}
         # the claim holds whoever restores the traffic: the method, or the MN's own fall-back
         # when the host starves the guest of a transfer
-        assert record["outcome"] in ("ok", "recovered"), (record.get("failure", {}).get("reason"),
-                                                          record.get("transfer_failure"))
+        assert record.outcome in ("ok", "recovered"), ((record.failure.reason if record.failure else None),
+                                                          record.transfer_failure)
         for node, report in reports.items():
             dropped = re.search(r"(\d+) packets? dropped by kernel", report)
             assert dropped and int(dropped.group(1)) == 0, (node, report)
@@ -792,12 +804,12 @@ def _wait_for_pctd(experiment, nar: str, seen_before: int) -> None:
 
 
 def experiment_counters(experiment, ar: str) -> dict[str, int]:
-    reply = experiment.request(ar, "counters")
+    reply = experiment.ar(ar).counters()
     return {f"{part}.{name}": value for part in ("engine", "icmp", "ar") for name, value in reply[part].items()}
 
 
 @pytest.mark.parametrize("base", ("cxtp-network", "cxtp-predictive"))
-def test_forged_ctdr_and_ctc_during_a_transfer_change_nothing(bed, base):
+def test_forged_ctdr_and_ctc_during_a_transfer_change_nothing(bed, base) -> None:
     """Old code: a forged CTDR (S = 1) made the pAR delete the MN's SAs while the MN was still
     attached, a forged CTC made it cancel the transfer. Both, from the HA, the intruder and the MN's
     namespace, on sockets and forged as the nAR, while a transfer waits for its CTDR: refused by
@@ -827,7 +839,7 @@ def test_forged_ctdr_and_ctc_during_a_transfer_change_nothing(bed, base):
         assert "engine.cancelled" not in counted and "engine.not_transfer_peer" not in counted, counted
         released = [e for e in read_trace(str(bed.directory / f"trace-{par}.jsonl"))
                     if e["event"] == "ipsec_released" and e["t_ns"] >= watch.started_ns]
-        left = record["detached_ns"]  # the MN left the pAR's link (it triggers itself on the attach)
+        left = record.detached_ns  # the MN left the pAR's link (it triggers itself on the attach)
         assert released and all(e["t_ns"] > left for e in released), \
             ("the pAR released the MN's SAs before the MN left", left, released)
         _legitimate_handovers(bed)
@@ -880,12 +892,13 @@ def test_ctar_naming_the_ha_as_its_par_and_the_has_ctd(bed):
         ctd = watch.forged(CTD(victim, _attacker_context(victim, bed.other)).encode())
         with _sctp_attempt(bed.testbed.pid(plan.HA), plan.AR_LINK_ADDRESS[target], ctd), \
                 _sctp_attempt(bed.testbed.pid(plan.HA), plan.AR_ACCESS_ADDRESS[target], ctd):
-            _pause(300)
+            pause(300)
         _settle(bed)
         watch.assert_unchanged()
         _assert_no_attacker_sas(bed)
         counted = watch.counted(target)
-        assert counted.get("engine.unknown_ar") == 1 and not [n for n in counted if n.startswith("engine.sent_")], counted
+        assert (counted.get("engine.unknown_ar") == 1
+                and not [n for n in counted if n.startswith("engine.sent_")]), counted
         assert "engine.received_ctd" not in counted, counted
         assert watch.esp_refusals() >= 2, {ar: watch.kernel(ar) for ar in plan.ACCESS_ROUTERS}
         _legitimate_handovers(bed)
@@ -931,7 +944,7 @@ def test_ctar_from_off_link_or_with_a_low_hop_limit_is_dropped(bed):
         _send_on_link(bed, target, _on_link_ctar_frames(bed, target, _spoofed(target, 0x99), ctar, hop_limit=64))
         _wait_for(lambda: watch.kernel(target, "snmp6").get("Icmp6InType150", 0), lambda n: n >= 4, 2.0,
                   "the four CTARs at the AR's kernel")
-        _pause(200)
+        pause(200)
         counted = watch.counted(target)
         assert counted == {"icmp.hop_limit_drops": 1}, counted
         watch.assert_unchanged()
@@ -943,7 +956,7 @@ def test_a_host_with_an_sa_for_another_purpose_is_still_not_a_peer(bed):
     some other purpose). The AR-AR transport takes CXTP only from configured peers: dropped and
     counted before decoding."""
     target = bed.current
-    ha_side, ar_side = ipsec_handler.ar_ar_contexts(plan.HA_ADDRESS, plan.AR_LINK_ADDRESS[target], "aes-cbc-sha256",
+    ha_side, ar_side = provisioning.ar_ar_contexts(plan.HA_ADDRESS, plan.AR_LINK_ADDRESS[target], "aes-cbc-sha256",
                                                     spi_a_to_b=0xAB01, spi_b_to_a=0xAB02)
     bed.arm_key()
     with watched(bed, "sa-for-another-purpose") as watch:
@@ -1020,7 +1033,7 @@ def _send_forged_ctar(bed: Bed, move, wait_for: str) -> None:
 
 
 @pytest.mark.parametrize("order", ("after-the-pctd", "before-the-pctd"))
-def test_a_forged_ctar_before_the_real_mn_does_not_deny_a_predictive_handover(bed, order):
+def test_a_forged_ctar_before_the_real_mn_does_not_deny_a_predictive_handover(bed, order) -> None:
     """Old code: one forged CTAR at the nAR before the real MN's denied the handover. Whether it
     arrives after the PCTD (refused with the transferred key) or before it (held, then refused
     when the PCTD's key arrives), the context and key stay for the real MN, whose first CTAR
@@ -1047,21 +1060,21 @@ def test_a_forged_ctar_before_the_real_mn_does_not_deny_a_predictive_handover(be
         _legitimate_handovers(bed)
 
 
-def _assert_activated_by_the_first_ctar(bed: Bed, record: dict, nar: str) -> None:
+def _assert_activated_by_the_first_ctar(bed: Bed, record: HandoverRecord, nar: str) -> None:
     """The nAR activated the context on the real MN's first CTAR after the attach: the forged one
     cost the MN nothing (a CTAA the emulated link loses right after the attach, which the MN's
     retransmission repairs, is no doing of the attack)."""
-    since = record["attach_start_ns"]
+    since = record.attach_start_ns
     ctars = [e["t_ns"] for e in read_trace(str(bed.directory / "trace-mn.jsonl"))
              if e["event"] == "cxtp_sent" and e.get("type") == "CTAR" and e["t_ns"] >= since
              and e.get("destination") == plan.AR_ACCESS_ADDRESS[nar]]
     activated = [e["t_ns"] for e in read_trace(str(bed.directory / f"trace-{nar}.jsonl"))
-                 if e["event"] == "ipsec_activated" and e.get("new") == record["mn_new"] and e["t_ns"] >= since]
+                 if e["event"] == "ipsec_activated" and e.get("new") == record.mn_new and e["t_ns"] >= since]
     assert ctars and activated, (ctars, activated)
     assert len(ctars) == 1 or activated[0] < ctars[1], "the real MN's first CTAR did not activate its context"
 
 
-def test_a_forged_ctar_before_the_real_mn_costs_a_reactive_handover_at_most_one_retransmission(bed):
+def test_a_forged_ctar_before_the_real_mn_costs_a_reactive_handover_at_most_one_retransmission(bed) -> None:
     """Reactive: the forged CTAR reaches the nAR first and its CT-Req is refused by the pAR (the
     token does not verify); the nAR cannot tell which of two CTARs the pAR would answer, so it
     holds the real one until its transfer time ends, and the MN's retransmission (after
@@ -1078,7 +1091,7 @@ def test_a_forged_ctar_before_the_real_mn_costs_a_reactive_handover_at_most_one_
         assert not errors, errors
         _assert_ok(record)
         assert watch.counted(par).get("engine.token_failures", 0) >= 1
-        mn = _delta(bed.request(plan.MN, "status")["engine"], watch.mn_counters)
+        mn = _delta(bed.experiment.mn.status()["engine"], watch.mn_counters)
         assert mn.get("ctar_retransmissions", 0) <= 1, mn
         _legitimate_handovers(bed)
 
@@ -1147,7 +1160,7 @@ def test_oversized_ctars_cost_no_cpu_and_no_stall(bed):
         with contextlib.suppress(AssertionError):
             _wait_for(lambda: watch.kernel(target, "snmp6").get("Icmp6InType150", 0), lambda n: n >= len(huge), 5.0,
                       "the large CTARs at the AR's kernel")
-        _pause(500)
+        pause(500)
         counted = watch.counted(target)
         spent = _cpu_seconds(agent_pid) - cpu
         answer = _answers_promptly(bed, target)
@@ -1211,9 +1224,10 @@ def test_cxtp_spoofed_as_one_ar_is_not_forwarded_into_esp_by_the_other(bed):
                      [bytes(ether / packet) for packet in forgeries(plan.AR_LINK_ADDRESS[plan.NAR],
                                                                     plan.AR_LINK_ADDRESS[plan.PAR], 0x78)])
         for ar in plan.ACCESS_ROUTERS:  # one whole packet and two fragments at each
-            _wait_for(lambda: watch.kernel(ar).get("XfrmInPolBlock", 0), lambda n: n >= 3, 3.0,
+            # _wait_for calls the lambda before the loop moves on: no late binding
+            _wait_for(lambda: watch.kernel(ar).get("XfrmInPolBlock", 0), lambda n: n >= 3, 3.0,  # noqa: B023
                       f"{ar} refusing to forward")
-        _pause(300)
+        pause(300)
         for ar in plan.ACCESS_ROUTERS:
             reached = _delta(_proc(testbed, ar, "sctp/snmp"), sctp_before[ar])
             assert not reached.get("SctpOutOfBlues"), (ar, reached)
@@ -1240,7 +1254,7 @@ def _echo(target, destination: str, ident: int, attempts: int = 3, timeout_s: fl
         if source:
             sock.bind((source, 0))
         for sequence in range(1, attempts + 1):
-            sock.sendto(_icmpv6(128, struct.pack("!HH", ident, sequence) + b"issue12!"), (destination, 0))
+            sock.sendto(_icmpv6(128, struct.pack("!HH", ident, sequence) + b"attack!!"), (destination, 0))
             deadline = time.monotonic() + timeout_s
             while (left := deadline - time.monotonic()) > 0:
                 if select.select([sock], [], [], left)[0]:
@@ -1265,7 +1279,7 @@ def _joined(target, interface: str, group: str = "ff02::1:3"):
         sock.close()
 
 
-SIGNALLING_TYPES = set(ipsec_handler.SIGNALLING_ICMPV6_TYPES) | {143}  # + MLDv2 reports (no bypass needed)
+SIGNALLING_TYPES = set(operator_policy.SIGNALLING_ICMPV6_TYPES) | {143}  # + MLDv2 reports (no bypass needed)
 
 
 def test_icmpv6_bypass_lets_only_signalling_through(bed):
@@ -1307,11 +1321,13 @@ def test_icmpv6_bypass_lets_only_signalling_through(bed):
             sock.sendto(_icmpv6(150, bytes(4)), (mn, 0))  # type 150, subtype 0 (not CXTP: the MN drops it)
         finally:
             sock.close()
-        with _joined(testbed.pid(plan.MN), access.interface(plan.MN)), _joined(testbed.pid(target), access.interface(target)):
+        with (_joined(testbed.pid(plan.MN), access.interface(plan.MN)),
+              _joined(testbed.pid(target), access.interface(target))):
             for node in (plan.MN, target):
-                _wait_for(lambda: watch.kernel(node, "snmp6").get("Icmp6OutType143", 0), lambda n: n >= 1, 3.0,
-                          f"an MLD report from {node}")
-        _pause(200)
+                # _wait_for calls the lambda before the loop moves on: no late binding
+                _wait_for(lambda: watch.kernel(node, "snmp6").get("Icmp6OutType143", 0),  # noqa: B023
+                          lambda n: n >= 1, 3.0, f"an MLD report from {node}")
+        pause(200)
         # the ND type to the HA was refused where it would be forwarded (not in the MN's tunnel)
         assert watch.esp_refusals(target) >= 1, watch.kernel(target)
         assert watch.kernel(plan.MN, "snmp6").get("Icmp6OutErrors", 0) == 0
@@ -1360,7 +1376,7 @@ def _probe_counts(path: Path) -> tuple[int, int]:
 # ====================================================================================================
 
 @pytest.mark.parametrize("kind", ("sctp", "tcp"))
-def test_a_send_to_a_peer_that_does_not_answer_never_blocks(veth_pair, kind):
+def test_a_send_to_a_peer_that_does_not_answer_never_blocks(veth_pair, kind) -> None:
     """The AR-AR transports send without waiting: to a peer whose answers are all lost, and to an
     address nobody has, a send returns at once (the message waits in the kernel, or fails)."""
     left, right = veth_pair["left"], veth_pair["right"]
@@ -1371,13 +1387,15 @@ def test_a_send_to_a_peer_that_does_not_answer_never_blocks(veth_pair, kind):
         for destination in (veth_pair["right_address"], "2001:db8:ff::55"):
             outcome: dict = {}
 
+            # runs in this iteration only: the loop goes on once the thread has ended (asserted
+            # below), so `destination` and `outcome` are this iteration's
             def send():
                 started = time.monotonic()
                 try:
-                    transport.send(message, destination)
+                    transport.send(message, destination)  # noqa: B023
                 except OSError as error:
-                    outcome["error"] = error
-                outcome["ms"] = (time.monotonic() - started) * 1000
+                    outcome["error"] = error  # noqa: B023
+                outcome["ms"] = (time.monotonic() - started) * 1000  # noqa: B023
 
             thread = threading.Thread(target=send, daemon=True)
             thread.start()

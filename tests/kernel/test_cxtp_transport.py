@@ -18,8 +18,15 @@ from cxtp.icmp import wrap
 from cxtp.mld import InMemoryMldHandler
 from nodes import netns
 from nodes.cxtp_transport import (
-    SCTP_DEFAULT_SEND_PARAM, SCTP_NODELAY, SCTP_UNORDERED, SOL_SCTP, IcmpTransport, SctpTransport,
-    TcpTransport, _SCTP_SNDRCVINFO, flush,
+    _SCTP_SNDRCVINFO,
+    SCTP_DEFAULT_SEND_PARAM,
+    SCTP_NODELAY,
+    SCTP_UNORDERED,
+    SOL_SCTP,
+    IcmpTransport,
+    SctpTransport,
+    TcpTransport,
+    flush,
 )
 
 pytestmark = pytest.mark.kernel

@@ -4,20 +4,20 @@ access link carries only ESP for the protected flow."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 
 import pytest
+
 # Imported before any traffic starts: loading scapy takes seconds in the guest, many more once the
 # probe streams keep its one CPU busy.
 from scapy.layers.inet6 import IPv6
 from scapy.utils import rdpcap
 
 from scenarios import config
+from scenarios.analysis import checks, metrics, report
 from scenarios.runner import methods
-from scenarios.analysis import checks
-from scenarios.runner.experiment import SPI_MN_IN, Experiment, _pause
+from scenarios.runner.experiment import SPI_MN_IN, Experiment, pause
 from scenarios.runner.run import warm_up_crypto
 from topo import plan
 from topo.network import LinkParams, Testbed
@@ -35,7 +35,7 @@ def experiment(tmp_path_factory):
         scenario = config.load(None)
         experiment = Experiment(testbed, run_dir, timers=scenario.cxtp_timers(testbed.link_params))
         try:
-            _pause(300)
+            pause(300)
             yield experiment
         finally:
             experiment.stop()
@@ -48,7 +48,7 @@ def _wait_released(experiment: Experiment, par: str, mn_previous: str, timeout_s
         context = experiment.xfrm_state(par, mn_previous)
         if not context.sas and not context.policies:
             return
-        _pause(20)
+        pause(20)
 
 
 def _sa_packets(experiment: Experiment, node: str, address: str) -> dict[int, int]:
@@ -62,7 +62,7 @@ def _sa_packets_counting(experiment, node: str, address: str, packets: int, with
     before = _sa_packets(experiment, node, address)
     deadline = time.monotonic() + within_s
     while True:
-        _pause(100)
+        pause(100)
         after = _sa_packets(experiment, node, address)
         counted = {spi: after[spi] - before.get(spi, 0) for spi in after}
         if (counted and all(value > packets for value in counted.values())) or time.monotonic() > deadline:
@@ -72,21 +72,21 @@ def _sa_packets_counting(experiment, node: str, address: str, packets: int, with
 @pytest.mark.parametrize("method", ("cxtp-predictive", "cxtp-reactive", "cxtp-network"))
 def test_cxtp_handover_restores_protected_traffic_through_the_nar(experiment, method):
     record = experiment.handover(methods.get(method), l2_delay_ms=50.0)
-    assert record["completed"], "the MN's CTAR or binding update never completed"
-    par, nar = record["from_ar"], record["to_ar"]
-    mn_new = record["mn_new"]
-    _wait_released(experiment, par, record["mn_previous"])
+    assert record.completed, "the MN's CTAR or binding update never completed"
+    par, nar = record.from_ar, record.to_ar
+    mn_new = record.mn_new
+    _wait_released(experiment, par, record.mn_previous)
     # Tables I-IV, and nothing of the MN left on the pAR.
     problems = checks.check_tables(
         experiment.xfrm_state(plan.MN, mn_new), experiment.xfrm_state(nar, mn_new),
-        experiment.xfrm_state(par, record["mn_previous"]), mn_new, plan.AR_ACCESS_ADDRESS[nar],
-        plan.HA_ADDRESS, record["spi_mn_in"], record["spi_mn_out"])
+        experiment.xfrm_state(par, record.mn_previous), mn_new, plan.AR_ACCESS_ADDRESS[nar],
+        plan.HA_ADDRESS, record.spi_mn_in, record.spi_mn_out)
     assert problems == []
     # Protected traffic flows through the nAR in both directions: its SAs count packets.
     counted = _sa_packets_counting(experiment, nar, mn_new, 100)
-    assert counted[record["spi_mn_out"]] > 100, ("no uplink ESP decrypted at the nAR", counted)
-    assert counted[record["spi_mn_in"]] > 100, ("no downlink ESP encrypted at the nAR", counted)
-    assert experiment.agents[plan.HA].request("binding")["care_of"] == mn_new
+    assert counted[record.spi_mn_out] > 100, ("no uplink ESP decrypted at the nAR", counted)
+    assert counted[record.spi_mn_in] > 100, ("no downlink ESP encrypted at the nAR", counted)
+    assert experiment.ha.binding()["care_of"] == mn_new
 
 
 def _capture_outbound(host, interface: str, path, count: int) -> str:
@@ -123,17 +123,17 @@ def test_access_link_carries_only_esp_for_the_protected_flow(experiment, tmp_pat
 
 def test_none_handover_has_no_ipsec_state(experiment):
     record = experiment.handover(methods.get("none"), l2_delay_ms=50.0)
-    assert record["completed"]
+    assert record.completed
     for node in (plan.MN, plan.PAR, plan.NAR):
-        assert experiment.xfrm_state(node, record["mn_new"]).sas == ()
+        assert experiment.xfrm_state(node, record.mn_new).sas == ()
 
 
 def test_cxtp_between_the_ars_travels_in_esp(experiment):
     """RFC 4067 §6.2: CXTP between ARs is protected by ESP (transport mode, set up in advance)."""
-    par_link, nar_link = plan.AR_LINK_ADDRESS[plan.PAR], plan.AR_LINK_ADDRESS[plan.NAR]
+    nar_link = plan.AR_LINK_ADDRESS[plan.NAR]
     before = {sa.spi: sa.current.packets for sa in experiment.xfrm_state(plan.NAR, nar_link).sas}
     record = experiment.handover(methods.get("cxtp-reactive"), l2_delay_ms=20.0)
-    assert record["completed"]
+    assert record.completed
     after = {sa.spi: sa.current.packets for sa in experiment.xfrm_state(plan.NAR, nar_link).sas}
     assert len(after) == 2
     # CT-Req and CTDR left the nAR, the CTD arrived: both SAs carried SCTP packets.
@@ -144,16 +144,32 @@ def test_cxtp_moves_sas_that_ike_negotiated(experiment):
     """Issue: CXTP also starts from SAs IKEv2 negotiated at the pAR; the kernel SAs and policies
     move (Tables I-IV with IKE's SPIs), the IKE SA stays behind at the pAR."""
     record = experiment.handover(methods.get("cxtp-reactive-ike"), l2_delay_ms=50.0)
-    assert record["completed"] and "IKE SA stays behind" in record["note"]
-    assert record["spi_mn_in"] not in (None, SPI_MN_IN)  # chosen by IKE, not the static ones
-    par, nar, mn_new = record["from_ar"], record["to_ar"], record["mn_new"]
-    _wait_released(experiment, par, record["mn_previous"])
+    assert record.completed and "IKE SA stays behind" in record.note
+    assert record.spi_mn_in not in (None, SPI_MN_IN)  # chosen by IKE, not the static ones
+    par, nar, mn_new = record.from_ar, record.to_ar, record.mn_new
+    _wait_released(experiment, par, record.mn_previous)
     problems = checks.check_tables(
         experiment.xfrm_state(plan.MN, mn_new), experiment.xfrm_state(nar, mn_new),
-        experiment.xfrm_state(par, record["mn_previous"]), mn_new, plan.AR_ACCESS_ADDRESS[nar],
-        plan.HA_ADDRESS, record["spi_mn_in"], record["spi_mn_out"])
+        experiment.xfrm_state(par, record.mn_previous), mn_new, plan.AR_ACCESS_ADDRESS[nar],
+        plan.HA_ADDRESS, record.spi_mn_in, record.spi_mn_out)
     assert problems == []
     counted = _sa_packets_counting(experiment, nar, mn_new, 100)
     assert counted and all(value > 100 for value in counted.values()), counted
     # The IKE SA stayed behind: the pAR's charon still lists it.
     assert experiment.baseline.list_sas(par)
+
+
+@pytest.mark.parametrize("method", methods.names())
+def test_every_timeline_step_the_analysis_needs_is_traced(experiment, method):
+    """The contract between the agents and the analysis: a handover of each method traces every
+    event its timeline needs (``metrics.TIMELINE_STEPS``, by the method's kinds), under the names
+    ``nodes.contracts.TraceEvent`` declares. Renaming an event on one side only fails here."""
+    declared = methods.get(method)
+    record = experiment.handover(declared, l2_delay_ms=20.0)
+    assert record.completed, record
+    if declared.cxtp:
+        _wait_released(experiment, record.from_ar, record.mn_previous)
+    pause(300)  # the agents write their traces out once idle
+    steps = metrics.timeline(record, report.read_traces(experiment.run_dir), {}, time.monotonic_ns())
+    missing = [step for step in metrics.required_steps(declared.kinds) if step not in steps]
+    assert not missing, (method, missing, sorted(steps))

@@ -1,4 +1,4 @@
-"""Every handover ends in a defined state, also under faults (issue 9).
+"""Every handover ends in a defined state, also under faults.
 
 Each fault below ends with the MN's protected traffic flowing through the nAR again (by the
 protocol itself, the MN's reactive retry, or the runner's fresh attach) or with a recorded
@@ -19,8 +19,9 @@ import pytest
 
 from nodes.agent import read_trace
 from scenarios import config
+from scenarios.records import HandoverRecord
 from scenarios.runner import methods
-from scenarios.runner.experiment import Experiment, _pause
+from scenarios.runner.experiment import Experiment, pause
 from scenarios.runner.run import run_handover, warm_up_crypto
 from topo import plan
 from topo.network import LinkParams, Testbed
@@ -41,7 +42,7 @@ def experiment(tmp_path_factory):
         warm_up_crypto(testbed, "aes-cbc-sha256")
         experiment = Experiment(testbed, run_dir, timers=SCENARIO.cxtp_timers(testbed.link_params))
         try:
-            _pause(300)
+            pause(300)
             yield experiment
         finally:
             experiment.stop()
@@ -57,7 +58,7 @@ def clean(experiment):
     experiment.configure_timers(SCENARIO.cxtp_timers(experiment.testbed.link_params))
 
 
-def _handover(experiment: Experiment, method: str) -> dict:
+def _handover(experiment: Experiment, method: str) -> HandoverRecord:
     timers = experiment.timers
     return run_handover(experiment, methods.get(method), 50.0, SCENARIO,
                         timers["release_hold"] + timers["late_ctdr_grace"])
@@ -77,10 +78,11 @@ def _assert_traffic_through_current_ar(experiment: Experiment, packets: int = 10
     a tenth of a second's worth), within a bound far above that: a host that stalls the whole
     guest for a while delays the probes, it does not make this fail."""
     ar, mn = experiment.testbed.current_ar, experiment.mn_address
+    assert ar is not None  # the MN is attached while the testbed runs
     before = {sa.spi: sa.current.packets for sa in experiment.xfrm_state(ar, mn).sas}
     deadline = time.monotonic() + within_s
     while True:
-        _pause(100)
+        pause(100)
         after = {sa.spi: sa.current.packets for sa in experiment.xfrm_state(ar, mn).sas}
         if len(after) == 2 and all(after[spi] - before.get(spi, 0) > packets for spi in after):
             return
@@ -92,8 +94,8 @@ def _events(experiment: Experiment, agent: str, event: str, since_ns: int) -> li
     return [e for e in read_trace(str(path)) if e["event"] == event and e["t_ns"] >= since_ns]
 
 
-def _ends_well(experiment: Experiment, record: dict, outcomes=("ok",)) -> None:
-    assert record["outcome"] in outcomes, record.get("failure", record.get("transfer_failure"))
+def _ends_well(experiment: Experiment, record: HandoverRecord, outcomes=("ok",)) -> None:
+    assert record.outcome in outcomes, (record.failure or record.transfer_failure)
     _assert_only_current_attachment(experiment)
     _assert_traffic_through_current_ar(experiment)
 
@@ -107,11 +109,11 @@ def test_ctdr_delayed_beyond_the_pars_hold(clean):
     nAR): the late CTDR, or the release after the hold, still removes the MN's SAs from the pAR."""
     nar = clean.testbed.other_ar()
     hold_ms = clean.timers["ct_max_handover_time"] * 1000
-    clean.request(nar, "fault", message="CTDR", action="delay", delay_ms=hold_ms + 500)
+    clean.ar(nar).fault(message="CTDR", action="delay", delay_ms=hold_ms + 500)
     started = time.monotonic_ns()
     record = _handover(clean, "cxtp-predictive")
     _ends_well(clean, record)
-    par = record["from_ar"]
+    par = record.from_ar
     assert _events(clean, par, "ipsec_released", started), "the pAR never released the MN's SAs"
 
 
@@ -128,16 +130,16 @@ def test_pctd_lost_while_the_ar_ar_link_drops_everything(clean):
         record = _handover(clean, "cxtp-predictive")
     finally:
         restore.join()
-    assert record.get("transfer_failure") or record["outcome"] == "failed", "the transfer cannot have succeeded"
+    assert record.transfer_failure or record.outcome == "failed", "the transfer cannot have succeeded"
     _ends_well(clean, record, outcomes=("recovered", "failed"))
-    assert record["restored_by"] in ("cxtp-retry", "fresh-attach")
+    assert record.restored_by in ("cxtp-retry", "fresh-attach")
 
 
 def test_ctaa_lost(clean):
     """The nAR's CTAA is lost once: the MN retransmits its CTAR (CT_REQUEST_RETRY), the nAR
     answers it from its cache, one activation."""
     nar = clean.testbed.other_ar()
-    clean.request(nar, "fault", message="CTAA", action="drop", count=1)
+    clean.ar(nar).fault(message="CTAA", action="drop", count=1)
     started = time.monotonic_ns()
     record = _handover(clean, "cxtp-reactive")
     _ends_well(clean, record)
@@ -149,21 +151,21 @@ def test_ctar_reaches_the_nar_before_the_pctd(clean):
     """The PCTD is held back at the pAR: the MN's CTAR reaches the nAR first, which asks the pAR
     (CT-Req); the CTD and the late PCTD converge on exactly one transfer."""
     par, nar = clean.testbed.current_ar, clean.testbed.other_ar()
-    clean.request(par, "fault", message="PCTD", action="delay", delay_ms=400)
+    clean.ar(par).fault(message="PCTD", action="delay", delay_ms=400)
     started = time.monotonic_ns()
     record = _handover(clean, "cxtp-predictive")
-    if record["outcome"] != "ok":
+    if record.outcome != "ok":
         # As for the slow AR-AR link below: a host that stalls the guest for longer than the
         # transfer timer (the processing allowance) loses this one transfer, in a defined state
         # (the MN's reactive retry). The same race once more must converge.
         _assert_only_current_attachment(clean)
         par, nar = clean.testbed.current_ar, clean.testbed.other_ar()
-        clean.request(par, "fault", message="PCTD", action="delay", delay_ms=400)
+        clean.ar(par).fault(message="PCTD", action="delay", delay_ms=400)
         started = time.monotonic_ns()
         record = _handover(clean, "cxtp-predictive")
     _ends_well(clean, record)
     assert len(_events(clean, nar, "ipsec_activated", started)) == 1
-    _pause(500)  # the held-back PCTD arrives after the activation, and changes nothing
+    pause(500)  # the held-back PCTD arrives after the activation, and changes nothing
     _assert_only_current_attachment(clean)
     assert len(_events(clean, par, "ipsec_released", started)) == 1
 
@@ -174,9 +176,9 @@ def test_par_agent_killed_before_the_handover_and_restarted(clean):
     os.kill(old_pid, signal.SIGKILL)
     clean.agents[par].process.wait()
     record = _handover(clean, "cxtp-reactive")
-    assert record["outcome"] == "failed" and record["restored_by"] == "fresh-attach"
-    assert par in record["recovery"]["restarted_agents"] and clean.agents[par].process.pid != old_pid
-    assert set(record["failure"]["state"]) == {plan.MN, *plan.ACCESS_ROUTERS}, "every node's SAD/SPD is recorded"
+    assert record.outcome == "failed" and record.restored_by == "fresh-attach"
+    assert par in record.recovery.restarted_agents and clean.agents[par].process.pid != old_pid
+    assert set(record.failure.state) == {plan.MN, *plan.ACCESS_ROUTERS}, "every node's SAD/SPD is recorded"
     _assert_only_current_attachment(clean)
     _assert_traffic_through_current_ar(clean)
     # and the restarted agent serves the next handover as before
@@ -187,23 +189,23 @@ def test_nar_install_fails_half_way(clean):
     """The kernel refuses the nAR's second write: nothing half-installed stays, the MN is told
     (CTAA with the IPsec context's failure status) and its reactive retry succeeds."""
     nar = clean.testbed.other_ar()
-    clean.request(nar, "install_fault", after=1, action="fail")
+    clean.ar(nar).install_fault(after=1, action="fail")
     record = _handover(clean, "cxtp-reactive")
-    assert "0x12" in record.get("transfer_failure", ""), record
+    assert "0x12" in (record.transfer_failure or ""), record
     _ends_well(clean, record, outcomes=("recovered",))
-    assert record["restored_by"] == "cxtp-retry"
+    assert record.restored_by == "cxtp-retry"
 
 
 def test_nar_agent_killed_in_the_middle_of_an_install(clean):
     """The nAR dies (SIGKILL) after writing one SA: its restart finds the install journal and
     removes what the dead process left; the MN is attached afresh."""
     nar = clean.testbed.other_ar()
-    clean.request(nar, "install_fault", after=1, action="die")
+    clean.ar(nar).install_fault(after=1, action="die")
     started = time.monotonic_ns()
     record = _handover(clean, "cxtp-reactive")
-    assert record["outcome"] == "failed" and nar in record["recovery"]["restarted_agents"]
+    assert record.outcome == "failed" and nar in record.recovery.restarted_agents
     recovered = _events(clean, nar, "ipsec_journal_recovered", started)
-    assert recovered and recovered[0]["mns"] == [record["mn_new"]]
+    assert recovered and recovered[0]["mns"] == [record.mn_new]
     _assert_only_current_attachment(clean)
     _assert_traffic_through_current_ar(clean)
 
@@ -217,7 +219,7 @@ def test_slow_ar_ar_link_with_timers_from_the_scenario(clean, delay_ms):
     scenario = config.load(None)
     clean.configure_timers(scenario.cxtp_timers(clean.testbed.link_params))
     record = _handover(clean, "cxtp-reactive")
-    if record["outcome"] != "ok":
+    if record.outcome != "ok":
         # One transfer may be lost to a host so busy that the emulation slips (the run's fidelity
         # monitor would mark it); it still ended in a defined state. The next one must succeed.
         _assert_only_current_attachment(clean)

@@ -115,8 +115,10 @@ def ip_xfrm_tunnel(ns, algorithms, role):
     """The SAs and policies an IKE daemon would have made, with ``ip xfrm``."""
     sa1, sa2 = ALGORITHMS[algorithms]
     common = ["mode", "tunnel", "replay-window", "32"]
-    ip(ns, "xfrm", "state", "add", "src", PAR, "dst", MN_P, "proto", "esp", "spi", hex(SPI_MN_IN), "reqid", "1", *common, *sa1)
-    ip(ns, "xfrm", "state", "add", "src", MN_P, "dst", PAR, "proto", "esp", "spi", hex(SPI_MN_OUT), "reqid", "2", *common, *sa2)
+    ip(ns, "xfrm", "state", "add", "src", PAR, "dst", MN_P, "proto", "esp", "spi", hex(SPI_MN_IN), "reqid", "1",
+       *common, *sa1)
+    ip(ns, "xfrm", "state", "add", "src", MN_P, "dst", PAR, "proto", "esp", "spi", hex(SPI_MN_OUT), "reqid", "2",
+       *common, *sa2)
     to_mn = ["tmpl", "src", PAR, "dst", MN_P, "proto", "esp", "reqid", "1", "mode", "tunnel"]
     from_mn = ["tmpl", "src", MN_P, "dst", PAR, "proto", "esp", "reqid", "2", "mode", "tunnel"]
     if role == "mn":
@@ -209,7 +211,7 @@ def _icmp6_type(packet):
 )
 def test_context_moves_and_esp_flows_without_replay_errors(
     namespaces, tmp_path, algorithms, spi_collision, replace_existing
-):
+) -> None:
     """With ``replace_existing`` too, another peer's SA on the nAR is never
     replaced: the colliding inbound SA still gets a fresh SPI."""
     ns = namespaces
@@ -289,7 +291,8 @@ def test_sequence_state_matters_control(namespaces):
     with Xfrm(ns["par"]) as par, Xfrm(ns["nar"]) as nar, Xfrm(ns["mn"]) as mn:
         mn_before = capture_context(mn, MN_P)
         ctx = capture_context(par, MN_P)
-        fresh = replace(ctx, sas=tuple(replace(sa, replay=replace(sa.replay, oseq=0, seq=0, bitmap=(0,))) for sa in ctx.sas))
+        fresh = replace(ctx, sas=tuple(replace(sa, replay=replace(sa.replay, oseq=0, seq=0, bitmap=(0,)))
+                                       for sa in ctx.sas))
         install_context(nar, rewrite_for_nar(fresh, MN_P, MN_N, PAR, NAR, oseq_margin=0))
         remove_context(par, ctx)
         apply_mn_handover(mn, mn_before, MN_P, MN_N, PAR, NAR)
@@ -311,7 +314,8 @@ def _api_context(par: Xfrm, aged_seconds=0, hard=0, soft=0, bytes_used=0):
     par.add_sa(SecurityAssociation(PAR, MN_P, SPI_MN_OUT, reqid=2, algorithms=keys, lifetime=lifetime, current=current))
     sel_in = Selector(daddr=HA, saddr=MN_P, prefixlen_d=128, prefixlen_s=128)
     par.add_policy(SecurityPolicy(sel_in, XFRM_POLICY_IN, (Template(PAR, MN_P, reqid=2),)))
-    par.add_policy(SecurityPolicy(replace(sel_in, daddr=MN_P, saddr=HA), XFRM_POLICY_OUT, (Template(MN_P, PAR, reqid=1),)))
+    par.add_policy(SecurityPolicy(replace(sel_in, daddr=MN_P, saddr=HA), XFRM_POLICY_OUT,
+                                  (Template(MN_P, PAR, reqid=1),)))
     return capture_context(par, MN_P)
 
 
@@ -383,7 +387,8 @@ def test_install_with_replace_existing_replaces_and_is_all_or_nothing(namespaces
         assert caught.value.errno == errno.EEXIST
 
         # The same SAs and policies with other keys, sequence numbers and priority replace them.
-        keys = (Algorithm("crypt", "cbc(aes)", b"\x07" * 16), Algorithm("auth_trunc", "hmac(sha256)", b"\x08" * 32, 128))
+        keys = (Algorithm("crypt", "cbc(aes)", b"\x07" * 16),
+                Algorithm("auth_trunc", "hmac(sha256)", b"\x08" * 32, 128))
         newer = replace(
             ctx,
             sas=tuple(replace(sa, algorithms=keys, replay=replace(sa.replay, oseq=4000, seq=3000)) for sa in ctx.sas),
@@ -421,7 +426,7 @@ def test_capture_context_of_several_care_of_addresses(namespaces):
     assert len(both.policies) == 3
 
 
-# -- the prepared hot paths (issue 10): what is done before the CTAR, and before the attach -----
+# -- the prepared hot paths: what is done before the CTAR, and before the attach ----------------
 
 class _CountingSocket:
     """An XFRM socket that counts the writes made through it."""
@@ -438,9 +443,9 @@ class _CountingSocket:
 
 
 def _handler_contexts():
-    from nodes import ipsec_handler
+    from nodes import provisioning
 
-    return ipsec_handler.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
+    return provisioning.initial_contexts(MN_P, PAR, HA, "aes-cbc-sha256", 0x102, 0x101)
 
 
 def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when_discarded(namespaces, tmp_path):
@@ -449,14 +454,14 @@ def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when
     or a CTAR from an unpredicted address, removes the SAs; the journal holds the predicted
     address exactly while its SAs are inactive."""
     from cxtp.registry import TransferInfo
-    from nodes import ipsec_handler
+    from nodes import ar_context
 
     _, ar_side = _handler_contexts()
     data = ar_side.encode()
     with Xfrm(namespaces["nar"]) as nar:
-        handler = ipsec_handler.ArIpsecHandler(nar, NAR, state_dir=str(tmp_path))
+        handler = ar_context.ArIpsecHandler(nar, NAR, state_dir=str(tmp_path))
         predicted = TransferInfo(MN_P, PAR, NAR)  # a PCTD: no CTAR verified yet
-        assert handler.install(MN_P, data, predicted) == ipsec_handler.STATUS_OK
+        assert handler.install(MN_P, data, predicted) == ar_context.STATUS_OK
         sas, policies = _kernel_state(nar)
         assert {(sa.saddr, sa.daddr) for sa in sas} == {(MN_N, NAR), (NAR, MN_N)} and policies == []
         assert [name for name in tmp_path.iterdir() if name.suffix == ".ctx"], "journalled while inactive"
@@ -466,7 +471,7 @@ def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when
         arrived = TransferInfo(MN_P, PAR, NAR, MN_N)  # the CTAR, from the predicted address
         handler.install(MN_P, data, predicted)
         status, _ = handler.activate(MN_P, arrived)
-        assert status == ipsec_handler.STATUS_OK
+        assert status == ar_context.STATUS_OK
         sas, policies = _kernel_state(nar)
         assert len(sas) == 2 and len(policies) == len(ar_side.policies)
         assert not list(tmp_path.iterdir())
@@ -478,13 +483,13 @@ def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when
         # activation that follows installs the context in one write
         handler.install(MN_P, data, arrived)
         assert _kernel_state(nar) == ([], []) and not list(tmp_path.iterdir())
-        real_socket = nar._socket
-        nar._socket = counted = _CountingSocket(real_socket)
+        real_socket = nar.sock
+        nar.sock = counted = _CountingSocket(real_socket)
         try:
             status, _ = handler.activate(MN_P, arrived)
         finally:
-            nar._socket = real_socket
-        assert status == ipsec_handler.STATUS_OK and counted.writes == 1
+            nar.sock = real_socket
+        assert status == ar_context.STATUS_OK and counted.writes == 1
         sas, policies = _kernel_state(nar)
         assert {(sa.saddr, sa.daddr) for sa in sas} == {(MN_N, NAR), (NAR, MN_N)}
         assert len(policies) == len(ar_side.policies)
@@ -495,7 +500,7 @@ def test_nar_prepared_context_is_inactive_until_the_ctar_and_leaves_nothing_when
         elsewhere = "2001:db8:2::77"  # not the old interface identifier: the ordinary path
         handler.install(MN_P, data, predicted)
         status, _ = handler.activate(MN_P, TransferInfo(MN_P, PAR, NAR, elsewhere))
-        assert status == ipsec_handler.STATUS_OK
+        assert status == ar_context.STATUS_OK
         sas, _ = _kernel_state(nar)
         assert {sa.daddr for sa in sas} == {NAR, elsewhere}, "the predicted copies went, the real ones came"
 
@@ -508,14 +513,14 @@ def test_late_release_removes_the_old_context_and_spares_the_newer_transfer_of_t
     spares the newer transfer's inactive SAs; a stale release after the activation spares the
     MN's current state."""
     from cxtp.registry import TransferInfo
-    from nodes import ipsec_handler
+    from nodes import ar_context, provisioning
 
     _, old_context = _handler_contexts()
-    _, returning = ipsec_handler.initial_contexts(MN_N, NAR, HA, "aes-cbc-sha256", 0x202, 0x201)
+    _, returning = provisioning.initial_contexts(MN_N, NAR, HA, "aes-cbc-sha256", 0x202, 0x201)
     with Xfrm(namespaces["par"]) as par:
         queued = []
-        handler = ipsec_handler.ArIpsecHandler(par, PAR, state_dir=str(tmp_path),
-                                               defer=lambda _label, work: queued.append(work))
+        handler = ar_context.ArIpsecHandler(par, PAR, state_dir=str(tmp_path),
+                                            defer=lambda _label, work: queued.append(work))
         handler.know_installed(install_context(par, old_context).context)
         collected = IpsecContext.decode(handler.collect(MN_P))
         captured = capture_context(par, MN_P)
@@ -527,13 +532,13 @@ def test_late_release_removes_the_old_context_and_spares_the_newer_transfer_of_t
 
         back = TransferInfo(MN_N, NAR, PAR, MN_P)  # the MN returns with its old interface identifier
         # a PCTD brings its context before the CTAR: prepared, inactive
-        assert handler.install(MN_N, returning.encode(), TransferInfo(MN_N, NAR, PAR)) == ipsec_handler.STATUS_OK
+        assert handler.install(MN_N, returning.encode(), TransferInfo(MN_N, NAR, PAR)) == ar_context.STATUS_OK
         assert {sa.spi for sa in _kernel_state(par)[0]} == {0x101, 0x102, 0x201, 0x202}
         queued.pop()()
         sas, policies = _kernel_state(par)
         assert {sa.spi for sa in sas} == {0x201, 0x202} and policies == [], "old context gone, new one inactive"
         status, _ = handler.activate(MN_N, back)
-        assert status == ipsec_handler.STATUS_OK
+        assert status == ar_context.STATUS_OK
         current = _kernel_state(par)
         assert {sa.spi for sa in current[0]} == {0x201, 0x202} and len(current[1]) == len(returning.policies)
 
@@ -546,11 +551,11 @@ def test_mn_prepared_move_is_one_write_and_ends_as_the_ordinary_move(namespaces)
     """Before the attach, copies of the MN's SAs under (MN_n, nAR), inactive: the old policies
     still use the old SAs. The attach's write moves the policies; the clean-up leaves exactly
     the state the ordinary move (XFRM migrate) leaves, with the outbound sequence number ahead."""
-    from nodes import ipsec_handler
+    from nodes import mn_context
 
     mn_side, _ = _handler_contexts()
     with Xfrm(namespaces["mn"]) as mn:
-        handler = ipsec_handler.MnIpsecHandler(mn)
+        handler = mn_context.MnIpsecHandler(mn)
         handler.know(install_context(mn, mn_side).context)
         old_out = next(sa for sa in mn.dump_sas() if sa.saddr == MN_P)
         policies_before = _kernel_state(mn)[1]

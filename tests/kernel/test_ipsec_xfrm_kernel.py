@@ -253,12 +253,12 @@ def test_get_sas_reads_several_sas_in_one_round_trip_and_leaves_no_reply_behind(
     with pytest.raises(XfrmError) as caught:
         xfrm.get_sas(sas)
     assert caught.value.errno == errno.ESRCH and caught.value.operation == "XFRM_MSG_GETSA"
-    xfrm._socket.setblocking(False)
+    xfrm.sock.setblocking(False)
     try:
         with pytest.raises(BlockingIOError):
-            xfrm._socket.recv(65536)
+            xfrm.sock.recv(65536)
     finally:
-        xfrm._socket.setblocking(True)
+        xfrm.sock.setblocking(True)
     assert xfrm.get_sas([]) == [] and xfrm.get_sa(B, 0x83).spi == 0x83
 
 
@@ -291,7 +291,8 @@ def test_migrate_keeps_spi_keys_replay_and_lifetime(netns, xfrm):
 
 def test_dump_with_address_filter(netns, xfrm):
     for spi, (src, dst) in enumerate([(A, B), (B, A), (C, D)], start=0x100):
-        xfrm.add_sa(SecurityAssociation(dst, src, spi, algorithms=(Algorithm("aead", "rfc4106(gcm(aes))", bytes(20), 128),)))
+        xfrm.add_sa(SecurityAssociation(dst, src, spi,
+                                        algorithms=(Algorithm("aead", "rfc4106(gcm(aes))", bytes(20), 128),)))
     assert {sa.spi for sa in xfrm.dump_sas(daddr=B)} == {0x100}
     assert {sa.spi for sa in xfrm.dump_sas(saddr=B)} == {0x101}
     assert len(xfrm.dump_sas()) == 3
@@ -302,7 +303,7 @@ def test_prepared_install_in_one_write_all_or_nothing(netns, xfrm):
     part, what it took is removed again and the refusal is raised (the caller then takes the
     careful path)."""
     from ipsec import install_prepared, prepare_install, remove_context
-    from nodes.ipsec_handler import initial_contexts
+    from nodes.provisioning import initial_contexts
 
     _, ar_side = initial_contexts("2001:db8:2::100", "2001:db8:2::1", "2001:db8:3::1", "aes-cbc-sha256", 0x2102, 0x2101)
     prepared = prepare_install(xfrm, ar_side)

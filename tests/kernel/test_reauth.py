@@ -112,7 +112,7 @@ def _assert_clean(testbed: Testbed, baseline: baseline_module.IkeBaseline, *node
 def test_eap_mschapv2_attach_through_radius(testbed, baselines):
     baseline = baselines.use("eap-mschapv2")
     _at(testbed, baseline, plan.PAR)
-    login_ok_before = baseline.radius.log_text().count("Login OK: [mn]")
+    login_ok_before = baseline.radius.log_text().count(f"Login OK: [{plan.MN_IDENTITY}]")
     result = baseline.attach(plan.PAR)
     coa, ar_address = plan.MN_COA[plan.PAR], plan.AR_ACCESS_ADDRESS[plan.PAR]
     # The CHILD_SA is in the MN's kernel, both directions, tunnel mode, and at the pAR.
@@ -123,7 +123,7 @@ def test_eap_mschapv2_attach_through_radius(testbed, baselines):
     assert any(p.selector.saddr == coa and p.selector.daddr == plan.HA_ADDRESS for p in fwd)
     # RADIUS took part: 3 round trips for MSCHAPv2, and FreeRADIUS logged the login.
     assert result["radius_requests"] == 3 and result["radius_messages"] == 6, result
-    assert baseline.radius.log_text().count("Login OK: [mn]") == login_ok_before + 1
+    assert baseline.radius.log_text().count(f"Login OK: [{plan.MN_IDENTITY}]") == login_ok_before + 1
     assert result["ike_requests"] == 5 and result["ike_messages"] == 10, result
     assert 0 < result["elapsed_ms"] < 5000, result
     assert result["initiate_sent_ns"] < result["child_installed_ns"]

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from scenarios import config
-from scenarios.runner import methods
 from scenarios.analysis import metrics
+from scenarios.runner import methods
+from scenarios.runner.experiment import Experiment, pause
 from scenarios.runner.run import emulation_fidelity
-from scenarios.runner.experiment import Experiment, _pause
 from topo import plan
 from topo.network import LinkParams, Testbed, TopologyError
 
@@ -107,7 +107,7 @@ def test_20ms_link_measures_20ms_by_ping(testbed):
     assert statistics.median(one_way) <= AR_HA_DELAY_MS + 3.0
 
 
-def test_probe_interruption_follows_l2_delay(testbed, tmp_path):
+def test_probe_interruption_follows_l2_delay(testbed, tmp_path) -> None:
     """The interruption is the L2 delay plus a bounded re-attach cost, in each direction.
 
     No value can be below the L2 delay: nothing crosses a detached link (arrival times are the
@@ -128,25 +128,25 @@ def test_probe_interruption_follows_l2_delay(testbed, tmp_path):
     tolerances = config.load(None).fidelity
     handovers = []
     try:
-        _pause(300)
+        pause(300)
         # As a run does: a handover during which the emulator did not keep its own timing (the
         # L2 delay, the attach; the host is shared) does not count, and another one runs.
         for l2_delay in (50.0, 200.0):
             faithful = 0
             for _ in range(30):
                 handover = experiment.handover(methods.get("none"), l2_delay)
-                handover["window_end_ns"] = time.monotonic_ns() + 300_000_000
-                handover["fidelity"] = emulation_fidelity(handover, None, tolerances)
+                handover.window_end_ns = time.monotonic_ns() + 300_000_000
+                handover.fidelity = emulation_fidelity(handover, None, tolerances)
                 handovers.append(handover)
-                _pause(350)
-                faithful += not handover["fidelity"]["violations"]
+                pause(350)
+                faithful += not handover.fidelity["violations"]
                 if faithful == 10:  # some more are left out below for late probes
                     break
     finally:
         experiment.stop()
     rows = metrics.per_handover(handovers, json.loads((tmp_path / "probe-mn.json").read_text()),
                                 json.loads((tmp_path / "probe-ha.json").read_text()), tolerances=tolerances)
-    assert all(handover["completed"] for handover in handovers)
+    assert all(handover.completed for handover in handovers)
     rows = [row for row in rows if row["fidelity_ok"]]
     by_delay: dict[float, dict[str, list[float]]] = {}
     for row in rows:
@@ -155,7 +155,7 @@ def test_probe_interruption_follows_l2_delay(testbed, tmp_path):
             by_delay.setdefault(row["l2_delay_ms"], {}).setdefault(direction, []).append(
                 row[direction]["interruption_ms"])
     assert all(len(by_delay.get(value, {}).get("mn_to_ha", [])) >= 3 for value in (50.0, 200.0)), \
-        f"too few handovers within the emulation's tolerances: {[h['fidelity'] for h in handovers]}"
+        f"too few handovers within the emulation's tolerances: {[h.fidelity for h in handovers]}"
     for l2_delay, directions in by_delay.items():
         for direction, median_excess in (("mn_to_ha", 60), ("ha_to_mn", 120)):
             values = directions[direction]

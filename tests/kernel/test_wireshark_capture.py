@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from scenarios import config
-from scenarios.runner import methods
 from scenarios.analysis import wireshark
-from scenarios.runner.experiment import SPI_MN_IN, SPI_MN_OUT, Experiment, _pause
+from scenarios.runner import methods
+from scenarios.runner.experiment import SPI_MN_IN, SPI_MN_OUT, Experiment, pause
 from scenarios.runner.run import warm_up_crypto
 from topo import plan
 from topo.network import LinkParams, Testbed
@@ -70,7 +70,7 @@ def _wait_released(experiment: Experiment, par: str, mn_previous: str, timeout_s
     """The pAR releases the MN's context after the CTDR, a moment after the MN is done."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and experiment.xfrm_state(par, mn_previous).sas:
-        _pause(20)
+        pause(20)
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +96,14 @@ def evidence(tmp_path_factory):
                     interface = plan.LINKS_BY_NAME[link].interface(node)
                     captures[name] = directory / f"{name}.pcap"
                     running.append(Capture(testbed, node, interface, captures[name]))
-                _pause(200)
+                pause(200)
                 for method in ("cxtp-predictive", "cxtp-reactive"):
                     record = experiment.handover(methods.get(method), l2_delay_ms=20.0)
-                    assert record["completed"], record
-                    _wait_released(experiment, record["from_ar"], record["mn_previous"])
+                    assert record.completed, record
+                    _wait_released(experiment, record.from_ar, record.mn_previous)
                     exports.append(wireshark.export_testbed_sas(profile, testbed))  # what the runner does
                     records.append(record)
-                    _pause(300)  # protected traffic through the new AR, in the capture
+                    pause(300)  # protected traffic through the new AR, in the capture
             finally:
                 outputs = [capture.stop() for capture in running]
         finally:
@@ -136,11 +136,11 @@ def test_the_profile_holds_every_sa_of_the_handovers(evidence):
     assert all(not export.skipped for export in exports), exports
     keys = {(entry.source, entry.destination, entry.spi) for entry in profile.entries()}
     for record in records:
-        par, nar = plan.AR_ACCESS_ADDRESS[record["from_ar"]], plan.AR_ACCESS_ADDRESS[record["to_ar"]]
-        assert (par, record["mn_previous"], SPI_MN_IN) in keys
-        assert (record["mn_previous"], par, SPI_MN_OUT) in keys
-        assert (nar, record["mn_new"], SPI_MN_IN) in keys
-        assert (record["mn_new"], nar, SPI_MN_OUT) in keys
+        par, nar = plan.AR_ACCESS_ADDRESS[record.from_ar], plan.AR_ACCESS_ADDRESS[record.to_ar]
+        assert (par, record.mn_previous, SPI_MN_IN) in keys
+        assert (record.mn_previous, par, SPI_MN_OUT) in keys
+        assert (nar, record.mn_new, SPI_MN_IN) in keys
+        assert (record.mn_new, nar, SPI_MN_OUT) in keys
     link = plan.AR_LINK_ADDRESS
     assert {(link[plan.PAR], link[plan.NAR]), (link[plan.NAR], link[plan.PAR])} <= {k[:2] for k in keys}
 
@@ -162,19 +162,19 @@ def test_access_links_show_the_ctar_and_ctaa_of_both_handovers(evidence):
     seen = messages(profile, captures["access-par"]) + messages(profile, captures["access-nar"])
     predictive, reactive = records
     # predictive: CTAR to the pAR before the move, CTAR to the nAR after it, a CTAA for each
-    assert seen.count((CTAR, predictive["mn_previous"])) >= 2, seen
-    assert seen.count((CTAA, predictive["mn_previous"])) >= 2, seen
+    assert seen.count((CTAR, predictive.mn_previous)) >= 2, seen
+    assert seen.count((CTAA, predictive.mn_previous)) >= 2, seen
     # reactive back: CTAR to the new nAR, its CTAA
-    assert (CTAR, reactive["mn_previous"]) in seen and (CTAA, reactive["mn_previous"]) in seen, seen
+    assert (CTAR, reactive.mn_previous) in seen and (CTAA, reactive.mn_previous) in seen, seen
 
 
 def test_ar_ar_link_shows_the_transfers_inside_esp(evidence):
     profile, captures, records, _, _ = evidence
     predictive, reactive = records
     seen = messages(profile, captures["ar-ar"])
-    assert (PCTD, predictive["mn_previous"]) in seen and (CTDR, predictive["mn_previous"]) in seen, seen
-    assert {(CT_REQ, reactive["mn_previous"]), (CTD, reactive["mn_previous"]),
-            (CTDR, reactive["mn_previous"])} <= set(seen), seen
+    assert (PCTD, predictive.mn_previous) in seen and (CTDR, predictive.mn_previous) in seen, seen
+    assert {(CT_REQ, reactive.mn_previous), (CTD, reactive.mn_previous),
+            (CTDR, reactive.mn_previous)} <= set(seen), seen
     # every one of them was inside ESP: nothing of CXTP on that link in clear
     assert tshark_rows(profile, captures["ar-ar"], "cxtp and not esp", "frame.number") == []
     # the IPsec context in the PCTD and the CTD, decoded: the MN's two SAs with the testbed's algorithms
@@ -194,7 +194,7 @@ def test_one_filter_shows_the_messages_of_one_handover(evidence):
     predictive = records[0]
     kinds = set()
     for capture in captures.values():
-        rows = tshark_rows(profile, capture, f"cxtp.mn_prev == {predictive['mn_previous']}", "cxtp.type")
+        rows = tshark_rows(profile, capture, f"cxtp.mn_prev == {predictive.mn_previous}", "cxtp.type")
         kinds |= {int(kind) for row in rows for kind in row["cxtp.type"].split(",")}
     assert {CTAR, CTAA, PCTD, CTDR} <= kinds
 
