@@ -27,16 +27,20 @@ from .constants import (
 from .engine import TRANSPORT_AR, TRANSPORT_ICMP, AccessRouter, Datagram, MobileNode
 from .errors import ConfigError, CxtpError, DecodeError, IllegalTransition, ProtocolError
 from .events import (
+    BindingRejected,
     Cancelled,
     ContextActivated,
     ContextInstalled,
     CtaaReceived,
+    CtaaRejected,
+    CtReqLimited,
     DecodeFailed,
     DuplicateIgnored,
     MessageDropped,
     RateLimited,
     ReleaseDue,
     RequestIgnored,
+    StaleTransfer,
     TokenRejected,
     TransferCompleted,
     TransferFailed,
@@ -62,7 +66,8 @@ from .state import MnState, SourceState, TargetState
 from .token import compute_token, verify_token
 
 __all__ = [
-    "AccessRouter", "AnyMessage", "BAD_CHECKSUM", "CTAA", "CTAR", "CTC", "CTD", "CTDR",
+    "AccessRouter", "AnyMessage", "BAD_CHECKSUM", "BindingRejected", "CTAA", "CTAR", "CTC", "CTD", "CTDR",
+    "CtaaRejected", "CtReqLimited", "StaleTransfer",
     "CT_MAX_HANDOVER_TIME", "CT_MAX_TRANSFER_TIME", "CT_REQUEST_RATE", "CT_REQUEST_RETRY",
     "CT_RETRY_MAX", "CTReq", "CXTP_HOP_LIMIT", "CXTP_SCTP_PORT", "CXTP_SCTP_PPID", "CXTP_VERSION",
     "Cancelled", "Config", "ConfigError", "IllegalTransition", "MessageDropped", "MnState",

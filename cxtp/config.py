@@ -57,6 +57,14 @@ class Config:
     #: nAR: CTARs for one MN held while its CT-Req is outstanding (the first one included); a
     #: PCTD that arrives meanwhile verifies them in turn, so a forged first CTAR cannot pre-empt
     max_pending_ctars: int = 4
+    #: True: RFC 4067 exactly on the wire (for interoperability), without our departures: no
+    #: binding of a CTAR to its source, no CTAA authentication, no transfer identity or freshness
+    #: (docs/protocol.md, "Departures from RFC 4067", says what this mode allows)
+    rfc_exact: bool = False
+    #: how far the ARs' clocks (the ``now`` their engines are fed) may disagree: the slack of the
+    #: freshness checks of PCTD and CT-Req (departures only). ARs whose clocks disagree by more
+    #: see each other's PCTDs as stale: predictive transfers then complete as reactive ones
+    ar_clock_skew: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("ct_request_rate", "ct_max_transfer_time", "ct_request_retry",
@@ -78,6 +86,11 @@ class Config:
             raise ConfigError("ct_retry_max must not be shorter than ct_request_retry")
         if not 0 <= self.key_algorithm <= 0xFFFF:
             raise ConfigError("key_algorithm must fit in 16 bits")
+        if not isinstance(self.rfc_exact, bool):
+            raise ConfigError(f"rfc_exact must be a bool, got {self.rfc_exact!r}")
+        skew = self.ar_clock_skew
+        if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not 0 <= skew < float("inf"):
+            raise ConfigError(f"ar_clock_skew must be a non-negative number, got {skew!r}")
 
     @property
     def late_ctdr_grace_time(self) -> float:
@@ -90,6 +103,12 @@ class Config:
     @property
     def ct_request_octet_burst(self) -> int:
         return self.max_icmp_message * 4
+
+    @property
+    def ct_request_burst(self) -> float:
+        """CT-Reqs an nAR may send at once, all MNs together; then ``ct_request_rate`` per second.
+        Three at least: the last token is kept for a CTAR from a source the owner vouches for."""
+        return max(3.0, self.ct_request_rate / 4)
 
 
 def _positive(name: str, value: object) -> None:

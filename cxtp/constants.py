@@ -31,6 +31,9 @@ TOKEN_LENGTH = 4
 #: IANA Context Transfer Profile Types (RFC 4065 §6, RFC 4067 App. B).
 FPT_RESERVED = 0x00
 FPT_IPV6_MULTICAST_LISTENER = 0x01
+#: Local [INFERENCE]: the FPTs of our options (cxtp/options.py, docs/protocol.md "Departures from
+#: RFC 4067"): binding, transfer, bound, CTAA key, CTAA authenticator.
+OPTION_FPTS = frozenset(range(0xFF01, 0xFF06))
 
 
 class MessageType(IntEnum):

@@ -36,18 +36,22 @@ from .events import (
     ROLE_NAR,
     ROLE_PAR,
     AnyEvent,
+    BindingRejected,
     CtaaReceived,
+    CtaaRejected,
+    CtReqLimited,
     DecodeFailed,
     DuplicateIgnored,
     MessageDropped,
     RateLimited,
     RequestIgnored,
+    StaleTransfer,
     TokenRejected,
     TransferCompleted,
     TransferFailed,
     TransferStarted,
 )
-from .limits import OctetBuckets, PeersArgument, PeerSet, RequestRate
+from .limits import OctetBuckets, PeersArgument, PeerSet, RequestBudget, RequestRate
 from .messages import (
     CTAA,
     CTAR,
@@ -64,10 +68,21 @@ from .messages import (
     peek_header,
 )
 from .nar import _TargetRecord, _TargetRole
+from .options import (
+    OptionError,
+    Options,
+    Transfer,
+    binding_key,
+    binding_mac,
+    ctaa_key,
+    ctaa_mac,
+    split_blocks,
+    split_statuses,
+)
 from .par import _SourceRecord, _SourceRole
 from .registry import Registry
 from .state import Machine, MnEvent, MnState, SourceState, TargetState, transition
-from .token import compute_token, is_zero_token, key_fingerprint, tokens_equal
+from .token import compute_token, is_zero_token, key_fingerprint, tokens_equal, verify_token
 
 __all__ = ["TRANSPORT_AR", "TRANSPORT_ICMP", "TRANSPORTS", "AccessRouter", "Datagram", "MobileNode"]
 
@@ -86,14 +101,18 @@ def _request_blocks(fpts: Sequence[int] | None) -> tuple[ContextDataBlock, ...]:
 
 
 def _block_count(message: AnyMessage) -> tuple[int, str]:
-    """(number of CDBs or status tuples, the Config field bounding it)."""
+    """(number of CDBs or status tuples, the Config field bounding it). Our options are not
+    counted: each kind may appear once (:mod:`cxtp.options` refuses a repeated one)."""
+    entries: tuple[ContextDataBlock | StatusEntry, ...]
     if isinstance(message, (CTAR, CTReq)):
-        return len(message.requested), "max_request_blocks"
-    if isinstance(message, (CTD, PCTD)):
-        return len(message.contexts), "max_context_blocks"
-    if isinstance(message, (CTAA, CTDR)):
-        return len(message.statuses), "max_context_blocks"
-    return 0, "max_context_blocks"
+        entries, field_name = message.requested, "max_request_blocks"
+    elif isinstance(message, (CTD, PCTD)):
+        entries, field_name = message.contexts, "max_context_blocks"
+    elif isinstance(message, (CTAA, CTDR)):
+        entries, field_name = message.statuses, "max_context_blocks"
+    else:
+        return 0, "max_context_blocks"  # a CTC holds options only
+    return sum(1 for entry in entries if entry.fpt not in c.OPTION_FPTS), field_name
 
 
 class _Engine:
@@ -231,6 +250,11 @@ class _MnTransaction:
     retry_interval: float = 0.0
     give_up_at: float | None = None
     new_address: str | None = None
+    #: departures only (None in RFC-exact mode): the keys derived from the transaction's key for
+    #: the CTAR's binding and the CTAA's authentication, and the address the last CTAR was bound to
+    binding_key: bytes | None = None
+    ctaa_key: bytes | None = None
+    bound_source: str | None = None
 
 
 def _failure_reason(statuses: Sequence[StatusEntry]) -> str:
@@ -290,7 +314,7 @@ class MobileNode(_Engine):
         par, nar = normalize_address(par), normalize_address(nar)
         self._tx = self._new_transaction(MODE_PREDICTIVE, par, nar, fpts, now)
         self._machine.fire(MnEvent.REQUEST_PREDICTIVE)
-        self._send_ctar(nar_field=nar, destination=par, now=now)
+        self._send_ctar(nar_field=nar, destination=par, now=now, source=self._tx.previous_address)
         self._emit(TransferStarted(self._tx.previous_address, ROLE_MN, MODE_PREDICTIVE, par))
 
     def attached(self, nar: str, par: str, now: float, new_address: str | None = None,
@@ -306,7 +330,8 @@ class MobileNode(_Engine):
         self._machine.fire(MnEvent.ATTACH)
         tx.nar, tx.par = nar, par
         tx.new_address = normalize_address(new_address) if new_address else None
-        self._send_ctar(nar_field=par, destination=nar, now=now)
+        # the CTAR leaves from the MN's new address (its current one if it keeps it)
+        self._send_ctar(nar_field=par, destination=nar, now=now, source=tx.new_address or self.address)
         if not tx.ack_requested:
             self._finish(MnEvent.UNACKNOWLEDGED,
                          TransferCompleted(tx.previous_address, ROLE_MN, (), acknowledged=False))
@@ -337,13 +362,24 @@ class MobileNode(_Engine):
             if not is_zero_token(token):
                 break
         self._recent_sequences[seq] = now
-        return _MnTransaction(mode, self.address, par, nar, seq, token, requested,
-                              self.config.request_ctaa)
+        tx = _MnTransaction(mode, self.address, par, nar, seq, token, requested, self.config.request_ctaa)
+        if not self.config.rfc_exact:  # one key per purpose; the transaction's key itself is dropped
+            tx.binding_key, tx.ctaa_key = binding_key(key), ctaa_key(key)
+        return tx
 
-    def _send_ctar(self, nar_field: str, destination: str, now: float) -> None:
+    def _send_ctar(self, nar_field: str, destination: str, now: float, source: str) -> None:
+        """The CTAR to ``destination``, sent from ``source``; outside RFC-exact mode with the
+        BINDING option: a MAC that binds it to that source and that AR."""
         tx = self._tx
         assert tx is not None
-        ctar = CTAR(tx.previous_address, nar_field, tx.sequence_number, tx.token, tx.requested,
+        requested = tx.requested
+        if tx.binding_key is not None:
+            cdbs = b"".join(b.encode() for b in tx.requested)
+            mac = binding_mac(tx.binding_key, tx.previous_address, tx.sequence_number, tx.token, cdbs,
+                              source, destination)
+            requested = requested + Options(binding=mac).blocks()
+            tx.bound_source = source
+        ctar = CTAR(tx.previous_address, nar_field, tx.sequence_number, tx.token, requested,
                     tx.ack_requested)
         tx.ctar_bytes = self._send(ctar, destination, TRANSPORT_ICMP)
         tx.destination = destination
@@ -390,13 +426,51 @@ class MobileNode(_Engine):
             if tx.give_up_at is not None and tx.next_retry >= tx.give_up_at:
                 tx.next_retry = None
 
+    def _authenticated(self, ctaa: CTAA, source: str) -> tuple[CTAA, bool] | None:
+        """Departures: the CTAA without its authenticator, and whether it is the nAR's final one
+        (else the pAR's informative one), if its MAC verifies with the key of the AR that holds
+        the MN's context for the CTAR it answers; None (counted, reported) otherwise."""
+        tx = self._tx
+        assert tx is not None and tx.ctaa_key is not None
+        try:
+            statuses, options = split_statuses(ctaa.statuses)
+        except OptionError as error:
+            self._reject_ctaa(ctaa, source, f"malformed options: {error}")
+            return None
+        if options.ctaa_auth is None:
+            self._reject_ctaa(ctaa, source, "no authenticator")
+            return None
+        plain = CTAA(ctaa.mn_previous_address, statuses)
+        encoded = plain.encode()
+        candidates = []
+        if self.state is MnState.ATTACHED and tx.nar is not None and tx.bound_source is not None:
+            candidates.append((tx.nar, tx.bound_source, True))
+        if tx.mode == MODE_PREDICTIVE:
+            candidates.append((tx.par, tx.previous_address, False))
+        for ar, destination, final in candidates:
+            expected = ctaa_mac(tx.ctaa_key, ar, destination, tx.sequence_number, encoded)
+            if tokens_equal(expected, options.ctaa_auth):
+                return plain, final
+        self._reject_ctaa(ctaa, source, "the authenticator does not verify")
+        return None
+
+    def _reject_ctaa(self, ctaa: CTAA, source: str, reason: str) -> None:
+        self.counters["ctaa_unauthenticated"] += 1
+        self._emit(CtaaRejected(ctaa.mn_previous_address, source, reason))
+
     def _on_ctaa(self, ctaa: CTAA, source: str, now: float) -> None:
         tx = self._tx
         if tx is None or ctaa.mn_previous_address != tx.previous_address:
             self._unexpected(ctaa, source, ROLE_MN)
             return
+        if tx.ctaa_key is not None:  # departures: only the AR holding the context is believed
+            verified = self._authenticated(ctaa, source)
+            if verified is None:
+                return
+            ctaa, final = verified
+        else:
+            final = self.state is MnState.ATTACHED and (source == tx.nar or source != tx.par)
         self._emit(CtaaReceived(ctaa.mn_previous_address, source, ctaa.statuses))
-        final = self.state is MnState.ATTACHED and (source == tx.nar or source != tx.par)
         if not final:  # the pAR's informative CTAA of a predictive transfer
             if self._machine.can(MnEvent.INFORMATIVE_CTAA):
                 self._machine.fire(MnEvent.INFORMATIVE_CTAA)
@@ -432,6 +506,9 @@ class _SeenCtar:
     token: bytes
     time: float
     ctaa: tuple[bytes, str] | None = None
+    #: departures: the address it came from (a copy from elsewhere is another CTAR); None in
+    #: RFC-exact mode, where the source is not part of what a CTAR is
+    source: str | None = None
 
 
 @dataclass
@@ -449,6 +526,12 @@ class AccessRouter(_Engine):
 
     Keys shared with attached MNs come in through :meth:`set_mn_key`; the pAR burns a key once a
     transfer used it, and refuses it afterwards (§6.3).
+
+    ``source_preference``, when the owner sets it, is ``(mn_previous_address, source) -> bool``:
+    whether the owner vouches for a CTAR's source address (a station associated on the access
+    link, the address in its neighbour cache). Such CTARs are never dropped by the CTAR rate
+    limit, may take the CT-Req budget's last token, and displace unvouched ones held for the
+    same MN: a flood of CTARs from other sources cannot starve the MN's own.
     """
 
     ROLE = "ar"
@@ -463,6 +546,8 @@ class AccessRouter(_Engine):
         self._seen_prune_at: float | None = None
         self._octets = OctetBuckets()
         self._ctar_rate = RequestRate()
+        self._ct_req_budget = RequestBudget()
+        self.source_preference: Callable[[str, str], bool] | None = None
         self._source = _SourceRole(self)
         self._target = _TargetRole(self)
         self._handlers = {CTAR: self._on_ctar, **self._source.handlers(), **self._target.handlers()}
@@ -489,14 +574,16 @@ class AccessRouter(_Engine):
             if current is not None and tokens_equal(current, key):  # constant time: a secret
                 del self._mn_keys[mn]
 
-    def forget(self, mn_address: str) -> None:
+    def forget(self, mn_address: str, now: float | None = None) -> None:
         """Drop everything the engine holds for an MN (the owner cleared it): its key, any pAR
         or nAR transfer and release hold, its CTARs in the duplicate filter. Nothing is sent,
-        no handler is called and no event is emitted."""
+        no handler is called and no event is emitted. With ``now`` (departures only), the nAR
+        keeps a tombstone: a PCTD or CTD of a transfer that started before is never installed,
+        however late it arrives."""
         mn = normalize_address(mn_address)
         self._mn_keys.pop(mn, None)
         self._source.forget(mn)
-        self._target.forget(mn)
+        self._target.forget(mn, None if self.config.rfc_exact else now)
         for pair in [p for p in self._seen if p[1] == mn]:
             del self._seen[pair]
         self.counters["forgotten"] += 1
@@ -583,9 +670,21 @@ class AccessRouter(_Engine):
             self._send(ctaa, source, TRANSPORT_ICMP)
 
     # -- CTAR intake (§2.5.1, §3.2, §6.3) ----------------------------------------------------------
+    def _preferred(self, mn: str, source: str) -> bool:
+        """Whether the owner vouches for ``source`` as the MN's (``source_preference``)."""
+        prefer = self.source_preference
+        if prefer is None:
+            return False
+        try:
+            return bool(prefer(mn, source))
+        except Exception:  # the owner's lookup failed: no preference, never a crash
+            self.counters["handler_errors"] += 1
+            return False
+
     def _on_ctar(self, ctar: CTAR, source: str, now: float) -> None:
         mn, config = ctar.mn_previous_address, self.config
-        if self._ctar_rate.limited(now, config.ct_request_rate, config.rate_window, self.rng):
+        if self._ctar_rate.limited(now, config.ct_request_rate, config.rate_window, self.rng,
+                                   exempt=lambda: self._preferred(mn, source)):
             self.counters["rate_limited"] += 1
             self._emit(RateLimited(mn, source))
             return
@@ -600,7 +699,7 @@ class AccessRouter(_Engine):
                                       source))
             return
         self._prune_seen(now)
-        seen = self._find_seen(ctar)
+        seen = self._find_seen(ctar, source)
         if seen is not None:  # (sequence number, MN address) already received: ignore (§3.2)
             self.counters["duplicates"] += 1
             self._emit(DuplicateIgnored(mn, ctar.sequence_number, source))
@@ -608,7 +707,7 @@ class AccessRouter(_Engine):
                 self._datagrams.append(Datagram(seen.ctaa[0], seen.ctaa[1], TRANSPORT_ICMP))
                 self.counters["ctaa_resent"] += 1
             return
-        self._remember_ctar(ctar, now)  # a role that refuses it takes it out again
+        self._remember_ctar(ctar, source, now)  # a role that refuses it takes it out again
         target = self._target.live(mn)
         if target is not None:
             self._target.on_ctar(target, ctar, source, now)
@@ -617,28 +716,35 @@ class AccessRouter(_Engine):
         else:
             self._target.start_reactive(ctar, source, now)
 
-    def _find_seen(self, ctar: CTAR) -> _SeenCtar | None:
+    def _seen_source(self, source: str) -> str | None:
+        return None if self.config.rfc_exact else source
+
+    def _find_seen(self, ctar: CTAR, source: str) -> _SeenCtar | None:
         pair = self._seen.get((ctar.sequence_number, ctar.mn_previous_address))
         if pair is None:
             return None
+        origin = self._seen_source(source)
         for entry in pair.entries:
-            if tokens_equal(entry.token, ctar.token):
+            if entry.source == origin and tokens_equal(entry.token, ctar.token):
                 return entry
         return None
 
-    def _remember_ctar(self, ctar: CTAR, now: float) -> None:
+    def _remember_ctar(self, ctar: CTAR, source: str, now: float) -> None:
         key = (ctar.sequence_number, ctar.mn_previous_address)
-        self._seen.setdefault(key, _SeenPair()).entries.append(_SeenCtar(ctar.token, now))
+        entry = _SeenCtar(ctar.token, now, source=self._seen_source(source))
+        self._seen.setdefault(key, _SeenPair()).entries.append(entry)
         if self._seen_prune_at is None:
             self._seen_prune_at = now + self.config.sequence_reuse_time
 
-    def _forget_ctar(self, ctar: CTAR) -> None:
+    def _forget_ctar(self, ctar: CTAR, source: str) -> None:
         """A refused CTAR leaves the duplicate filter: only the one that proves itself counts."""
         key = (ctar.sequence_number, ctar.mn_previous_address)
         pair = self._seen.get(key)
         if pair is None:
             return
-        pair.entries = [e for e in pair.entries if not tokens_equal(e.token, ctar.token)]
+        origin = self._seen_source(source)
+        pair.entries = [e for e in pair.entries
+                        if not (e.source == origin and tokens_equal(e.token, ctar.token))]
         if not pair.entries:
             del self._seen[key]
 
@@ -657,10 +763,16 @@ class AccessRouter(_Engine):
             oldest = first if oldest is None else min(oldest, first)
         self._seen_prune_at = None if oldest is None else oldest + self.config.sequence_reuse_time
 
-    def _send_ctaa(self, ctaa: CTAA, ctar: CTAR, destination: str) -> None:
-        """Send a CTAA answering ``ctar`` and keep it for the CTAR's retransmissions."""
+    def _send_ctaa(self, ctaa: CTAA, ctar: CTAR, destination: str, key: bytes | None = None) -> None:
+        """Send a CTAA answering ``ctar`` and keep it for the CTAR's retransmissions. With
+        ``key`` (departures: :func:`cxtp.options.ctaa_key` of the MN's key, held by the AR that
+        verified the CTAR or got it from the pAR that did), the CTAA carries CTAA_AUTH: the MN
+        believes only such a CTAA."""
+        if key is not None:
+            mac = ctaa_mac(key, self.address, destination, ctar.sequence_number, ctaa.encode())
+            ctaa = CTAA(ctaa.mn_previous_address, ctaa.statuses + Options(ctaa_auth=mac).statuses())
         data = self._send(ctaa, destination, TRANSPORT_ICMP)
-        entry = self._find_seen(ctar)
+        entry = self._find_seen(ctar, destination)
         if entry is not None:
             entry.ctaa = (data, destination)
 
@@ -668,3 +780,83 @@ class AccessRouter(_Engine):
         """The one place a token that does not verify is counted and reported."""
         self.counters["token_failures"] += 1
         self._emit(TokenRejected(mn, role, source))
+
+    def _binding_rejected(self, mn: str, role: str, source: str) -> None:
+        """The one place a binding that does not verify (or is missing) is counted and reported."""
+        self.counters["binding_failures"] += 1
+        self._emit(BindingRejected(mn, role, source))
+
+    def _option_error(self, message: AnyMessage, role: str, source: str, reason: str) -> None:
+        self.counters["option_errors"] += 1
+        self._emit(RequestIgnored(message.mn_previous_address, role, f"options: {reason}", source))
+
+    def _ct_req_allowed(self, mn: str, source: str, now: float, preferred: Callable[[], bool]) -> bool:
+        """The CT-Req budget (``ct_request_rate`` per second, all MNs together), whose last token
+        only a CTAR from a vouched-for source may take; refused: counted and reported."""
+        config = self.config
+        # the last token is kept for a vouched-for source only when the owner vouches at all
+        reserve = 1.0 if self.source_preference is not None else 0.0
+        if self._ct_req_budget.allow(now, config.ct_request_rate, config.ct_request_burst, preferred, reserve):
+            return True
+        self.counters["ct_req_limited"] += 1
+        self._emit(CtReqLimited(mn, source))
+        return False
+
+    def _ctar_parts(self, ctar: CTAR | CTReq, role: str, source: str
+                   ) -> tuple[tuple[ContextDataBlock, ...], Options] | None:
+        """The plain request CDBs of a CTAR or CT-Req and its options (none in RFC-exact mode,
+        where every CDB is plain); None, counted, when its options are malformed."""
+        if self.config.rfc_exact:
+            return ctar.requested, Options()
+        try:
+            return split_blocks(ctar.requested)
+        except OptionError as error:
+            self._option_error(ctar, role, source, str(error))
+            return None
+
+    def _verify_request(self, key: bytes, ctar: CTAR | CTReq, plain: tuple[ContextDataBlock, ...],
+                        options: Options, source: str, ar_address: str,
+                        bound_key: bytes | None = None) -> str | None:
+        """Check a CTAR (or the CT-Req copying it) with the MN's key: None if it verifies,
+        else what failed, "token" or "binding". Outside RFC-exact mode the CTAR must also be
+        bound (BINDING) to ``source``, the address it came from, and ``ar_address``, the AR it
+        was sent to (``bound_key``: :func:`cxtp.options.binding_key` of ``key``, if derived
+        already)."""
+        cdbs = b"".join(b.encode() for b in plain)
+        if not verify_token(key, ctar.mn_previous_address, ctar.sequence_number, cdbs, ctar.token):
+            return "token"
+        if self.config.rfc_exact:
+            return None
+        if options.binding is None:
+            return "binding"
+        expected = binding_mac(bound_key or binding_key(key), ctar.mn_previous_address, ctar.sequence_number,
+                               ctar.token, cdbs, source, ar_address)
+        return None if tokens_equal(expected, options.binding) else "binding"
+
+    def _new_transfer_id(self) -> int:
+        return self.rng.getrandbits(64) or 1
+
+    def _stale_reason(self, transfer: Transfer, now: float) -> str | None:
+        """Why a PCTD's transfer is too old or too new to act on, or None: its origin is the pAR's
+        clock, compared with this AR's, which may disagree by ``ar_clock_skew``; its lifetime
+        counts at most as long as this AR's own longest hold. (A CTD needs no clock: it must
+        answer a CT-Req of this AR that is still live.)"""
+        config = self.config
+        skew = config.ar_clock_skew
+        if transfer.origin > now + skew:
+            return f"from the future (started at {transfer.origin:.3f} s, now {now:.3f} s)"
+        lifetime = min(transfer.lifetime, max(config.ct_max_handover_time, config.ct_max_transfer_time))
+        if now > transfer.origin + lifetime + skew:
+            return f"older than its lifetime (started at {transfer.origin:.3f} s, {lifetime:g} s, now {now:.3f} s)"
+        return None
+
+    def _stale(self, mn: str, role: str, reason: str, source: str) -> None:
+        """The one place a message of an ended, superseded or expired transfer is refused."""
+        self.counters["stale_transfer"] += 1
+        self._emit(StaleTransfer(mn, role, reason, source))
+
+    def _refuse_request(self, failure: str, mn: str, role: str, source: str) -> None:
+        if failure == "binding":
+            self._binding_rejected(mn, role, source)
+        else:
+            self._token_rejected(mn, role, source)

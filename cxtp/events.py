@@ -65,6 +65,44 @@ class TokenRejected(Event):
 
 
 @dataclass(frozen=True)
+class BindingRejected(Event):
+    """A CTAR (at the pAR or nAR) or CT-Req (at the pAR) whose token verified but whose binding
+    to its source address and AR did not, or that carried none (departures only): a copy of the
+    MN's CTAR sent from elsewhere."""
+
+    role: str
+    source: str
+
+
+@dataclass(frozen=True)
+class StaleTransfer(Event):
+    """A PCTD, CTD, CT-Req, CTDR or CTC refused for its transfer identity or freshness
+    (departures only): it belongs to a transfer that ended, was superseded, or is older than
+    its lifetime, or it answers no request of ours."""
+
+    role: str
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True)
+class CtaaRejected(Event):
+    """MN: a CTAA without a valid authenticator from the AR that holds the MN's context
+    (departures only): dropped, nothing acted on."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CtReqLimited(Event):
+    """nAR: a CTAR not forwarded because the CT-Req budget (``ct_request_rate``, all MNs
+    together) is spent; the MN's retransmission tries again."""
+
+    source: str
+
+
+@dataclass(frozen=True)
 class DuplicateIgnored(Event):
     sequence_number: int
     source: str

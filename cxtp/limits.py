@@ -7,8 +7,8 @@ engine's injected :class:`random.Random`.
 from __future__ import annotations
 
 import random
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from .errors import ConfigError, ProtocolError
 from .messages import normalize_address
@@ -45,24 +45,70 @@ class OctetBuckets:
 
 
 class RequestRate:
-    """CT_REQUEST_RATE (§6.3): CTAR arrivals in a sliding window; above the rate each CTAR is
-    dropped with probability 1 - rate/observed, drawn from the engine's random generator."""
+    """CT_REQUEST_RATE (§6.3): the rate of CTAR arrivals, estimated over a sliding window from two
+    counters (this window's arrivals and the last one's, weighted by how much of it the sliding
+    window still covers): constant memory and work, and an estimate that follows the real rate
+    however high it goes. Above the rate each CTAR is dropped with probability
+    1 - rate/observed, drawn from the engine's random generator, so about ``rate`` per second
+    pass. ``exempt`` arrivals (a source the owner vouches for) are counted but never dropped."""
 
     def __init__(self) -> None:
-        self._arrivals: deque[float] = deque()
+        self._start: float | None = None
+        self._current = 0
+        self._previous = 0
 
-    def limited(self, now: float, rate: float, window: float, rng: random.Random) -> bool:
-        arrivals = self._arrivals
-        while arrivals and arrivals[0] <= now - window:
-            arrivals.popleft()
-        arrivals.append(now)
-        cap = max(1, int(rate * window * 4))  # memory bound; beyond 4x the rate nearly all drop
-        while len(arrivals) > cap:
-            arrivals.popleft()
-        observed = len(arrivals) / window
+    def observed(self, now: float, window: float) -> float:
+        """Arrivals per second over the sliding window ending at ``now`` (this one included
+        once :meth:`limited` counted it)."""
+        if self._start is None:
+            return 0.0
+        elapsed = min(max(now - self._start, 0.0), window)
+        return (self._previous * (1.0 - elapsed / window) + self._current) / window
+
+    def limited(self, now: float, rate: float, window: float, rng: random.Random,
+                exempt: Callable[[], bool] | None = None) -> bool:
+        """Whether this arrival is dropped; ``exempt`` is asked only when it would be (the owner's
+        lookup stays off the path of a CTAR that is within the rate)."""
+        if self._start is None:
+            self._start = now
+        elif now - self._start >= window:
+            periods = int((now - self._start) // window)
+            self._previous = self._current if periods == 1 else 0
+            self._current = 0
+            self._start += periods * window
+        self._current += 1
+        observed = self.observed(now, window)
         if observed <= rate:
             return False
-        return rng.random() < 1.0 - rate / observed
+        return rng.random() < 1.0 - rate / observed and not (exempt is not None and exempt())
+
+
+class RequestBudget:
+    """The CT-Reqs an nAR sends, all MNs together: a token bucket of ``rate`` per second holding at
+    most ``burst``. A request from a source the owner vouches for (``preferred``) may take the
+    last token; any other only while more than ``reserve`` remain, so that a flood of CTARs from
+    sources nobody vouches for (each a CT-Req the pAR will refuse) cannot starve the MN's own.
+    Whatever the mix, at most ``burst`` + ``rate`` x t CT-Reqs leave in t seconds."""
+
+    def __init__(self) -> None:
+        self._tokens: float | None = None
+        self._then = 0.0
+
+    def allow(self, now: float, rate: float, burst: float, preferred: bool | Callable[[], bool],
+              reserve: float = 1.0) -> bool:
+        """Take a token if this request may; ``preferred`` may be a callable, asked only when the
+        answer matters (the reserve is all that is left)."""
+        if self._tokens is None:
+            tokens, then = float(burst), now
+        else:
+            tokens, then = self._tokens, self._then
+        tokens = min(float(burst), tokens + max(0.0, now - then) * rate)
+        allowed = tokens >= 1.0 + reserve or (
+            tokens >= 1.0 and (preferred() if callable(preferred) else preferred))
+        if allowed:
+            tokens -= 1.0
+        self._tokens, self._then = tokens, max(now, then)
+        return allowed
 
 
 PeersArgument = Iterable[str] | Iterable[Iterable[str]] | Mapping[str, str | Iterable[str]]

@@ -444,20 +444,32 @@ class CTDR(Message):
 
 @dataclass(frozen=True)
 class CTC(Message):
-    """Context Transfer Cancel, nAR -> pAR (§2.5.5)."""
+    """Context Transfer Cancel, nAR -> pAR (§2.5.5).
+
+    ``options``: our extension (:mod:`cxtp.options`), status tuples after the address that name
+    the transfer cancelled; none in RFC-exact mode, and then the message is the RFC's."""
 
     TYPE: ClassVar[MessageType] = MessageType.CTC
     mn_previous_address: str
+    options: tuple[StatusEntry, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mn_previous_address", normalize_address(self.mn_previous_address))
+        object.__setattr__(self, "options", _coerce_tuple("options", self.options, StatusEntry))
+        for entry in self.options:
+            if entry.fpt not in c.OPTION_FPTS:
+                raise ProtocolError(f"a CTC carries option tuples only, not FPT {entry.fpt:#06x}")
 
     def _body(self) -> bytes:
-        return _addr(self.mn_previous_address, self.ipv4)
+        return _addr(self.mn_previous_address, self.ipv4) + b"".join(s.encode() for s in self.options)
 
     @classmethod
     def _decode_body(cls, r: _Reader, ipv4: bool, flag: bool) -> CTC:
-        return cls(r.address(ipv4, "MN previous address"))
+        address = r.address(ipv4, "MN previous address")
+        options = _decode_statuses(r)
+        if any(entry.fpt not in c.OPTION_FPTS for entry in options):
+            raise DecodeError("unexpected octets after the CTC's address (not an option tuple)")
+        return cls(address, options)
 
 
 @dataclass(frozen=True)

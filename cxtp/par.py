@@ -27,8 +27,9 @@ from .events import (
     TransferStarted,
 )
 from .messages import CTAA, CTAR, CTC, CTD, CTDR, PCTD, ContextDataBlock, CTReq, StatusEntry
+from .options import Bound, OptionError, Options, Transfer, ctaa_key, split_statuses
 from .state import Machine, SourceEvent, SourceState, transition
-from .token import is_zero_token, verify_token
+from .token import is_zero_token
 
 if TYPE_CHECKING:
     from .engine import AccessRouter, Handlers
@@ -54,6 +55,11 @@ class _SourceRecord:
     release_at: float | None = None  # when ReleaseDue is emitted (EXPIRED, RELEASE_HOLD)
     late_until: float | None = None  # until when a late CTDR still releases (EXPIRED, LATE_WINDOW)
     end_reason: str = ""
+    #: departures (0 / empty in RFC-exact mode): this transfer's id (the PCTD's, or the CT-Req's
+    #: that started it) and every id it answers to (the CT-Reqs it answered as a recovery): a
+    #: CTDR or CTC naming another one belongs to another transfer
+    transfer_id: int = 0
+    ids: set[int] = field(default_factory=set)
 
     @property
     def state(self) -> SourceState:
@@ -113,27 +119,55 @@ class _SourceRole:
         if self.active(mn) is not None:
             ar.counters["busy"] += 1
             ar._emit(RequestIgnored(mn, ROLE_PAR, "a transfer for this MN is in progress", source))
-            ar._forget_ctar(ctar)
+            ar._forget_ctar(ctar, source)
             return
+        parts = ar._ctar_parts(ctar, ROLE_PAR, source)
+        if parts is None:
+            ar._forget_ctar(ctar, source)
+            return
+        plain, options = parts
         key = ar._mn_keys.get(mn)
-        if key is None or not verify_token(key, mn, ctar.sequence_number, ctar.requested_octets(),
-                                           ctar.token):
-            ar._token_rejected(mn, ROLE_PAR, source)
-            ar._forget_ctar(ctar)
+        # departures: the CTAR must be bound to the address it came from and to this AR
+        failure = "token" if key is None else ar._verify_request(key, ctar, plain, options, source, ar.address)
+        if key is None or failure is not None:
+            ar._refuse_request(failure or "token", mn, ROLE_PAR, source)
+            ar._forget_ctar(ctar, source)
             return
-        contexts, sent, failures = self._collect(mn, ctar.requested)
+        contexts, sent, failures = self._collect(mn, plain)
         self._start(mn, ctar.ar_address, MODE_PREDICTIVE, ctar.sequence_number, key, contexts, sent,
                     now, lifetime=ar.config.ct_max_handover_time, with_key=True)
         if ctar.ack_requested and ar.config.par_sends_ctaa:
-            ar._send_ctaa(CTAA(mn, failures), ctar, source)
+            ar._send_ctaa(CTAA(mn, failures), ctar, source, None if ar.config.rfc_exact else ctaa_key(key))
 
     def on_ct_req(self, req: CTReq, source: str, now: float) -> None:
-        """CT-Req (§2.5.6): the nAR copies the MN's CTAR; verify its token, then CTD."""
+        """CT-Req (§2.5.6): the nAR copies the MN's CTAR; verify its token, then CTD. Outside
+        RFC-exact mode the CT-Req names its transfer (TRANSFER), the address the CTAR came from
+        and the AR it went to (BOUND, verified with the CTAR's BINDING), and the CTD echoes both,
+        with the key the nAR authenticates its CTAA with."""
         ar, mn = self.ar, req.mn_previous_address
         if is_zero_token(req.token):  # never a substitute for a token (network-initiated: §5.1 only)
             ar.counters["zero_token"] += 1
             ar._emit(RequestIgnored(mn, ROLE_PAR, "CT-Req without an authorization token", source))
             return
+        parts = ar._ctar_parts(req, ROLE_PAR, source)
+        if parts is None:
+            return
+        plain, options = parts
+        answer: tuple[Transfer, Bound] | None = None
+        bound_source, bound_ar = source, source  # RFC-exact: not part of what is verified
+        if not ar.config.rfc_exact:
+            if options.transfer is None or options.bound is None:
+                ar._option_error(req, ROLE_PAR, source, "a CT-Req needs TRANSFER and BOUND")
+                return
+            # no freshness check here: the CT-Req's TRANSFER is echoed in the CTD, and the nAR that
+            # made it installs the CTD only while that request is live (by its own clock)
+            if ar.peers is not None and not ar.peers.same_ar(source, options.bound.ar_address):
+                ar.counters["not_transfer_peer"] += 1
+                ar._emit(RequestIgnored(mn, ROLE_PAR, f"the CT-Req names {options.bound.ar_address} as the "
+                                                      "AR the CTAR went to, not its sender", source))
+                return
+            answer = (options.transfer, options.bound)
+            bound_source, bound_ar = options.bound.address, options.bound.ar_address
         cached = self.active(mn)
         if cached is not None:
             # recovery of a lost or late PCTD: the same CTAR (sequence number, token) (§2.5.3)
@@ -141,38 +175,45 @@ class _SourceRole:
                 ar.counters["busy"] += 1
                 ar._emit(RequestIgnored(mn, ROLE_PAR, "a transfer for this MN is in progress", source))
                 return
-            if not verify_token(cached.key, mn, req.sequence_number, req.requested_octets(), req.token):
-                ar._token_rejected(mn, ROLE_PAR, source)  # the cached transfer is not disturbed
+            failure = ar._verify_request(cached.key, req, plain, options, bound_source, bound_ar)
+            if failure is not None:
+                ar._refuse_request(failure, mn, ROLE_PAR, source)  # the cached transfer is not disturbed
                 return
             cached.machine.fire(SourceEvent.RECOVER)
             cached.nar = source  # the MN is there: answer where the verified request came from
             # never shorten the hold: the CTDR of the anticipated handover may be on its way
             cached.deadline = max(cached.deadline, now + ar.config.ct_max_transfer_time)
             ar.counters["recoveries"] += 1
-            self._send_context(cached, now, with_key=False)
+            if answer is not None:
+                cached.ids.add(answer[0].transfer_id)
+            self._send_context(cached, now, with_key=False, answer=answer)
             return
         key = ar._mn_keys.get(mn)
         if key is None:
             ar.counters["no_key"] += 1
             ar._emit(RequestIgnored(mn, ROLE_PAR, "no key for this MN", source))
             return
-        if not verify_token(key, mn, req.sequence_number, req.requested_octets(), req.token):
-            ar._token_rejected(mn, ROLE_PAR, source)
+        failure = ar._verify_request(key, req, plain, options, bound_source, bound_ar)
+        if failure is not None:
+            ar._refuse_request(failure, mn, ROLE_PAR, source)
             return
-        contexts, sent, _ = self._collect(mn, req.requested)
+        contexts, sent, _ = self._collect(mn, plain)
         self._start(mn, source, MODE_REACTIVE, req.sequence_number, key, contexts, sent, now,
-                    lifetime=ar.config.ct_max_transfer_time, with_key=False)
+                    lifetime=ar.config.ct_max_transfer_time, with_key=False, answer=answer)
 
     def _start(self, mn: str, nar: str, mode: str, seq: int | None, key: bytes,
                contexts: tuple[ContextDataBlock, ...], fpts_sent: tuple[int, ...], now: float,
-               lifetime: float, with_key: bool) -> None:
+               lifetime: float, with_key: bool, answer: tuple[Transfer, Bound] | None = None) -> None:
         self.supersede(mn)  # an ended transfer's hold: the MN is back, this transfer replaces it
         record = _SourceRecord(mn, nar, mode, seq, key, contexts, fpts_sent, now, now + lifetime,
                                self.ar.config.request_ctdr)
+        if not self.ar.config.rfc_exact:  # the CT-Req's id, or a fresh one for a PCTD
+            record.transfer_id = answer[0].transfer_id if answer is not None else self.ar._new_transfer_id()
+            record.ids.add(record.transfer_id)
         record.machine.fire(SourceEvent.START)
         self._records[mn] = record
         self.ar._emit(TransferStarted(mn, ROLE_PAR, mode, nar))
-        self._send_context(record, now, with_key)
+        self._send_context(record, now, with_key, answer)
 
     def _collect(self, mn: str, requested: Sequence[ContextDataBlock]
                  ) -> tuple[tuple[ContextDataBlock, ...], tuple[int, ...], tuple[StatusEntry, ...]]:
@@ -207,14 +248,27 @@ class _SourceRole:
             sent.append(fpt)
         return tuple(contexts), tuple(sent), tuple(failures)
 
-    def _send_context(self, record: _SourceRecord, now: float, with_key: bool) -> None:
+    def _send_context(self, record: _SourceRecord, now: float, with_key: bool,
+                      answer: tuple[Transfer, Bound] | None = None) -> None:
+        """PCTD (with the key) or CTD. Outside RFC-exact mode, after the contexts: a PCTD names
+        its transfer (TRANSFER: id, start, the hold as lifetime); a CTD answering a CT-Req echoes
+        its TRANSFER and BOUND and carries CTAA_KEY."""
         elapsed = min(max(int(round((now - record.first_sent) * 1000)), 0), 0xFFFFFFFF)
+        contexts = record.contexts
+        if not self.ar.config.rfc_exact:
+            if answer is not None:
+                options = Options(transfer=answer[0], bound=answer[1], ctaa_key=ctaa_key(record.key))
+            else:
+                options = Options(transfer=Transfer(record.transfer_id, Transfer.ms(record.first_sent),
+                                                    min(Transfer.ms(record.deadline - record.first_sent),
+                                                        0xFFFFFFFF)))
+            contexts = contexts + options.blocks()
         message: PCTD | CTD
         if with_key:
-            message = PCTD(record.mn, record.key, record.contexts, elapsed, record.ack_requested,
+            message = PCTD(record.mn, record.key, contexts, elapsed, record.ack_requested,
                            self.ar.config.key_algorithm)
         else:
-            message = CTD(record.mn, record.contexts, elapsed, record.ack_requested)
+            message = CTD(record.mn, contexts, elapsed, record.ack_requested)
         self.ar._send(message, record.nar, TRANSPORT_AR)
 
     # -- answers from the nAR --------------------------------------------------------------------
@@ -246,11 +300,38 @@ class _SourceRole:
         peers = self.ar.peers
         return True if peers is None else peers.same_ar(source, nar)
 
+    def _names_transfer(self, record: _SourceRecord, message: CTDR | CTC, source: str
+                        ) -> tuple[StatusEntry, ...] | None:
+        """The plain status tuples of a CTDR or CTC (none for a CTC) if it names ``record``'s
+        transfer (departures: its TRANSFER id is one the transfer answers to); else None,
+        counted: a late one of another transfer for the same MN."""
+        ar = self.ar
+        entries = message.statuses if isinstance(message, CTDR) else message.options
+        if ar.config.rfc_exact:
+            return entries if isinstance(message, CTDR) else ()
+        kind = type(message).__name__
+        try:
+            plain, options = split_statuses(entries)
+        except OptionError as error:
+            ar._option_error(message, ROLE_PAR, source, str(error))
+            return None
+        if options.transfer is None:
+            ar._option_error(message, ROLE_PAR, source, f"a {kind} needs TRANSFER")
+            return None
+        if options.transfer.transfer_id not in record.ids:
+            ar._stale(record.mn, ROLE_PAR, f"{kind} names another transfer than the one in progress", source)
+            return None
+        return plain if isinstance(message, CTDR) else ()
+
     def on_ctdr(self, ctdr: CTDR, source: str, now: float) -> None:
         ar = self.ar
         record = self._lookup(ctdr, source, now)
         if record is None:
             return
+        statuses = self._names_transfer(record, ctdr, source)
+        if statuses is None:
+            return
+        ctdr = CTDR(ctdr.mn_previous_address, ctdr.success, statuses)
         mn, state = record.mn, record.state
         if state is SourceState.SENT:
             ar._burn_key(mn, record.key)  # the pAR drops context and key after the transfer (§6.3)
@@ -285,7 +366,7 @@ class _SourceRole:
     def on_ctc(self, ctc: CTC, source: str, now: float) -> None:
         ar = self.ar
         record = self._lookup(ctc, source, now)
-        if record is None:
+        if record is None or self._names_transfer(record, ctc, source) is None:
             return
         mn, state = record.mn, record.state
         if state is SourceState.SENT:

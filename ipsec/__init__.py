@@ -23,11 +23,12 @@ from .context import (
     decode_spi_changes,
     encode_spi_changes,
 )
-from .errors import ContextDecodeError, IpsecError, XfrmError
+from .errors import ContextDecodeError, IpsecError, SequenceSpaceExhausted, XfrmError
 from .rewrite import (
     DEFAULT_OSEQ_MARGIN,
     advance_oseq,
     carry_lifetime,
+    oseq_margin,
     rewrite_for_mn,
     rewrite_for_nar,
 )
@@ -61,12 +62,13 @@ __all__ = [
     "AF_INET", "AF_INET6", "Algorithm", "ContextDecodeError", "DEFAULT_OSEQ_MARGIN", "IPSEC_CONTEXT_FPT",
     "IPSEC_CONTEXT_VERSION", "Installation", "IpsecContext", "IpsecError", "LifetimeConfig",
     "LifetimeCurrent", "MAX_CONTEXT_DATA", "Mark", "Migration", "PreparedInstall", "PreparedMove",
-    "ReplayState", "SecurityAssociation", "SecurityPolicy", "Selector", "SpiChange", "Template", "Xfrm",
+    "ReplayState", "SecurityAssociation", "SecurityPolicy", "Selector", "SequenceSpaceExhausted", "SpiChange",
+    "Template", "Xfrm",
     "XfrmError", "advance_oseq", "apply_mn_handover", "apply_prepared_move", "apply_spi_changes",
     "capture_context", "capture_contexts", "carry_lifetime", "context_concerning", "context_without",
     "decode_spi_changes", "discard_prepared_move", "encode_spi_changes", "finish_prepared_move",
     "install_context", "install_prepared", "install_prepared_policies", "install_prepared_sas",
-    "normalise_address", "prepare_install", "prepare_mn_handover", "refresh_context", "remove_context",
+    "normalise_address", "oseq_margin", "prepare_install", "prepare_mn_handover", "refresh_context", "remove_context",
     "rewrite_for_mn", "rewrite_for_nar", "same_address",
     # the submodules, bound as attributes of the package by the imports above
     "addresses", "context", "errors", "layout", "rewrite", "transfer", "xfrm", "xfrm_messages",

@@ -30,3 +30,9 @@ class XfrmError(IpsecError):
 
 class ContextDecodeError(IpsecError):
     """Bytes that claim to be an IPsec context (or SPI changes) are not one."""
+
+
+class SequenceSpaceExhausted(IpsecError):
+    """An SA's outbound sequence numbers, moved ahead by the transfer's margin, would run past the
+    end of their space (2^32 without ESN): a new sender could send nothing on it, or reuse numbers.
+    Such an SA is not transferred; the MN re-keys or re-authenticates."""

@@ -10,6 +10,7 @@ SA selectors, policy selectors (inner header) and templates (outer header)
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from .addresses import normalise_address
@@ -22,13 +23,23 @@ from .context import (
     SpiChange,
     Template,
 )
+from .errors import SequenceSpaceExhausted
 from .xfrm_messages import XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_STATE_ESN
 
-#: How far the new sender's outbound sequence number jumps ahead of the value
-#: captured on the pAR (RFC 6311 does the same on failover).  It must exceed
-#: the number of packets the pAR may still send on the SA after the capture;
-#: 65536 covers one second at 65 kpps and costs 1/65536 of a 32-bit space.
+#: The least the new sender's outbound sequence number jumps ahead of the value
+#: captured on the pAR (RFC 6311 does the same on failover); :func:`oseq_margin`
+#: adds what the pAR may still send after the capture, from a rate and a time.
 DEFAULT_OSEQ_MARGIN = 65536
+
+
+def oseq_margin(packet_rate: float, horizon_s: float, base: int = DEFAULT_OSEQ_MARGIN) -> int:
+    """How far the new sender's outbound sequence numbers must start ahead of the captured ones:
+    more than the old sender can send between the capture and the new sender's first packet,
+    which is at most ``packet_rate`` (packets/s on the SA) for ``horizon_s`` (the longest a
+    captured context can wait before it is activated), plus ``base``."""
+    if packet_rate < 0 or horizon_s < 0:
+        raise ValueError("a packet rate and a horizon are not negative")
+    return base + math.ceil(packet_rate * horizon_s)
 
 
 class AddressMap:
@@ -74,9 +85,14 @@ def rewrite_policy(policy: SecurityPolicy, addresses: AddressMap) -> SecurityPol
 
 def advance_oseq(sa: SecurityAssociation, margin: int) -> SecurityAssociation:
     """Jump the outbound sequence number forward by ``margin`` so that numbers
-    the old sender used after the capture are never sent again."""
+    the old sender used after the capture are never sent again; an SA whose
+    numbers would then run out is :class:`SequenceSpaceExhausted`."""
     limit = 0xFFFFFFFFFFFFFFFF if sa.flags & XFRM_STATE_ESN else 0xFFFFFFFF
-    oseq = min(sa.replay.oseq + margin, limit)
+    oseq = sa.replay.oseq + margin
+    if oseq >= limit:
+        raise SequenceSpaceExhausted(
+            f"SA {sa.spi:#x} to {sa.daddr}: sequence number {sa.replay.oseq} + margin {margin} reaches the end "
+            f"of its {'64' if sa.flags & XFRM_STATE_ESN else '32'}-bit space")
     return replace(sa, replay=replace(sa.replay, oseq=oseq))
 
 

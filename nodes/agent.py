@@ -63,6 +63,7 @@ class Agent:
         self._trace = open(trace_path, "a", buffering=1 << 16)
         self._deferred: list[tuple[str, Callable[[], None]]] = []
         self._stopping = False
+        self.handler_failures = 0
         self._commands: dict[str, Callable[..., Any]] = {"ping": lambda: {"name": self.name}}
         if os.path.exists(control_path):
             os.unlink(control_path)
@@ -195,17 +196,27 @@ class Agent:
             if len(ready) > 1:  # the protocol first; the runner's questions can wait behind it
                 ready.sort(key=lambda item: item[0].data in (self._accept, self._read_control))
             for key, _ in ready:
-                key.data(key.fileobj)
+                self._guarded(key.data, key.fileobj)
             now = time.monotonic() if self._timers else 0.0  # a clock read is a system call in the guest
             while self._timers and self._timers[0][0] <= now:
                 _, _, callback = heapq.heappop(self._timers)
-                callback()
+                self._guarded(callback)
                 ready = True  # type: ignore[assignment]  # from here on only its truth counts: something ran
             if self._deferred and not ready:
                 self._run_deferred()
         self.run_deferred_now()
         self.trace(TraceEvent.STOPPED)
         self.close()
+
+    def _guarded(self, callback: Callable[..., None], *arguments: Any) -> None:
+        """Run one input's or timer's handler: what it raises is traced and counted, and the agent
+        goes on serving (no message or event order may end an agent; the runner sees the failure
+        in the handover it belongs to)."""
+        try:
+            callback(*arguments)
+        except Exception as error:
+            self.handler_failures += 1
+            self.trace(TraceEvent.HANDLER_FAILED, error=repr(error), traceback=traceback.format_exc())
 
     def close(self) -> None:
         self._trace.close()

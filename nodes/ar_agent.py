@@ -18,6 +18,7 @@ import dataclasses
 import errno
 import json
 import random
+import socket
 import sys
 import time
 from typing import Any
@@ -29,7 +30,7 @@ from cxtp.engine import TRANSPORT_AR, TRANSPORT_ICMP, AccessRouter
 from cxtp.events import ReleaseDue
 from cxtp.messages import normalize_address
 from cxtp.registry import Registry
-from ipsec import IpsecContext, Xfrm, XfrmError, capture_context, install_context, remove_context
+from ipsec import IpsecContext, Xfrm, XfrmError, capture_context, install_context, oseq_margin, remove_context
 from nodes import ar_context, operator_policy
 from nodes.agent import Agent, main_guard
 from nodes.contracts import ArControl, TraceEvent, serve
@@ -37,6 +38,17 @@ from nodes.cxtp_node import CxtpRuntime
 from nodes.cxtp_transport import IcmpTransport, SctpTransport, TcpTransport, Transport
 from nodes.install_fault import InstallFault
 
+#: <linux/neighbour.h>: entries an AR's own configuration made (the stations associated on its
+#: access link), as opposed to what neighbour discovery learnt from packets anyone can send
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+#: how long the set of known stations is reused before the neighbour table is read again
+STATIONS_TTL_S = 1.0
+
+#: The highest packet rate an MN's SA carries, as the sequence-number margin of a transfer assumes
+#: (ipsec.oseq_margin): above any access link of the testbed (a 1 Gbit/s link carries under
+#: 1.5 million of the smallest ESP packets a second) and far above what the guest forwards; a
+#: transfer then uses 0.1% of a 32-bit space per second that the context can wait.
+MAX_PACKET_RATE = 1_500_000.0
 
 class PeerAddressTransport:
     """The AR-AR transport, reaching each peer AR at its address on the AR-AR link.
@@ -84,9 +96,10 @@ class PeerAddressTransport:
 class AccessRouterAgent:
     def __init__(self, agent: Agent, address: str, access_interface: str, ar_transport: str, seed: int,
                  link_address: str = "::", peers: dict[str, str] | None = None, state_dir: str | None = None,
-                 config: dict | None = None) -> None:
+                 config: dict | None = None, max_packet_rate: float = MAX_PACKET_RATE) -> None:
         self.agent = agent
         self.address = address
+        self.max_packet_rate = max_packet_rate
         self.access_interface = access_interface
         self.xfrm = Xfrm()
         self.ipr = IPRoute()
@@ -102,6 +115,11 @@ class AccessRouterAgent:
         self.transports = transports
         self.runtime = CxtpRuntime(agent, self.engine, transports, on_event=self._on_event)
         self._apply_lifetime()
+        # a CTAR from a station associated on the access link is the MN's own: it never waits
+        # behind a flood of CTARs from other sources (cxtp.AccessRouter.source_preference)
+        self._stations: frozenset[str] = frozenset()
+        self._stations_read_at: float | None = None
+        self.engine.source_preference = self._known_station
         # CXTP with other ARs only under ESP, from the first moment (RFC 4067 §6.2); and nothing
         # forwarded that claims to be this AR's (it would leave in this AR's own SA)
         require_esp = (*operator_policy.cxtp_requires_esp(), *operator_policy.no_forwarding_as((link_address, address)))
@@ -121,6 +139,28 @@ class AccessRouterAgent:
                 self.agent.trace(TraceEvent.RELEASE_SKIPPED, mn=event.mn_previous_address, reason="MN still attached")
             else:
                 self.handler.release(event.mn_previous_address)
+
+    def _known_station(self, mn: str, source: str) -> bool:
+        """Whether a CTAR's source is a station this AR knows on its access link: the address of
+        a neighbour entry its own configuration made (permanent or NOARP: the association), not
+        one neighbour discovery learnt from a packet, which anyone on the link can send. The set
+        is read from the kernel at most once a second, so a flood costs no netlink per CTAR."""
+        now = time.monotonic()
+        if self._stations_read_at is None or now - self._stations_read_at >= STATIONS_TTL_S:
+            self._stations_read_at = now
+            self._stations = self._read_stations()
+        return source in self._stations
+
+    def _read_stations(self) -> frozenset[str]:
+        index = self.ipr.link_lookup(ifname=self.access_interface)
+        if not index:
+            return frozenset()
+        stations = set()
+        for entry in self.ipr.get_neighbours(family=socket.AF_INET6, ifindex=index[0]):
+            address, lladdr = entry.get_attr("NDA_DST"), entry.get_attr("NDA_LLADDR")
+            if address and lladdr and entry["state"] & (NUD_PERMANENT | NUD_NOARP):
+                stations.add(normalize_address(address))
+        return frozenset(stations)
 
     def mn_attached(self) -> bool:
         """The access link's carrier, as an access point knows its stations."""
@@ -150,6 +190,12 @@ class AccessRouterAgent:
     def _apply_lifetime(self) -> None:
         if hasattr(self.ar_link, "set_lifetime"):  # SCTP: PR-SCTP lifetime = the transfer's limit
             self.ar_link.set_lifetime(int(self.engine.config.ct_max_transfer_time * 1000))
+        # A context waits at most the handover time (predictive) for its activation, and its
+        # transfer takes at most the transfer time: the old sender can send no longer than that
+        # after the capture, at no more than the highest packet rate.
+        config = self.engine.config
+        self.handler.oseq_margin = oseq_margin(self.max_packet_rate,
+                                               config.ct_max_handover_time + config.ct_max_transfer_time)
 
     def fault(self, message: str, action: str, count: int = 1, delay_ms: float = 0.0) -> dict:
         return self.runtime.inject_fault(message, action, count, delay_ms)
@@ -191,7 +237,9 @@ class AccessRouterAgent:
         context = capture_context(self.xfrm, mn)
         remove_context(self.xfrm, context)
         self.handler.forget(mn)
-        self.engine.forget(mn)
+        # the MN's state here is superseded (a recovery, a new method): a PCTD or CTD of a
+        # transfer that started before is never installed, however late it arrives
+        self.engine.forget(mn, time.monotonic())
         return {"removed_sas": len(context.sas), "removed_policies": len(context.policies)}
 
     def counters(self) -> dict:
@@ -214,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="another AR: the address MNs know it by, and its AR-AR link address")
     parser.add_argument("--state-dir", default=None, help="the install journal (rolled back at start)")
     parser.add_argument("--config", default="{}", help="JSON object of cxtp.Config fields")
+    parser.add_argument("--max-packet-rate", type=float, default=MAX_PACKET_RATE,
+                        help="packets/s an MN's SA can carry at most: sizes the sequence-number margin")
     arguments = parser.parse_args(argv)
     peers = dict(item.split("=", 1) for item in arguments.peer)
 
@@ -221,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         agent = Agent(arguments.name, arguments.control, arguments.trace)
         AccessRouterAgent(agent, arguments.address, arguments.access_interface, arguments.ar_transport,
                           arguments.seed, arguments.link_address, peers, arguments.state_dir,
-                          json.loads(arguments.config))
+                          json.loads(arguments.config), arguments.max_packet_rate)
         agent.run()
 
     return main_guard(run)

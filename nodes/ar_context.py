@@ -35,10 +35,13 @@ from __future__ import annotations
 import ipaddress
 
 from ipsec import (
+    DEFAULT_OSEQ_MARGIN,
     IPSEC_CONTEXT_FPT,
     IpsecContext,
     IpsecError,
+    SequenceSpaceExhausted,
     XfrmError,
+    advance_oseq,
     capture_context,
     context_concerning,
     context_without,
@@ -91,6 +94,9 @@ class ArIpsecHandler:
         self.installed: dict[str, IpsecContext] = {}
         self.journal = InstallJournal(state_dir)
         self.install_fault: InstallFault | None = None
+        #: how far a transferred SA's outbound sequence numbers start ahead of the captured ones
+        #: (ipsec.oseq_margin: from the highest packet rate and the longest wait for activation)
+        self.oseq_margin = DEFAULT_OSEQ_MARGIN
         recovered = self.journal.recover(xfrm)
         if recovered:
             self.trace(TraceEvent.IPSEC_JOURNAL_RECOVERED, mns=recovered)
@@ -113,6 +119,14 @@ class ArIpsecHandler:
     def collect(self, mn_address: str) -> bytes | None:
         context = self._collect_known(mn_address) or capture_context(self.xfrm, mn_address)
         if not context.sas:
+            return None
+        try:  # every SA this node sends on must still have numbers left for the nAR's margin
+            for sa in context.sas:
+                if same_address(sa.saddr, self.own_address):
+                    advance_oseq(sa, self.oseq_margin)
+        except SequenceSpaceExhausted as error:  # not transferred: the MN re-keys or re-authenticates
+            self.installed[normalise_address(mn_address)] = context
+            self.trace(TraceEvent.IPSEC_NOT_TRANSFERABLE, mn=mn_address, error=str(error))
             return None
         self.collected[mn_address] = context
         self.trace(TraceEvent.IPSEC_COLLECTED, mn=mn_address, sas=len(context.sas), policies=len(context.policies))
@@ -143,7 +157,7 @@ class ArIpsecHandler:
             identifier = int(ipaddress.ip_address(mn_address)) & ((1 << 64) - 1)
             predicted = str(ipaddress.ip_address(int(prefix.network_address) | identifier))
             par = next((sa.saddr for sa in context.sas if same_address(sa.daddr, mn_address)), transfer.par_address)
-            rewritten = rewrite_for_nar(context, mn_address, predicted, par, self.own_address)
+            rewritten = rewrite_for_nar(context, mn_address, predicted, par, self.own_address, self.oseq_margin)
             prepared = prepare_install(self.xfrm, rewritten)
         except (IpsecError, ValueError) as error:  # the ordinary path will say what is wrong
             self.trace(TraceEvent.IPSEC_PREPARE_SKIPPED, mn=mn_address, error=str(error))
@@ -192,7 +206,12 @@ class ArIpsecHandler:
             self._unprepare(prepared)
         # The pAR's tunnel end point is the source of the SA that carried traffic to the MN.
         par = next((sa.saddr for sa in context.sas if same_address(sa.daddr, mn_address)), transfer.par_address)
-        rewritten = rewrite_for_nar(context, mn_address, transfer.mn_new_address, par, self.own_address)
+        try:
+            rewritten = rewrite_for_nar(context, mn_address, transfer.mn_new_address, par, self.own_address,
+                                        self.oseq_margin)
+        except SequenceSpaceExhausted as error:  # the pAR checks this before it sends; a pAR that did not
+            self.trace(TraceEvent.IPSEC_NOT_TRANSFERABLE, mn=mn_address, error=str(error))
+            return STATUS_INSTALL_FAILED, b""
         xfrm, self.install_fault = (self.install_fault or self.xfrm), None
         self.journal.begin(transfer.mn_new_address)
         try:

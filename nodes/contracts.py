@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import socket
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
@@ -39,10 +40,15 @@ class AgentClient:
         self.sock.settimeout(timeout)
         self.sock.connect(path)
         self._file = self.sock.makefile("rb")
+        self._one_at_a_time = threading.Lock()  # a request and its reply are never interleaved
 
     def request(self, cmd: str, **arguments: Any) -> dict[str, Any]:
         """Send one command; its reply, or :class:`AgentError` naming the agent and the command
-        (a refusal, a closed socket, a reply that is not JSON)."""
+        (a refusal, a closed socket, a reply that is not JSON). Safe to call from several threads."""
+        with self._one_at_a_time:
+            return self._request(cmd, arguments)
+
+    def _request(self, cmd: str, arguments: dict[str, Any]) -> dict[str, Any]:
         try:
             self.sock.sendall(json.dumps({"cmd": cmd, **arguments}).encode() + b"\n")
             line = self._file.readline()
@@ -142,6 +148,16 @@ class MnStatus(TypedDict):
     triggers: int
     move_expected: bool
     mh_decode_errors: int
+    #: the HA accepted the last Binding Update (a refused one is never taken as bound)
+    bound: bool
+    ba_status: int | None
+    ba_refusals: int
+    #: transactions abandoned because the MN attached again before they ended
+    abandoned: int
+    #: inputs or timers whose handler raised (traced; the agent went on)
+    handler_failures: int
+    #: Binding Acks refused for want of the MN-HA authentication
+    ba_unauthenticated: int
     idle: bool
 
 
@@ -245,6 +261,16 @@ class HaControl(ControlClient):
     def lateness(self, *, start_ns: int, end_ns: int) -> Reply:
         """The p99 send lateness of each probe end between two instants (ms, None if no probe)."""
 
+    @command
+    def arrivals(self, *, since_ns: int) -> Reply:
+        """Per probe end, the probes it received since ``since_ns``, per interface of its namespace:
+        which router's path the traffic takes now."""
+
+    @command
+    def checkpoint(self) -> Reply:
+        """Append the probe records since the last checkpoint to disk, so that a killed agent's
+        successor continues them."""
+
 
 # -- the trace events -------------------------------------------------------------------------------
 class TraceEvent(str, enum.Enum):
@@ -257,6 +283,8 @@ class TraceEvent(str, enum.Enum):
     COMMAND_FAILED = "command_failed"
     CONTROL_CLIENT_LOST = "control_client_lost"
     DEFERRED_FAILED = "deferred_failed"
+    #: a handler of an input or a timer raised: traced and counted, the agent goes on
+    HANDLER_FAILED = "handler_failed"
     # CXTP messages and the runtime around the engine
     CXTP_SENT = "cxtp_sent"
     CXTP_RECEIVED = "cxtp_received"
@@ -265,6 +293,8 @@ class TraceEvent(str, enum.Enum):
     CXTP_DROPPED_BY_TRANSPORT = "cxtp_dropped_by_transport"
     CXTP_FAULT = "cxtp_fault"
     CXTP_TIMER_ERROR = "cxtp_timer_error"
+    #: an event the engine's state table does not allow here (counted and handled, never fatal)
+    CXTP_REFUSED_EVENT = "cxtp_refused_event"
     # the MN's move and Mobile IPv6
     ATTACHED = "attached"
     ROUTE_EVENTS_ERROR = "route_events_error"
@@ -273,6 +303,9 @@ class TraceEvent(str, enum.Enum):
     BU_RECEIVED = "bu_received"
     BA_SENT = "ba_sent"
     BA_RECEIVED = "ba_received"
+    #: a Binding Ack (MN) or Update (HA) without the MN-HA authentication, or replayed: refused
+    BA_REFUSED = "ba_refused"
+    BU_REFUSED = "bu_refused"
     MH_DECODE_ERROR = "mh_decode_error"
     # IPsec context handling
     IPSEC_MOVED = "ipsec_moved"
@@ -286,6 +319,9 @@ class TraceEvent(str, enum.Enum):
     IPSEC_LEFTOVER_REPLACED = "ipsec_leftover_replaced"
     IPSEC_JOURNAL_RECOVERED = "ipsec_journal_recovered"
     IPSEC_SPI_CHANGED = "ipsec_spi_changed"
+    IPSEC_MOVE_FAILED = "ipsec_move_failed"
+    #: an SA too near the end of its sequence space to be moved with the margin: not transferred
+    IPSEC_NOT_TRANSFERABLE = "ipsec_not_transferable"
     RELEASE_SKIPPED = "release_skipped"
 
     def __str__(self) -> str:

@@ -39,12 +39,20 @@ from nodes import netns
 # Linux values not exported by Python's socket module.
 ICMP6_FILTER = 1  # <netinet/icmp6.h>, level IPPROTO_ICMPV6
 SOL_SCTP = 132
+SCTP_RTOINFO = 0
+SCTP_INITMSG = 2
 SCTP_NODELAY = 3
 SCTP_DEFAULT_SEND_PARAM = 10
 SCTP_UNORDERED = 1
 MSG_NOTIFICATION = 0x8000  # <netinet/sctp.h>
 IPPROTO_SCTP = getattr(socket, "IPPROTO_SCTP", 132)
 _SCTP_SNDRCVINFO = struct.Struct("@HHHIIIIIi")  # struct sctp_sndrcvinfo (32 octets)
+_SCTP_INITMSG = struct.Struct("@HHHH")  # struct sctp_initmsg: ostreams, instreams, attempts, init timeout
+_SCTP_RTOINFO = struct.Struct("@iIII")  # struct sctp_rtoinfo: assoc id, initial, max, min (ms; 0: unchanged)
+#: INIT retransmissions before an association that cannot be set up is given up, with what waits
+#: in it (RFC 9260's RTO.Initial of 1 s for the first): at most about 3 s
+SETUP_ATTEMPTS = 2
+SETUP_RTO_INITIAL_MS = 1000
 MAX_MESSAGE = 65535 + 64
 
 
@@ -164,9 +172,21 @@ class SctpTransport:
 
     def set_lifetime(self, lifetime_ms: int) -> None:
         """Default send parameters: U bit, PPID, and the PR-SCTP lifetime (§3.1), which is the
-        transfer's own time limit: a message older than that is of no use to the peer."""
+        transfer's own time limit: a message older than that is of no use to the peer.
+
+        The kernel applies the lifetime only on an association whose peer said it does PR-SCTP:
+        a message sent while the association is still being set up (the first one to a peer,
+        or any while the peer does not answer) would wait for as long as set-up takes, and Linux
+        retries an INIT for minutes. So set-up is bounded too (SCTP_INITMSG, SCTP_RTOINFO's
+        initial RTO): an association that cannot be set up within about 3 s is given up with
+        what waits in it, and the next send starts another. The engines' transfer identity and
+        freshness checks are the first line (docs/protocol.md); this is the second."""
+        lifetime_ms = int(lifetime_ms)
         self.sock.setsockopt(SOL_SCTP, SCTP_DEFAULT_SEND_PARAM, _SCTP_SNDRCVINFO.pack(
-            0, 0, self._flags, socket.htonl(self._ppid), 0, int(lifetime_ms), 0, 0, 0))
+            0, 0, self._flags, socket.htonl(self._ppid), 0, lifetime_ms, 0, 0, 0))
+        self.sock.setsockopt(SOL_SCTP, SCTP_RTOINFO, _SCTP_RTOINFO.pack(0, SETUP_RTO_INITIAL_MS, 0, 0))
+        self.sock.setsockopt(SOL_SCTP, SCTP_INITMSG, _SCTP_INITMSG.pack(
+            0, 0, SETUP_ATTEMPTS, max(lifetime_ms, SETUP_RTO_INITIAL_MS)))
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -20,22 +20,35 @@ from nodes.probe import DEFAULT_PORT, ProbeEnd, ProbeStreams
 
 
 class HomeAgent:
-    def __init__(self, agent: Agent, probes: ProbeStreams, probe: ProbeEnd, identity: str) -> None:
+    def __init__(self, agent: Agent, probes: ProbeStreams, probe: ProbeEnd, identity: str,
+                 outputs: dict[ProbeEnd, str] | None = None, mobility_key: bytes | None = None,
+                 address: str | None = None) -> None:
         self.agent = agent
         self.probe = probe
         self.identity = identity
-        self.cache = mobility.BindingCache()
+        # with a key, only the MN's own, fresh Binding Updates move its binding (RFC 4285)
+        self.mobility_key, self.address = mobility_key, address
+        self.cache = mobility.BindingCache({identity: mobility_key} if mobility_key else None, ha=address)
         self.decode_errors = 0
         self.sock = mobility.mobility_socket()
         agent.add_reader(self.sock, self._receive)
         self.probes = probes
+        self.outputs = outputs or {}
         serve(agent, self, HaControl)
 
     def binding(self) -> dict:
-        return {"care_of": self.cache.care_of(self.identity), "decode_errors": self.decode_errors}
+        return {"care_of": self.cache.care_of(self.identity), "decode_errors": self.decode_errors,
+                "sequence": self.cache.last_sequence(self.identity),
+                "refused": {str(status): count for status, count in self.cache.refused.items()}}
 
     def lateness(self, start_ns: int, end_ns: int) -> dict:
         return self.probes.lateness(start_ns, end_ns)
+
+    def arrivals(self, since_ns: int) -> dict:
+        return {end.role: end.arrivals(since_ns) for end in self.probes.ends}
+
+    def checkpoint(self) -> dict:
+        return {"rows": sum(end.checkpoint(path) for end, path in self.outputs.items())}
 
     def _receive(self) -> None:
         try:
@@ -50,13 +63,24 @@ class HomeAgent:
         if not isinstance(message, mobility.BindingUpdate):
             return
         status = self.cache.update(message, care_of)
+        if status not in (mobility.BA_STATUS_ACCEPTED, mobility.BA_STATUS_SEQUENCE_OUT_OF_WINDOW):
+            self.agent.trace(TraceEvent.BU_REFUSED, source=care_of, seq=message.sequence,
+                             identity=message.identity, status=status)
         self.agent.trace(TraceEvent.BU_RECEIVED, source=care_of, seq=message.sequence, identity=message.identity,
                          status=status)
         if status == mobility.BA_STATUS_ACCEPTED and message.identity == self.identity:
             self.probe.peer = care_of  # the probe stream follows the binding
         if message.acknowledge:
-            ack = mobility.BindingAck(sequence=message.sequence, status=status, lifetime_s=message.lifetime_s)
-            encoded = ack.encode()
+            # RFC 6275 §9.5.1: a BU out of window is answered with the last accepted sequence number
+            last = self.cache.last_sequence(message.identity)
+            sequence = last if status == mobility.BA_STATUS_SEQUENCE_OUT_OF_WINDOW and last is not None \
+                else message.sequence
+            ack = mobility.BindingAck(sequence=sequence, status=status, lifetime_s=message.lifetime_s)
+            # authenticated with the MN's key, and carrying the timestamp of the BU it answers: the
+            # MN believes an Ack only for a BU it sent (RFC 4285)
+            key = self.mobility_key if message.identity == self.identity else None
+            encoded = ack.encode(key, care_of, self.address, timestamp=message.protection.timestamp) if key \
+                else ack.encode()
             handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.sock.sendto(encoded, (care_of, 0))
             self.agent.trace(TraceEvent.BA_SENT, t_ns=handed_over, destination=care_of, seq=message.sequence,
@@ -72,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mn-namespace", required=True, help="the MN's network namespace (a pid or a name)")
     parser.add_argument("--mn-probe-out", required=True, help="the MN end's probe trace")
     parser.add_argument("--identity", required=True)
+    parser.add_argument("--mobility-key", default=None, help="the MN-HA key (hex) of RFC 4285")
     parser.add_argument("--bind", required=True,
                         help="the HA's address: the source of its probes, the destination of the MN's")
     parser.add_argument("--rate", type=float, default=1000.0)
@@ -87,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         mn_end = ProbeEnd("mn", arguments.bind, arguments.port, arguments.rate, arguments.size,
                           namespace=namespace)
         probes = ProbeStreams([ha_end, mn_end])
-        HomeAgent(agent, probes, ha_end, arguments.identity)
+        outputs = {ha_end: arguments.probe_out, mn_end: arguments.mn_probe_out}
+        # a restarted agent (the runner's recovery) continues the records of the one before it
+        probes.first_sequence = 1 + max(end.resume(path) for end, path in outputs.items())
+        HomeAgent(agent, probes, ha_end, arguments.identity, outputs,
+                  bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None, arguments.bind)
         probes.start()
         try:
             agent.run()

@@ -16,6 +16,7 @@ when no event came) the MN, depending on the method:
 from __future__ import annotations
 
 import argparse
+import errno
 import random
 import socket
 import struct
@@ -27,9 +28,11 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from cxtp import Config
 from cxtp.engine import TRANSPORT_ICMP, MobileNode
+from cxtp.errors import CxtpError
 from cxtp.events import TransferCompleted, TransferFailed
 from cxtp.registry import Registry
-from ipsec import IpsecContext, Xfrm, capture_context, install_context, remove_context
+from cxtp.state import MnState
+from ipsec import IpsecContext, IpsecError, Xfrm, XfrmError, capture_context, install_context, remove_context
 from nodes import mn_context, mobility, operator_policy
 from nodes.agent import Agent, main_guard
 from nodes.contracts import MnControl, TraceEvent, serve
@@ -59,11 +62,16 @@ def _default_routes(data: bytes):
 
 
 class MobileNodeAgent:
-    def __init__(self, agent: Agent, address: str, ha: str, identity: str, seed: int) -> None:
+    def __init__(self, agent: Agent, address: str, ha: str, identity: str, seed: int,
+                 mobility_key: bytes | None = None) -> None:
         self.agent = agent
         self.address = address
         self.ha = ha
         self.identity = identity
+        #: the MN-HA key of RFC 4285 (Binding Updates and Acks authenticated); None: unauthenticated
+        self.mobility_key = mobility_key
+        self.ba_unauthenticated = 0
+        self._bu_timestamps: set[int] = set()  # those of the pending BU's transmissions
         self.rng = random.Random(seed)
         self.xfrm = Xfrm()
         self.handler = mn_context.MnIpsecHandler(self.xfrm, agent.trace)
@@ -86,6 +94,11 @@ class MobileNodeAgent:
         self.triggers = 0
         self.bu_sequence = self.rng.randrange(1 << 16)
         self.bu_pending: tuple[int, float] | None = None  # (sequence, current timeout)
+        #: the status of the last Binding Ack that answered the pending BU (None: none yet)
+        self.ba_status: int | None = None
+        self.ba_refusals = 0
+        #: transactions abandoned because the MN attached again before they ended
+        self.abandoned = 0
         self._prepared_bu: tuple[int, bytes] | None = None  # the next BU, encoded before the attach
         self.bypass: list = []
         self.mh_decode_errors = 0
@@ -115,7 +128,7 @@ class MobileNodeAgent:
                               "new_address": new_address, "cxtp": cxtp, "ipsec": ipsec}
         prepared = ipsec and self.handler.prepare_move(self.address, new_address, par, nar)
         sequence = (self.bu_sequence + 1) & 0xFFFF
-        self._prepared_bu = (sequence, self._encode_bu(sequence))
+        self._prepared_bu = (sequence, self._encode_bu(sequence, care_of=new_address))
         return {"prepared": prepared}
 
     def _route_event(self) -> None:
@@ -146,20 +159,40 @@ class MobileNodeAgent:
         self.agent.trace(TraceEvent.ATTACHED, t_ns=attached_ns, nar=nar, par=par, previous=previous, new=new_address,
                          trigger=trigger)
         if cxtp:
-            self.transactions += 1
-            self.engine.attached(nar, par, attached_ns / 1e9, new_address=new_address)
-            self.runtime.pump()  # the CTAR leaves first: it is on the critical path
+            self._start_transaction(nar, par, attached_ns / 1e9, new_address)
         # The engine names the MN by its previous address; from now on that is the new one
         # (the engine also does this itself when a transfer completes).
         self.engine.moved_to(new_address)
         if ipsec:
-            moved = self.handler.move(previous, new_address, par, nar)
-            self.agent.trace(TraceEvent.IPSEC_MOVED, sas=moved)
+            try:
+                moved = self.handler.move(previous, new_address, par, nar)
+                self.agent.trace(TraceEvent.IPSEC_MOVED, sas=moved)
+            except IpsecError as error:  # SAs a second move left half moved: the fall-back's
+                self.agent.trace(TraceEvent.IPSEC_MOVE_FAILED, error=str(error))
+                self.outcome = {"transaction": self.transactions, "t_ns": time.monotonic_ns(), "result": "failed",
+                                "reason": f"the MN's own SAs could not be moved: {error}", "statuses": []}
         self.address = new_address
         self._send_bu(first=True)
         if ipsec:
             self.handler.finish_move(self.agent.defer)  # the old SAs and policies, once idle
         return {}
+
+    def _start_transaction(self, nar: str, par: str, now: float, new_address: str) -> None:
+        """The CTAR to the nAR for this attach. An attach that comes before the last transaction
+        ended (the MN moved on, or back, before its CTAA) abandons that one first: its outcome is
+        a failure, counted, and the runner's fall-back takes it from there. An event the engine
+        refuses (no fresh key for a second move) ends this transaction as failed, never the agent."""
+        if self.engine.state is MnState.ATTACHED:
+            self.abandoned += 1
+            self.engine.cancel(now)  # its outcome: the transaction before this one, failed
+        self.transactions += 1
+        try:
+            self.engine.attached(nar, par, now, new_address=new_address)
+        except CxtpError as error:
+            self.agent.trace(TraceEvent.CXTP_REFUSED_EVENT, error=str(error), during="attach")
+            self.outcome = {"transaction": self.transactions, "t_ns": time.monotonic_ns(), "result": "failed",
+                            "reason": f"the attach could not start a transfer: {error}", "statuses": []}
+        self.runtime.pump()  # the CTAR leaves first: it is on the critical path
 
     def retry_reactive(self, par: str, nar: str, previous: str) -> dict:
         """The fall-back after a failed transfer: a new reactive transaction (with the fresh key the
@@ -172,8 +205,9 @@ class MobileNodeAgent:
         return {"transaction": self.transactions}
 
     def provision(self, context: str) -> dict:
-        """The initial attach's SAs and policies (static SAs, paper §VI-A)."""
-        installation = install_context(self.xfrm, IpsecContext.decode(bytes.fromhex(context)))
+        """The initial attach's SAs and policies (static SAs, paper §VI-A). Replaces what an
+        earlier run of this agent left, so that a restarted agent can provision again."""
+        installation = install_context(self.xfrm, IpsecContext.decode(bytes.fromhex(context)), replace_existing=True)
         self.handler.current_ar = None
         self.handler.know(installation.context)
         return {"sas": len(installation.context.sas)}
@@ -205,13 +239,19 @@ class MobileNodeAgent:
         """ICMPv6 and Mobile IPv6 signalling outside any tunnel (whatever installs the tunnel), and
         nothing else to the HA in clear: between the attach and the moment its SAs serve the new
         address, the protected flow is blocked on the MN instead of leaving it unencrypted."""
-        if enable and not self.bypass:
+        # Replaced, not added, and removed whoever added them: a killed agent leaves its policies in
+        # the kernel, and its successor must take them over rather than fail on them (EEXIST).
+        if enable:
             self.bypass = list(operator_policy.mn_bypass_policies(self.ha))
             for policy in self.bypass:
-                self.xfrm.add_policy(policy)
-        elif not enable:
-            for policy in self.bypass:
-                self.xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
+                self.xfrm.update_policy(policy)
+        else:
+            for policy in operator_policy.mn_bypass_policies(self.ha):
+                try:
+                    self.xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
+                except XfrmError as error:
+                    if error.errno != errno.ENOENT:
+                        raise
             self.bypass = []
         return {"policies": len(self.bypass)}
 
@@ -221,6 +261,9 @@ class MobileNodeAgent:
                 "transactions": self.transactions, "outcome": self.outcome, "triggers": self.triggers,
                 "move_expected": self.expected_move is not None,
                 "mh_decode_errors": self.mh_decode_errors,
+                "bound": self.bu_pending is None and self.ba_status == mobility.BA_STATUS_ACCEPTED,
+                "ba_status": self.ba_status, "ba_refusals": self.ba_refusals, "abandoned": self.abandoned,
+                "handler_failures": self.agent.handler_failures, "ba_unauthenticated": self.ba_unauthenticated,
                 "idle": self.bu_pending is None and not self.engine.in_progress}
 
     # -- Mobile IPv6 --------------------------------------------------------------------------------
@@ -228,11 +271,20 @@ class MobileNodeAgent:
         if first:
             self.bu_sequence = (self.bu_sequence + 1) & 0xFFFF
             self.bu_pending = (self.bu_sequence, mobility.INITIAL_BINDACK_TIMEOUT)
+            self.ba_status = None
         elif self.bu_pending is None:
             return
         sequence, timeout = self.bu_pending
         prepared, self._prepared_bu = self._prepared_bu, None
-        message = prepared[1] if prepared and prepared[0] == sequence else self._encode_bu(sequence)
+        if first:
+            self._bu_timestamps = set()
+        stamp = mobility.ntp_timestamp(time.time())
+        self._bu_timestamps.add(stamp)
+        if prepared and prepared[0] == sequence:  # encoded before the attach: stamped and signed now
+            message = prepared[1] if self.mobility_key is None else \
+                mobility.restamp(prepared[1], self.mobility_key, self.address, self.ha, stamp)
+        else:
+            message = self._encode_bu(sequence, timestamp=stamp)
         try:
             handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.mh.sendto(message, (self.ha, 0))
@@ -244,8 +296,12 @@ class MobileNodeAgent:
         # the default binds this BU's sequence (mypy cannot type a lambda with one: python/mypy#12557)
         self.agent.call_at(time.monotonic() + timeout, lambda s=sequence: self._bu_timeout(s))  # type: ignore[misc]
 
-    def _encode_bu(self, sequence: int) -> bytes:
-        return mobility.BindingUpdate(sequence=sequence, identity=self.identity).encode()
+    def _encode_bu(self, sequence: int, care_of: str | None = None, timestamp: int | None = None) -> bytes:
+        """The BU, authenticated for the address it will leave from (RFC 4285)."""
+        update = mobility.BindingUpdate(sequence=sequence, identity=self.identity)
+        if self.mobility_key is None:
+            return update.encode()
+        return update.encode(self.mobility_key, care_of or self.address, self.ha, timestamp)
 
     def _bu_timeout(self, sequence: int) -> None:
         if self.bu_pending is not None and self.bu_pending[0] == sequence:
@@ -261,9 +317,30 @@ class MobileNodeAgent:
         if received is None:
             return
         message, _source = received
-        if isinstance(message, mobility.BindingAck) and self.bu_pending and message.sequence == self.bu_pending[0]:
-            self.bu_pending = None
-            self.agent.trace(TraceEvent.BA_RECEIVED, seq=message.sequence, status=message.status)
+        if not isinstance(message, mobility.BindingAck) or self.bu_pending is None:
+            return
+        if self.mobility_key is not None and (
+                not message.protection.verify(self.mobility_key, self.address, self.ha)
+                or message.protection.timestamp not in self._bu_timestamps):
+            self.ba_unauthenticated += 1  # not from the HA: believed in nothing, status 135 included
+            self.agent.trace(TraceEvent.BA_REFUSED, seq=message.sequence, status=message.status, source=_source)
+            return
+        pending = self.bu_pending[0]
+        if message.status == mobility.BA_STATUS_SEQUENCE_OUT_OF_WINDOW:
+            # RFC 6275 §11.7.3: the HA names the last sequence number it accepted; continue from
+            # there (a restarted agent, or a BU the HA saw from elsewhere)
+            self.ba_refusals += 1
+            self.agent.trace(TraceEvent.BA_RECEIVED, seq=message.sequence, status=message.status, pending=pending)
+            self.bu_sequence = message.sequence
+            self._send_bu(first=True)
+            return
+        if message.sequence != pending:
+            return
+        self.bu_pending = None
+        self.ba_status = message.status
+        if message.status != mobility.BA_STATUS_ACCEPTED:
+            self.ba_refusals += 1  # refused: not bound; the runner sees it in ``status``
+        self.agent.trace(TraceEvent.BA_RECEIVED, seq=message.sequence, status=message.status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,12 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", required=True, help="the MN's care-of address at start")
     parser.add_argument("--ha", required=True)
     parser.add_argument("--identity", required=True)
+    parser.add_argument("--mobility-key", default=None, help="the MN-HA key (hex) of RFC 4285")
     parser.add_argument("--seed", type=int, default=1)
     arguments = parser.parse_args(argv)
 
     def run() -> None:
         agent = Agent("mn", arguments.control, arguments.trace)
-        MobileNodeAgent(agent, arguments.address, arguments.ha, arguments.identity, arguments.seed)
+        MobileNodeAgent(agent, arguments.address, arguments.ha, arguments.identity, arguments.seed,
+                        bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None)
         agent.run()
 
     return main_guard(run)

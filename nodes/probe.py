@@ -27,6 +27,7 @@ import struct
 import threading
 import time
 from array import array
+from typing import Any
 
 from nodes import netns
 
@@ -124,6 +125,8 @@ class ProbeEnd:
         self.recv_seq, self.recv_tx_ns, self.recv_rx_ns = array("I"), array("Q"), array("Q")
         self.recv_ifindex = array("I")
         self.decode_errors = 0
+        self._checkpointed = (0, 0)  # rows of (sent, received) already in the checkpoint file
+        self._decode_errors_checkpointed = 0
 
     def send(self, sequence: int, next_ns: int) -> None:
         """The probe of the slot that began at ``next_ns``: one clock read (the send stamp, and the
@@ -177,14 +180,76 @@ class ProbeEnd:
                 ifindex = struct.unpack("@I", value[16:20])[0]
         return (time.monotonic_ns() if arrival is None else arrival), ifindex
 
+    def _columns(self, sent: slice | None = None, received: slice | None = None) -> dict[str, dict[str, array]]:
+        """The trace's columns: whole (no copy), or the rows of the slices given."""
+        def rows(values: array, part: slice | None) -> array:
+            return values if part is None else values[part]
+
+        return {
+            "sent": {"seq": rows(self.sent_seq, sent), "ns": rows(self.sent_ns, sent),
+                     "ok": rows(self.sent_ok, sent), "late_us": rows(self.sent_late_us, sent)},
+            "received": {"seq": rows(self.recv_seq, received), "tx_ns": rows(self.recv_tx_ns, received),
+                         "rx_ns": rows(self.recv_rx_ns, received), "ifindex": rows(self.recv_ifindex, received)},
+        }
+
+    def checkpoint(self, path: str) -> int:
+        """Append what was sent and received since the last checkpoint to ``<path>.part`` (one
+        JSON line): a process that is killed keeps its records up to there, and a restarted one
+        continues from them (:meth:`resume`). Returns the rows written."""
+        sent_to, received_to = len(self.sent_seq), len(self.recv_seq)
+        sent_to = min(sent_to, len(self.sent_ns), len(self.sent_ok), len(self.sent_late_us))
+        received_to = min(received_to, len(self.recv_tx_ns), len(self.recv_rx_ns), len(self.recv_ifindex))
+        columns = self._columns(slice(self._checkpointed[0], sent_to), slice(self._checkpointed[1], received_to))
+        rows = sent_to - self._checkpointed[0] + received_to - self._checkpointed[1]
+        if rows:
+            line: dict[str, Any] = {group: {name: list(values) for name, values in arrays.items()}
+                                    for group, arrays in columns.items()}
+            line["decode_errors"] = self.decode_errors - self._decode_errors_checkpointed  # since the last
+            with open(path + ".part", "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+            self._checkpointed = (sent_to, received_to)
+            self._decode_errors_checkpointed = self.decode_errors
+        return rows
+
+    def resume(self, path: str) -> int:
+        """Take over the records of an earlier process of this end (its trace, or its checkpoints
+        when it was killed before writing one); returns the last sequence number it sent (0 if none)."""
+        parts: list[dict] = []
+        if os.path.exists(path):  # the trace of a process that stopped: everything up to then
+            with open(path) as handle:
+                parts.append(json.load(handle))
+        if os.path.exists(path + ".part"):  # checkpoints since (a process that was killed)
+            with open(path + ".part") as handle:
+                parts += [json.loads(line) for line in handle if line.strip()]
+        names = {"sent": {"seq": self.sent_seq, "ns": self.sent_ns, "ok": self.sent_ok, "late_us": self.sent_late_us},
+                 "received": {"seq": self.recv_seq, "tx_ns": self.recv_tx_ns, "rx_ns": self.recv_rx_ns,
+                              "ifindex": self.recv_ifindex}}
+        for part in parts:
+            for group, columns in names.items():
+                for name, values in columns.items():
+                    values.extend(part[group].get(name) or [0] * len(part[group]["seq"]))
+            self.decode_errors += part.get("decode_errors", 0)
+        # what is on disk already: the next checkpoint appends after it
+        self._checkpointed = (len(self.sent_seq), len(self.recv_seq))
+        self._decode_errors_checkpointed = self.decode_errors
+        return max(self.sent_seq, default=0)
+
+    def arrivals(self, since_ns: int) -> dict[str, int]:
+        """Probes received since ``since_ns``, per interface name of this end's namespace."""
+        names = dict(netns.call_in(self.namespace, socket.if_nameindex))
+        counts: dict[str, int] = {}
+        position = min(len(self.recv_rx_ns), len(self.recv_ifindex)) - 1
+        while position >= 0 and self.recv_rx_ns[position] >= since_ns:
+            name = names.get(self.recv_ifindex[position], str(self.recv_ifindex[position]))
+            counts[name] = counts.get(name, 0) + 1
+            position -= 1
+        return counts
+
     def write(self, path: str) -> None:
         """The trace as JSON, written column by column in chunks: a long run's columns hold
-        millions of numbers, and as Python lists they would cost the guest hundreds of MB."""
-        columns = {
-            "sent": {"seq": self.sent_seq, "ns": self.sent_ns, "ok": self.sent_ok, "late_us": self.sent_late_us},
-            "received": {"seq": self.recv_seq, "tx_ns": self.recv_tx_ns, "rx_ns": self.recv_rx_ns,
-                         "ifindex": self.recv_ifindex},
-        }
+        millions of numbers, and as Python lists they would cost the guest hundreds of MB.
+        It holds everything the checkpoints held, which it replaces."""
+        columns = self._columns()
         # the interfaces of the end's own namespace: the ifindex of each probe received names one
         interfaces = netns.call_in(self.namespace, socket.if_nameindex)
         header = {"role": self.role, "port": self.port, "interval_ns": self.interval_ns,
@@ -203,6 +268,10 @@ class ProbeEnd:
                 handle.write("}")
             handle.write("}")
         os.replace(temporary, path)
+        if os.path.exists(path + ".part"):
+            os.unlink(path + ".part")
+        self._checkpointed = (len(self.sent_seq), len(self.recv_seq))
+        self._decode_errors_checkpointed = self.decode_errors
 
 
 class ProbeStreams:
@@ -219,13 +288,14 @@ class ProbeStreams:
         self.ends = ends
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.first_sequence = 1
 
     def send_loop(self) -> None:
         """One probe per end per interval on a fixed schedule: sleep to the slot, then send."""
         raise_priority()
         sleep_until = _absolute_sleeper()
         interval_ns = self.ends[0].interval_ns
-        sequence = 0
+        sequence = self.first_sequence - 1
         next_ns = time.monotonic_ns()
         while not self.stopping.is_set():
             sleep_until(next_ns)

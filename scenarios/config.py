@@ -72,6 +72,10 @@ MAX_PROBE_SIZE = 1370
 MAX_HANDOVERS = 10_000
 
 
+#: the section of a scenario file that names a grid of points (scenarios/sweep.py plans them)
+GRID = "grid"
+
+
 class ScenarioError(ValueError):
     """A scenario file is unreadable or has a bad field; the message names the field."""
 
@@ -181,6 +185,10 @@ def _integer(value: Any, where: str, minimum: int, maximum: int) -> int:
 
 
 def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenario:
+    if GRID in data:
+        # A grid is several runs, not one: `python -m scenarios.sweep plan` makes a scenario of each point.
+        raise ScenarioError(f"{GRID}: a grid is run as one scenario per point: plan them with "
+                            f"`python -m scenarios.sweep plan FILE` (docs/sweeps.md)")
     if "sweep" not in data and "methods" in data:
         # The built-in sweep concerns the EAP baseline: it follows the scenario's methods.
         default_sweep = DEFAULTS["sweep"]

@@ -13,10 +13,14 @@ fi
 # Debian 12 / Ubuntu packages the testbed needs. mininet comes from Debian (PyPI's is a 2020
 # snapshot without mnexec); user-mode-linux gives a kernel with ESP, netem, SCTP and ip6tnl when
 # the host's lacks them.
+# slurmd, slurmctld, slurm-client and munge make the one-node cluster of the sweep's Slurm test
+# (scripts/slurm-cluster.sh; acl lets its ordinary user reach the checkout); chromium (headless)
+# and a font open the HTML reports in the browser test (tests/host/).
 PACKAGES=(mininet user-mode-linux iproute2 tcpdump tshark iputils-ping procps kmod util-linux net-tools
           python3 python3-venv ethtool make git
           strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins
-          libcharon-extauth-plugins libstrongswan-standard-plugins freeradius freeradius-utils)
+          libcharon-extauth-plugins libstrongswan-standard-plugins freeradius freeradius-utils
+          slurmd slurmctld slurm-client munge acl chromium fonts-dejavu-core)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

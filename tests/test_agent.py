@@ -66,3 +66,32 @@ def test_protocol_input_is_served_before_a_control_request_that_arrived_first(tm
     assert json.loads(client.recv(4096))["ok"]
     for sock in (client, protocol, peer):
         sock.close()
+
+
+def test_a_handler_that_raises_is_counted_and_the_agent_goes_on(tmp_path, capsys):
+    """No input or timer ends an agent: what a handler raises is traced and counted, and the
+    agent serves the next input and the next timer as before."""
+    import socket
+
+    agent = _agent(tmp_path)
+    served = []
+    protocol, peer = socket.socketpair()
+
+    def receive() -> None:
+        data = protocol.recv(16)
+        if data == b"bad":
+            raise ValueError("an event the state table does not allow")
+        served.append(data)
+
+    agent.add_reader(protocol, receive)
+    agent.call_at(time.monotonic(), lambda: 1 / 0)
+    agent.call_at(time.monotonic() + 0.02, lambda: peer.send(b"bad"))
+    agent.call_at(time.monotonic() + 0.05, lambda: peer.send(b"good"))
+    agent.call_at(time.monotonic() + 0.1, agent.stop)
+    agent.run()
+    assert served == [b"good"] and agent.handler_failures == 2
+    events = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    failed = [event for event in events if event["event"] == "handler_failed"]
+    assert [event["error"] for event in failed] == [
+        "ZeroDivisionError('division by zero')", "ValueError('an event the state table does not allow')"]
+    protocol.close(), peer.close()

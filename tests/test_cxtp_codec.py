@@ -19,6 +19,7 @@ from cxtp import (
     StatusEntry,
 )
 from cxtp.icmp import ExperimentalMobilityMessage, icmpv4_checksum, icmpv6_checksum, unwrap, wrap
+from cxtp.options import Bound, Options, Transfer
 
 KEY = bytes(range(20))  # 000102..13, the key of the digest's worked examples
 PREV6 = "2001:db8::100"
@@ -28,6 +29,18 @@ AR4 = "192.0.2.1"
 SEQ = 0x1A2B3C4D
 PREV6_HEX = "20010db8000000000000000000000100"
 PAR6_HEX = "20010db8000100000000000000000001"
+# our departures from RFC 4067 (cxtp/options.py): the nAR, the MN's new address, and check values
+# computed with KEY (test_cxtp_options.py recomputes each one)
+NAR6 = "2001:db8:2::1"
+NEW6 = "2001:db8:2::100"
+NAR6_HEX = "20010db8000200000000000000000001"
+NEW6_HEX = "20010db8000200000000000000000100"
+BINDING = "05adca97d0c4988ddb75fe5f5b15b381"  # the token vector's CTAR, from NEW6 to NAR6
+CTAA_KEY = "d2a3faacade54393ddb676f1f06287f4ec1b76b57130a429e6404684a06733c3"
+CTAA_AUTH = "a6ed7cc991173b47d5c80ecb1a2767f8"  # CTAA(PREV6, ((0x8001, 0),)) from NAR6 to NEW6, SEQ
+TRANSFER = Transfer(0x0123456789ABCDEF, 1000, 5000)
+TRANSFER_HEX = "0123456789abcdef 00000000000003e8 00001388"
+BOUND_HEX = "06 000000" + NEW6_HEX + NAR6_HEX
 
 
 def h(text: str) -> bytes:
@@ -122,6 +135,47 @@ VECTORS = [
         CTReq(PREV6, SEQ, h("18a7cdcf"), (ContextDataBlock.request(1),)),
         h("27 00 0024" + PREV6_HEX + "1a2b3c4d 18a7cdcf 0001 01 00 00000000"),
         id="ct-req-copied"),
+    # --- our departures from RFC 4067: the options after the plain CDBs or tuples ----------------
+    pytest.param(
+        # CTAR + BINDING (FPT 0xFF01, Length 3: 16-octet MAC and 4 octets of padding)
+        CTAR(PREV6, PAR6, SEQ, h("69619059"), Options(binding=h(BINDING)).blocks()),
+        h("21 40 0044" + PREV6_HEX + PAR6_HEX + "1a2b3c4d 69619059 ff01 03 00" + BINDING + "00000000"),
+        id="ctar-binding"),
+    pytest.param(
+        # CT-Req + the CTAR's BINDING, the request's TRANSFER (20 octets: Length 3) and BOUND
+        # (family 6, 3 zeros, the CTAR's source, the AR it went to: Length 5)
+        CTReq(PREV6, SEQ, h("69619059"),
+              Options(binding=h(BINDING), transfer=TRANSFER, bound=Bound(NEW6, NAR6)).blocks()),
+        h("27 00 0074" + PREV6_HEX + "1a2b3c4d 69619059 ff01 03 00" + BINDING + "00000000"
+          + "ff02 03 00" + TRANSFER_HEX + "ff03 05 00" + BOUND_HEX),
+        id="ct-req-options"),
+    pytest.param(
+        # CTD answering it: a context, then TRANSFER and BOUND echoed and CTAA_KEY (length 32)
+        CTD(PREV6, (ContextDataBlock(0x0102, h("01020304")),)
+            + Options(transfer=TRANSFER, bound=Bound(NEW6, NAR6), ctaa_key=h(CTAA_KEY)).blocks()),
+        h("23 40 0088 00000000" + PREV6_HEX + "0102 01 00 01020304" + "ff02 03 00" + TRANSFER_HEX
+          + "ff03 05 00" + BOUND_HEX + "ff04 05 00 0020 0000" + CTAA_KEY),
+        id="ctd-options"),
+    pytest.param(
+        # PCTD naming its transfer
+        PCTD(PREV6, KEY, Options(transfer=TRANSFER).blocks()),
+        h("24 40 0048 00000000" + PREV6_HEX + "0001 0014" + KEY.hex() + "ff02 03 00" + TRANSFER_HEX),
+        id="pctd-transfer"),
+    pytest.param(
+        # CTAA + CTAA_AUTH as a status tuple (status 0, Reserved = 4 words of data)
+        CTAA(PREV6, (StatusEntry(0x8001, 0),) + Options(ctaa_auth=h(CTAA_AUTH)).statuses()),
+        h("22 00 002c" + PREV6_HEX + "8001 00 00 ff05 00 04" + CTAA_AUTH),
+        id="ctaa-authenticated"),
+    pytest.param(
+        # CTDR naming its transfer (TRANSFER as a tuple: 5 words)
+        CTDR(PREV6, True, (StatusEntry(1, 0),) + Options(transfer=TRANSFER).statuses()),
+        h("25 40 0030" + PREV6_HEX + "0001 00 00 ff02 00 05" + TRANSFER_HEX),
+        id="ctdr-transfer"),
+    pytest.param(
+        # CTC naming its transfer: option tuples after the address (none in RFC-exact mode)
+        CTC(PREV6, Options(transfer=TRANSFER).statuses()),
+        h("26 00 002c" + PREV6_HEX + "ff02 00 05" + TRANSFER_HEX),
+        id="ctc-transfer"),
 ]
 
 
@@ -138,6 +192,20 @@ def test_decode_gives_the_message(message, wire):
 def test_every_message_type_has_a_vector():
     types = {type(p.values[0]) for p in VECTORS}
     assert types == {CTAR, CTAA, CTD, PCTD, CTDR, CTC, CTReq}
+    with_options = {type(p.values[0]) for p in VECTORS if p.id.endswith(
+        ("binding", "options", "transfer", "authenticated"))}
+    assert with_options == types  # and with our options
+
+
+@pytest.mark.parametrize("wire, why", [
+    (h("26 00 0018" + PREV6_HEX + "0001 00 00"), "a plain tuple after a CTC's address"),
+    (h("26 00 0016" + PREV6_HEX + "ff02"), "half a tuple after a CTC's address"),
+])
+def test_a_ctc_carries_only_option_tuples(wire, why):
+    with pytest.raises(DecodeError):
+        cxtp.decode(wire)
+    with pytest.raises(ProtocolError):
+        CTC(PREV6, (StatusEntry(1, 0),))
 
 
 def test_ctar_vector_token_matches_compute_token():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ from cxtp import (
 )
 from cxtp import constants as c
 from cxtp.mld import InMemoryMldHandler
+from cxtp.options import Bound, Options, Transfer, binding_key, binding_mac, split_blocks, split_statuses
 
 MN_PREV = "2001:db8:1::100"
 MN_NEW = "2001:db8:2::100"
@@ -46,6 +48,64 @@ NAR = "2001:db8:2::1"
 KEY = bytes(range(20))
 GROUP = "ff0e::1:3"
 FPT_SPI = 0x8001  # a test-only context type that returns data in the CTAA, like an IPsec new SPI
+
+
+class Mode:
+    """The mode every :class:`Net` runs in unless a test pins one (``exact=``): the ``mode``
+    fixture runs each test of the modules that use it in both, with our departures from RFC 4067
+    (``rfc_exact=False``, the default) and RFC-exact."""
+
+    exact = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["departures", "rfc-exact"])
+def mode(request):
+    Mode.exact = request.param
+    yield request.param
+    Mode.exact = False
+
+
+def naming(ar, mn=MN_PREV):
+    """What a CTDR or CTC from the nAR carries to name the pAR's transfer for ``mn`` (departures:
+    its TRANSFER; nothing in RFC-exact mode)."""
+    if ar.config.rfc_exact:
+        return ()
+    record = next(r for r in ar.source_records() if r.mn == mn)
+    return Options(transfer=Transfer(record.transfer_id, 0, 0)).statuses()
+
+
+def ct_req_for(key, mn, seq, now, exact=None, source=None, nar=None, transfer_id=0x7E57):
+    """A CT-Req as the nAR would send it for the MN's CTAR with ``seq`` (token by ``key``); with
+    our departures, with its binding (from ``source`` to ``nar``), TRANSFER and BOUND."""
+    exact = Mode.exact if exact is None else exact
+    source, nar = source or "2001:db8:2::100", nar or "2001:db8:2::1"
+    token = cxtp.compute_token(key, mn, seq)
+    if exact:
+        return CTReq(mn, seq, token)
+    mac = binding_mac(binding_key(key), mn, seq, token, b"", source, nar)
+    options = Options(binding=mac, transfer=Transfer(transfer_id, Transfer.ms(now), 200), bound=Bound(source, nar))
+    return CTReq(mn, seq, token, options.blocks())
+
+
+def signed_ctar(key, mn, named, seq, source, to, requested=(), ack=True, exact=None):
+    """A CTAR as the MN sends it (token by ``key``); with our departures, bound to ``source`` and
+    ``to``, the AR it is sent to."""
+    exact = Mode.exact if exact is None else exact
+    octets = b"".join(b.encode() for b in requested)
+    token = cxtp.compute_token(key, mn, seq, octets)
+    if not exact:
+        mac = binding_mac(binding_key(key), mn, seq, token, octets, source, to)
+        requested = tuple(requested) + Options(binding=mac).blocks()
+    return CTAR(mn, named, seq, token, tuple(requested), ack)
+
+
+def plain(blocks):
+    """The CDBs of a message without our options (all of them in RFC-exact mode)."""
+    return split_blocks(blocks)[0]
+
+
+def plain_statuses(entries):
+    return split_statuses(entries)[0]
 
 
 @dataclass
@@ -95,8 +155,9 @@ class Net:
     ``nar_peers`` are the engines' ``peers``."""
 
     def __init__(self, config: Config | None = None, seed: int = 1, par_peers=None, nar_peers=None,
-                 links: dict[str, str] | None = None):
-        self.config = config or Config()
+                 links: dict[str, str] | None = None, exact: bool | None = None):
+        self.exact = Mode.exact if exact is None else exact
+        self.config = dataclasses.replace(config or Config(), rfc_exact=self.exact)
         self.now = 0.0
         self.handlers: dict[str, tuple[InMemoryMldHandler, SpiLikeHandler]] = {}
         self.engines: dict[str, MobileNode | AccessRouter] = {}
@@ -225,8 +286,13 @@ def test_pctd_carries_key_and_contexts():
     net.pump()
     pctd = net.log[1][3]
     assert isinstance(pctd, PCTD) and pctd.key == KEY and pctd.algorithm == c.HMAC_SHA1
-    assert {b.fpt for b in pctd.contexts} == {1, FPT_SPI}
+    assert {b.fpt for b in plain(pctd.contexts)} == {1, FPT_SPI}
     assert all(len(b.encode()) == 32 for b in pctd.contexts if b.fpt == 1)  # App. B Length 4
+    # departures: the PCTD names its transfer (id, start, the pAR's hold as lifetime)
+    transfer = split_blocks(pctd.contexts)[1].transfer
+    assert (transfer is None) == net.exact
+    if transfer is not None:
+        assert (transfer.origin_ms, transfer.lifetime_ms) == (0, 5000) and transfer.transfer_id
     # the nAR holds the contexts inactive until the CTAR verifies
     assert net.handlers["nar"][0].inactive and not net.handlers["nar"][0].listeners_present
     assert net.nar.target_transfer(MN_PREV).key == KEY
@@ -239,8 +305,15 @@ def test_mobile_initiated_reactive():
     net.pump()
     assert net.messages() == ["CTAR", "CTReq", "CTD", "CTAA", "CTDR"]
     ctar, req = net.log[0][3], net.log[1][3]
-    assert (req.sequence_number, req.token, req.requested) == (ctar.sequence_number, ctar.token,
-                                                               ctar.requested)
+    assert (req.sequence_number, req.token, plain(req.requested)) == (ctar.sequence_number, ctar.token,
+                                                                      plain(ctar.requested))
+    if not net.exact:  # the CTAR's binding, copied; the address it came from and the AR it went to
+        ctar_options, req_options = split_blocks(ctar.requested)[1], split_blocks(req.requested)[1]
+        assert req_options.binding == ctar_options.binding is not None
+        assert req_options.bound == cxtp.options.Bound(MN_NEW, NAR)
+        ctd_options = split_blocks(net.log[2][3].contexts)[1]
+        assert ctd_options.transfer == req_options.transfer and ctd_options.bound == req_options.bound
+        assert ctd_options.ctaa_key == cxtp.options.ctaa_key(KEY)
     assert net.log[3][2] == MN_NEW  # CTAA goes to where the CTAR came from
     assert of_type(Net.events(net.mn), TransferCompleted)
     assert of_type(Net.events(net.par), TransferCompleted)
@@ -318,7 +391,7 @@ def test_predictive_ctar_racing_ahead_of_pctd_is_verified_locally():
     net.pump()
     net.mn_source = MN_NEW
     net.drop = lambda src, d, m: isinstance(m, CTReq)  # keep the recovery request away too
-    net.mn.attached(NAR, PAR, 0.01)
+    net.mn.attached(NAR, PAR, 0.01, new_address=MN_NEW)
     net.pump()
     net.drop = lambda src, d, m: False
     net.nar.receive(held[0].data, PAR, "ar", 0.02)
@@ -366,18 +439,26 @@ def test_wrong_token_in_reactive_ct_req_times_out_with_ctc():
     net = Net()
     net.mn.set_key(b"wrong key")
     net.mn_source = MN_NEW
-    net.mn.attached(NAR, PAR, 0.0)
+    net.mn.attached(NAR, PAR, 0.0, new_address=MN_NEW)
     net.pump()
     assert net.messages() == ["CTAR", "CTReq"]
     assert of_type(Net.events(net.par), TokenRejected)
     net.advance(0.199)
     assert net.messages() == ["CTAR", "CTReq"]
     net.advance(0.2)  # CT_MAX_TRANSFER_TIME
+    failed = of_type(Net.events(net.nar), TransferFailed)
+    assert failed and "CT_MAX_TRANSFER_TIME" in failed[0].reason
+    if not net.exact:
+        # departures: nothing for the MN (it believes only an authenticated CTAA, and nothing was
+        # verified) and no CTC (the CT-Req's TRANSFER ties any answer to it); the MN's
+        # retransmission asks again, afresh
+        assert net.messages() == ["CTAR", "CTReq"] and net.nar.counters["ct_req_timeouts"] == 1
+        net.advance(2.0)
+        assert net.messages() == ["CTAR", "CTReq", "CTAR", "CTReq"]
+        return
     assert net.messages() == ["CTAR", "CTReq", "CTC", "CTAA"]
     ctaa = net.log[-1][3]
     assert {s.status for s in ctaa.statuses} == {c.STATUS_TRANSFER_TIMEOUT}
-    failed = of_type(Net.events(net.nar), TransferFailed)
-    assert failed and "CT_MAX_TRANSFER_TIME" in failed[0].reason
 
 
 # --- duplicates, retransmission, rate limit --------------------------------------------------------
@@ -401,7 +482,7 @@ def test_ctar_retransmission_schedule_and_give_up():
     net = Net()
     net.drop = lambda src, d, m: d.destination == NAR
     net.mn_source = MN_NEW
-    net.mn.attached(NAR, PAR, 0.0)
+    net.mn.attached(NAR, PAR, 0.0, new_address=MN_NEW)
     net.advance(30.0)
     times = [t for t, _, dst, m in net.log if isinstance(m, CTAR)]
     assert times == [0.0, 2.0, 6.0, 14.0]  # CT_REQUEST_RETRY, doubling (§3.2)
@@ -416,7 +497,7 @@ def test_retransmission_repairs_a_lost_ctaa():
     net.drop = lambda src, d, m: isinstance(m, CTAA) and d.destination == MN_NEW and not lost \
         and not lost.append(m)
     net.mn_source = MN_NEW
-    net.mn.attached(NAR, PAR, 0.0)
+    net.mn.attached(NAR, PAR, 0.0, new_address=MN_NEW)
     net.pump()
     assert not of_type(Net.events(net.mn), TransferCompleted)
     net.advance(2.0)
@@ -443,7 +524,7 @@ def test_predictive_ctar_retransmitted_until_attached():
     assert [t for t, *_ in net.log] == [0.0, 2.0]
     net.drop = lambda src, d, m: False
     net.mn_source = MN_NEW
-    net.mn.attached(NAR, PAR, 3.0)  # same sequence number, now to the nAR (reactive there)
+    net.mn.attached(NAR, PAR, 3.0, new_address=MN_NEW)  # same sequence number, now to the nAR (reactive there)
     net.pump()
     assert net.log[2][3].sequence_number == net.log[0][3].sequence_number
     assert of_type(Net.events(net.mn), TransferCompleted)
@@ -501,10 +582,13 @@ def test_lost_ctd_makes_nar_send_ctc_after_max_transfer_time():
     net = Net()
     net.drop = lambda src, d, m: isinstance(m, CTD)
     net.mn_source = MN_NEW
-    net.mn.attached(NAR, PAR, 0.0)
+    net.mn.attached(NAR, PAR, 0.0, new_address=MN_NEW)
     net.advance(1.0)
-    assert net.messages()[:4] == ["CTAR", "CTReq", "CTD", "CTC"]
-    assert [t for t, _, _, m in net.log if isinstance(m, CTC)] == [0.2]
+    if net.exact:
+        assert net.messages()[:4] == ["CTAR", "CTReq", "CTD", "CTC"]
+        assert [t for t, _, _, m in net.log if isinstance(m, CTC)] == [0.2]
+    else:  # departures: no CTC; the pAR's reactive transfer ends at its own hold
+        assert net.messages()[:3] == ["CTAR", "CTReq", "CTD"] and "CTC" not in net.messages()
     # both ends give up at CT_MAX_TRANSFER_TIME: the pAR by deleting its cache, the nAR with CTC
     par_events = Net.events(net.par)
     assert of_type(par_events, Cancelled) or of_type(par_events, TransferFailed)
@@ -515,7 +599,7 @@ def test_par_deletes_cache_when_ctdr_never_comes():
     net = Net()
     net.drop = lambda src, d, m: isinstance(m, CTDR)
     net.mn_source = MN_NEW
-    net.mn.attached(NAR, PAR, 0.0)
+    net.mn.attached(NAR, PAR, 0.0, new_address=MN_NEW)
     net.pump()
     assert net.par.source_transfer(MN_PREV) is not None
     net.advance(0.2)
@@ -627,12 +711,12 @@ def test_per_fpt_status_in_ctaa_and_ctdr():
     complete_predictive(net)
     ctaa = net.log[4][3]
     assert isinstance(ctaa, CTAA)
-    assert {s.fpt: s.status for s in ctaa.statuses} == {1: 0x42, FPT_SPI: c.STATUS_UNSUPPORTED_FPT}
+    assert {s.fpt: s.status for s in plain_statuses(ctaa.statuses)} == {1: 0x42, FPT_SPI: c.STATUS_UNSUPPORTED_FPT}
     ctdr = net.log[5][3]
-    assert not ctdr.success and {s.fpt: s.status for s in ctdr.statuses} == {
+    assert not ctdr.success and {s.fpt: s.status for s in plain_statuses(ctdr.statuses)} == {
         1: 0x42, FPT_SPI: c.STATUS_UNSUPPORTED_FPT}
     (failed,) = of_type(Net.events(net.par), TransferFailed)
-    assert failed.statuses == ctdr.statuses
+    assert failed.statuses == plain_statuses(ctdr.statuses)
 
 
 def test_requested_fpts_only():
@@ -641,14 +725,14 @@ def test_requested_fpts_only():
     net.mn.request_predictive(PAR, NAR, 0.0, fpts=[1, 0x0777])
     net.pump()
     ctar, pctd, par_ctaa = (m for *_, m in net.log[:3])
-    assert [b.fpt for b in ctar.requested] == [1, 0x0777] and len(ctar.requested[0].encode()) == 8
-    assert {b.fpt for b in pctd.contexts} == {1}
-    assert par_ctaa.statuses == (StatusEntry(0x0777, c.STATUS_UNSUPPORTED_FPT),)
+    assert [b.fpt for b in plain(ctar.requested)] == [1, 0x0777] and len(ctar.requested[0].encode()) == 8
+    assert {b.fpt for b in plain(pctd.contexts)} == {1}
+    assert plain_statuses(par_ctaa.statuses) == (StatusEntry(0x0777, c.STATUS_UNSUPPORTED_FPT),)
     net.mn_source = MN_NEW
-    net.mn.attached(NAR, PAR, 0.1)
+    net.mn.attached(NAR, PAR, 0.1, new_address=MN_NEW)
     net.pump()
     final = net.log[4][3]
-    assert {s.fpt: s.status for s in final.statuses} == {1: 0, 0x0777: c.STATUS_CONTEXT_UNAVAILABLE}
+    assert {s.fpt: s.status for s in plain_statuses(final.statuses)} == {1: 0, 0x0777: c.STATUS_CONTEXT_UNAVAILABLE}
 
 
 def test_handler_exception_becomes_status():
@@ -688,11 +772,12 @@ def test_ipv4_reactive_flow():
     mn_reg, par_reg, nar_reg = Registry([SpiLikeHandler()]), Registry([SpiLikeHandler()]), \
         Registry([SpiLikeHandler()])
     par_reg.get(FPT_SPI).values["10.0.1.100"] = b"\x01\x02\x03\x04"
-    mn = MobileNode("10.0.1.100", mn_reg, rng=random.Random(1))
-    par, nar = AccessRouter("10.0.1.1", par_reg), AccessRouter("10.0.2.1", nar_reg)
+    config = Config(rfc_exact=Mode.exact)
+    mn = MobileNode("10.0.1.100", mn_reg, config, rng=random.Random(1))
+    par, nar = AccessRouter("10.0.1.1", par_reg, config), AccessRouter("10.0.2.1", nar_reg, config)
     par.set_mn_key("10.0.1.100", b"v4 key")
     mn.set_key(b"v4 key")
-    mn.attached("10.0.2.1", "10.0.1.1", 0.0)
+    mn.attached("10.0.2.1", "10.0.1.1", 0.0, new_address="10.0.2.100")
     routes = {"10.0.2.1": nar, "10.0.1.1": par, "10.0.2.100": mn}
     sources = {mn: "10.0.2.100", nar: "10.0.2.1", par: "10.0.1.1"}
     for _ in range(5):

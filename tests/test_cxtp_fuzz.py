@@ -31,6 +31,7 @@ from cxtp import (
     StatusEntry,
 )
 from cxtp.mld import InMemoryMldHandler
+from cxtp.options import Bound, Options, Transfer, binding_key, binding_mac, ctaa_key
 from test_cxtp_engine import SpiLikeHandler
 
 AR = "2001:db8:1::1"
@@ -79,6 +80,7 @@ class World:
     """One AR under test, with the keys the MNs would hold, on a clock that only moves forward."""
 
     def __init__(self, peers, config: Config, seed: int) -> None:
+        self.exact = config.rfc_exact
         self.registry = Registry([InMemoryMldHandler(), SpiLikeHandler()])
         self.ar = AccessRouter(AR, self.registry, config, random.Random(seed), peers=peers)
         self.now = 0.0
@@ -108,6 +110,30 @@ class World:
         self.token_keys[(mn, number, token)] = key
         return token
 
+    def key_for(self, mn: str, number: int, token: bytes) -> bytes:
+        return self.token_keys.get((mn, number, token), KEYS[1])
+
+    def bind(self, key: bytes, mn: str, number: int, token: bytes, requested, source: str, to: str):
+        """Departures: the BINDING the MN would add (none in RFC-exact mode)."""
+        if self.exact:
+            return tuple(requested)
+        octets = b"".join(b.encode() for b in requested)
+        mac = binding_mac(binding_key(key), mn, number, token, octets, source, to)
+        return tuple(requested) + Options(binding=mac).blocks()
+
+    def naming(self, transfer_id: int, right: bool):
+        """Departures: the TRANSFER of a CTDR or CTC (another id when not ``right``)."""
+        if self.exact:
+            return ()
+        return Options(transfer=Transfer(transfer_id if right else transfer_id ^ 1, 0, 0)).statuses()
+
+    def transfer(self, ago: float = 0.0) -> Transfer:
+        return Transfer(0x1000 + self.fresh_ids(), Transfer.ms(max(self.now - ago, 0.0)), 2000)
+
+    def fresh_ids(self) -> int:
+        self.fresh += 1
+        return self.fresh
+
     def follow(self, mn: str, choice: int, right_source: bool) -> None:
         """What would come next for the MN's transfer here, correct or subtly wrong."""
         ar = self.ar
@@ -116,32 +142,46 @@ class World:
         if source is not None:
             nar = source.nar if right_source else OTHER_PEER
             option = choice % 5
+            named = self.naming(source.transfer_id, right_source or choice % 2 == 0)
             if option == 0:
-                message: AnyMessage = CTDR(mn, True, (StatusEntry(1, 0),))
+                message: AnyMessage = CTDR(mn, True, (StatusEntry(1, 0), *named))
             elif option == 1:
-                message = CTDR(mn, False, (StatusEntry(1, 0x42),))
+                message = CTDR(mn, False, (StatusEntry(1, 0x42), *named))
             elif option == 2:
-                message = CTC(mn)
+                message = CTC(mn, named)
             else:  # recovery CT-Req: the cached sequence number (or another), token by the key
                 number = source.sequence_number if source.sequence_number is not None and option == 3 else 77
                 key = source.key if right_source else KEYS[3]
-                message = CTReq(mn, number, cxtp.compute_token(key, mn, number))
+                token = cxtp.compute_token(key, mn, number)
+                requested = self.bind(key, mn, number, token, (), MNS[choice % 3], nar)
+                if not self.exact:
+                    requested += Options(transfer=self.transfer(ago=3.0 * (choice % 2)),
+                                         bound=Bound(MNS[choice % 3], nar)).blocks()
+                message = CTReq(mn, number, token, requested)
             self.ar.receive(message.encode(), nar, "ar", self.now)
         elif target is not None and target.pending:
-            asked = target.pending[choice % len(target.pending)][0]
-            key = self.token_keys.get((mn, asked.sequence_number, asked.token), KEYS[1])
+            candidate = target.pending[choice % len(target.pending)]
+            asked = candidate.ctar
+            key = self.key_for(mn, asked.sequence_number, asked.token)
             sender = target.par if right_source else OTHER_PEER
             if choice % 3 == 0:
-                message = CTD(mn, (ContextDataBlock(1, bytes(24)),), 0, choice % 2 == 0)
+                options = Options()
+                if not self.exact and candidate.request is not None:  # the pAR's answer to its CT-Req
+                    options = Options(transfer=candidate.request, bound=Bound(candidate.source, AR),
+                                      ctaa_key=ctaa_key(key))
+                message = CTD(mn, (ContextDataBlock(1, bytes(24)), *options.blocks()), 0, choice % 2 == 0)
             else:
                 self.pctd_keys[mn] = key
-                message = PCTD(mn, key, (ContextDataBlock(0x8001, bytes(8)),), 0, choice % 2 == 0)
+                options = Options() if self.exact else Options(transfer=self.transfer(ago=3.0 * (choice % 4 == 1)))
+                message = PCTD(mn, key, (ContextDataBlock(0x8001, bytes(8)), *options.blocks()), 0, choice % 2 == 0)
             self.ar.receive(message.encode(), sender, "ar", self.now)
         elif target is not None and target.key is not None:
             number = choice
             key = target.key if right_source else KEYS[3]
             token = cxtp.compute_token(key, mn, number)
-            self.ar.receive(CTAR(mn, PEER, number, token).encode(), SOURCES[choice % 4], "icmp", self.now)
+            src = SOURCES[choice % 4]
+            requested = self.bind(key, mn, number, token, (), src if choice % 5 else STRANGER, AR)
+            self.ar.receive(CTAR(mn, PEER, number, token, requested).encode(), src, "icmp", self.now)
         else:
             self.ar.receive(b"\x21", STRANGER, "ar", self.now)
 
@@ -163,7 +203,10 @@ class World:
         if kind == "ctar":
             i, number, tkind, named, ack, src, requested = args
             mn = MNS[i]
-            message: AnyMessage = CTAR(mn, named, number, self.token(tkind, mn, number, requested), requested, ack)
+            token = self.token(tkind, mn, number, requested)
+            requested = self.bind(self.token_keys.get((mn, number, token), KEYS[2]), mn, number, token, requested,
+                                  src, AR)
+            message: AnyMessage = CTAR(mn, named, number, token, requested, ack)
             ar.receive(message.encode(), src, "icmp", self.now)
         elif kind == "ctreq":
             i, number, tkind, src, requested = args
@@ -175,6 +218,8 @@ class World:
             mn = MNS[i]
             self.pctd_keys[mn] = key
             contexts = tuple(ContextDataBlock(1 + (b % 2) * 0x8000, bytes(24)) for b in range(blocks))
+            if not self.exact:
+                contexts += Options(transfer=self.transfer(ago=3.0 * (blocks == 3))).blocks()
             ar.receive(PCTD(mn, key, contexts, 0, ack, algorithm).encode(), src, "ar", self.now)
         elif kind == "ctd":
             i, ack, src, blocks = args
@@ -215,7 +260,7 @@ class World:
         elif kind == "follow":
             self.follow(MNS[args[0]], args[1], args[2])
         elif kind == "forget":
-            ar.forget(MNS[args[0]])
+            ar.forget(MNS[args[0]], self.now)
             self.keys.pop(MNS[args[0]], None)
         for mn in list(self.keys):  # keys the AR burnt are gone for the MN too
             if not ar.has_mn_key(mn):
@@ -254,13 +299,16 @@ class World:
 
 
 @given(st.lists(actions, min_size=8, max_size=60), st.sampled_from(["none", "flat", "mapping"]),
-       st.integers(0, 3), st.sampled_from([(3.0, 1.0), (1.0, 3.0), (0.5, 0.5)]))
-def test_access_router_state_machine(script, peers_kind, seed, hold_and_grace):
+       st.integers(0, 3), st.sampled_from([(3.0, 1.0), (1.0, 3.0), (0.5, 0.5)]), st.booleans(), st.booleans())
+def test_access_router_state_machine(script, peers_kind, seed, hold_and_grace, exact, vouch):
     peers = {"none": None, "flat": [PEER, PEER_LINK, OTHER_PEER],
              "mapping": {PEER: PEER_LINK, OTHER_PEER: "2001:db8:13::3"}}[peers_kind]
     hold, grace = hold_and_grace
-    config = Config(ct_max_handover_time=2.0, release_hold=hold, late_ctdr_grace=grace, max_pending_ctars=2)
+    config = Config(ct_max_handover_time=2.0, release_hold=hold, late_ctdr_grace=grace, max_pending_ctars=2,
+                    rfc_exact=exact)
     world = World(peers, config, seed)
+    if vouch:  # the owner vouches for the MNs' own addresses
+        world.ar.source_preference = lambda mn, source: source in MNS
     for i, mn in enumerate(MNS[:2]):
         world.ar.set_mn_key(mn, b"initial key %d" % i)
         world.keys[mn] = b"initial key %d" % i
@@ -282,9 +330,9 @@ mn_actions = st.one_of(
 )
 
 
-@given(st.lists(mn_actions, max_size=30), st.integers(0, 3))
-def test_mobile_node_state_machine(script, seed):
-    mn = MobileNode(MNS[0], Registry([SpiLikeHandler()]), rng=random.Random(seed))
+@given(st.lists(mn_actions, max_size=30), st.integers(0, 3), st.booleans())
+def test_mobile_node_state_machine(script, seed, exact):
+    mn = MobileNode(MNS[0], Registry([SpiLikeHandler()]), Config(rfc_exact=exact), rng=random.Random(seed))
     now, keys = 0.0, 0
     for kind, *args in script:
         if kind in ("predict", "attach"):

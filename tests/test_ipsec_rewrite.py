@@ -17,9 +17,11 @@ from ipsec import (
     SecurityAssociation,
     SecurityPolicy,
     Selector,
+    SequenceSpaceExhausted,
     SpiChange,
     Template,
     carry_lifetime,
+    oseq_margin,
     rewrite_for_mn,
     rewrite_for_nar,
 )
@@ -145,14 +147,32 @@ def test_outbound_sequence_number_jumps_on_the_new_sender_only():
     assert DEFAULT_OSEQ_MARGIN > 0
 
 
-def test_sequence_jump_is_capped_without_esn_and_64bit_with_esn():
+def test_an_sa_whose_numbers_would_run_out_is_not_moved_without_esn_and_is_with_esn():
+    """Moved ahead past the end of its 32-bit space, an SA could send nothing (the kernel's
+    XfrmOutStateSeqError), or wrap and reuse numbers: it is refused, never capped."""
     ctx = par_context()
     near_end = replace(ctx.sas[0], replay=ReplayState(oseq=0xFFFFFFF0))
-    out = rewrite_for_nar(replace(ctx, sas=(near_end,)), MN_P, MN_N, PAR, NAR, oseq_margin=100)
-    assert out.sas[0].replay.oseq == 0xFFFFFFFF
+    with pytest.raises(SequenceSpaceExhausted, match="32-bit space"):
+        rewrite_for_nar(replace(ctx, sas=(near_end,)), MN_P, MN_N, PAR, NAR, oseq_margin=100)
+    at_the_edge = replace(near_end, replay=ReplayState(oseq=0xFFFFFFFE - 100))
+    out = rewrite_for_nar(replace(ctx, sas=(at_the_edge,)), MN_P, MN_N, PAR, NAR, oseq_margin=100)
+    assert out.sas[0].replay.oseq == 0xFFFFFFFE
+    with pytest.raises(SequenceSpaceExhausted):
+        rewrite_for_nar(replace(ctx, sas=(replace(near_end, replay=ReplayState(oseq=0xFFFFFFFF - 100)),)),
+                        MN_P, MN_N, PAR, NAR, oseq_margin=100)
     esn = replace(near_end, flags=XFRM_STATE_ESN)
     out = rewrite_for_nar(replace(ctx, sas=(esn,)), MN_P, MN_N, PAR, NAR, oseq_margin=100)
     assert out.sas[0].replay.oseq == 0xFFFFFFF0 + 100
+
+
+def test_the_margin_covers_what_the_old_sender_can_send_before_the_activation():
+    assert oseq_margin(0, 0) == DEFAULT_OSEQ_MARGIN
+    # the failing case of a long anticipation: 10,000 packets/s for 10.5 s is beyond the base
+    assert oseq_margin(10_000, 10.5) == DEFAULT_OSEQ_MARGIN + 105_000
+    assert oseq_margin(10_000, 10.5) > 10_000 * 10.5
+    assert oseq_margin(1, 0.5) == DEFAULT_OSEQ_MARGIN + 1  # rounded up, never down
+    with pytest.raises(ValueError):
+        oseq_margin(-1, 1)
 
 
 def test_mn_keeps_its_own_sequence_numbers():

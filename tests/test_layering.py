@@ -57,7 +57,7 @@ def test_the_checker_sees_a_bad_edge(tmp_path):
 
 def _scenario_modules(path: Path) -> set[str]:
     """The ``scenarios.*`` modules ``path`` imports, by their full dotted names."""
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
                 and node.module.startswith("scenarios"):

@@ -80,7 +80,7 @@ class _Agents:
                     outcome = {"transaction": 1, "result": agents.transfer_result, "reason": "test",
                                "statuses": [(0x8001, 0x83)]}
                     return {"ok": True, "idle": True, "cxtp_in_progress": False, "transactions": 1,
-                            "outcome": outcome, "move_expected": False}
+                            "outcome": outcome, "move_expected": False, "bound": True, "ba_status": 0}
                 return {"ok": True}
 
         class Process:

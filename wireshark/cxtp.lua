@@ -46,7 +46,16 @@ local fpt_names = {
     [0x0000] = "Reserved",
     [FPT_MLD] = "IPv6 Multicast Listener context (RFC 4067 App. B)",
     [IPSEC_CONTEXT_FPT] = "IPsec context (testbed value)",
+    -- the options of our departures from RFC 4067 (cxtp/options.py, docs/protocol.md)
+    [0xFF01] = "Option: BINDING (CTAR bound to its source and AR)",
+    [0xFF02] = "Option: TRANSFER (id, origin, lifetime)",
+    [0xFF03] = "Option: BOUND (the CTAR's source, its AR)",
+    [0xFF04] = "Option: CTAA_KEY",
+    [0xFF05] = "Option: CTAA_AUTH (the CTAA's authenticator)",
 }
+local function is_option(fpt)
+    return fpt >= 0xFF01 and fpt <= 0xFF05
+end
 local status_names = {
     [0x00] = "Success",
     [0x01] = "BAD_CHECKSUM",
@@ -810,11 +819,15 @@ local function dissect_cdbs(c, tree, is_request)
     return fpts
 end
 
-local function dissect_statuses(c, tree, message_type)
+local function dissect_statuses(c, tree, message_type, options_only)
     local all_ok = true
     local parts = {}
     local index = 0
     while c.ok and c:left() > 0 do
+        -- a CTC carries only option tuples: anything else is left for the trailing-octets check
+        if options_only and (c:left() < 2 or not is_option(c.tvb(c.off, 2):uint())) then
+            break
+        end
         index = index + 1
         local t = c.tvb
         local start = c.off
@@ -998,6 +1011,7 @@ local function dissect_message(tvb, pinfo, tree, offset, available, carrier)
         if mn_prev then
             summary = summary .. " MN " .. mn_prev
         end
+        dissect_statuses(c, root, mtype, true) -- our options (none from an RFC-exact peer)
     elseif mtype == 7 then -- CT-Req
         mn_prev = add_address(c, root, ipv4, F.mn_prev, F.mn_prev_v4, "MN previous address")
         local seq = c:add(root, F.seq, 4, "sequence number")

@@ -74,7 +74,18 @@ def compute(run_dir: Path) -> dict:
             packets.plot(run_dir)
         except packets.PacketsError as error:
             print(f"report: no packet sequences: {error}", file=sys.stderr)
+    write_html(run_dir)
     return summary
+
+
+def write_html(run_dir: Path) -> None:
+    """``report.html`` (scenarios.analysis.htmlreport): the run in one page; its failure is told, not raised."""
+    from scenarios.analysis import htmlreport  # it imports this module
+
+    try:
+        htmlreport.write(run_dir)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"report: report.html not written: {type(error).__name__}: {error}", file=sys.stderr)
 
 
 def _cell(stats: dict, key: str = "median", width: int = 8, digits: int = 1) -> str:
@@ -320,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if is_compact(run_dir):  # a kept reference run: its figures were computed when it ran
             print(f"report: {run_dir} is a compact run (no probe traces): its stored summary", file=sys.stderr)
+            write_html(run_dir)
         else:
             compute(run_dir)
     except (ReportError, ValueError, KeyError) as error:  # ValueError: a file that is not JSON

@@ -113,6 +113,8 @@ class Experiment:
         self.anticipation_ms = anticipation_ms
         self.timers = dict(timers or {})
         self.identity = plan.MN_IDENTITY
+        #: the MN-HA key of RFC 4285 for the whole experiment: only the MN's own Binding Updates bind
+        self.mobility_key = os.urandom(20).hex()
         self.agents: dict[str, AgentProcess] = {}
         # The ARs' install journals: on a tmpfs (they guard against a process that dies, not a
         # reboot), off the measured path's slow file system; removed when the experiment stops.
@@ -142,10 +144,12 @@ class Experiment:
             self._start_agent(plan.HA, "nodes.ha_agent", HaControl, [
                 "--probe-out", str(run_dir / "probe-ha.json"), "--initial-peer", self.mn_address,
                 "--mn-namespace", str(testbed.pid(plan.MN)), "--mn-probe-out", str(run_dir / "probe-mn.json"),
-                "--identity", self.identity, "--rate", str(probe_rate), "--size", str(probe_size),
+                "--identity", self.identity, "--mobility-key", self.mobility_key,
+                "--rate", str(probe_rate), "--size", str(probe_size),
                 "--bind", plan.HA_ADDRESS])
             self._start_agent(plan.MN, "nodes.mn_agent", MnControl, [
                 "--address", self.mn_address, "--ha", plan.HA_ADDRESS, "--identity", self.identity,
+                "--mobility-key", self.mobility_key,
                 "--seed", str(seed)])
         except BaseException:
             self.stop()
@@ -314,6 +318,9 @@ class Experiment:
                     status = self._retry_reactive(move, record)
             if not status["idle"]:
                 raise HandoverFailed("the MN's Binding Update got no Binding Ack", record)
+            if not status["bound"]:
+                raise HandoverFailed(f"the HA refused the MN's binding (Binding Ack status {status['ba_status']})",
+                                     record)
             record.restored_ns = time.monotonic_ns()
             self._state_changed()
         except HandoverFailed as failure:
@@ -390,13 +397,30 @@ class Experiment:
             if not left or time.monotonic() >= deadline:
                 break
             pause(20)
-        problems = [f"{node} still holds {what} of the MN's previous address" for node, what in left.items()]
+        problems = self.traffic_problems(record)
+        problems += [f"{node} still holds {what} of the MN's previous address" for node, what in left.items()]
         if method.cxtp:
             nar = record.to_ar
             problems += checks.check_tables(
                 self.xfrm_state(plan.MN, record.mn_new), self.xfrm_state(nar, record.mn_new),
                 IpsecContext(), record.mn_new, plan.AR_ACCESS_ADDRESS[nar], plan.HA_ADDRESS,
                 record.spi_mn_in or SPI_MN_IN, record.spi_mn_out or SPI_MN_OUT)
+        return problems
+
+    def traffic_problems(self, record: HandoverRecord) -> list[str]:
+        """What the traffic says of the handover: the probes flow in both directions through the
+        new router since the MN was done (the MN's interface on the nAR's link receives the
+        downlink, the HA's link to the nAR the uplink), and the HA's binding names the MN's new
+        address. [] when all of that holds; otherwise why it does not."""
+        since = record.restored_ns or record.attached_ns or 0
+        arrivals = self.ha.arrivals(since_ns=since)
+        paths = {"mn": (plan.LINKS_BY_NAME[plan.ACCESS_LINK[record.to_ar]].interface(plan.MN), "downlink"),
+                 "ha": (plan.LINKS_BY_NAME[f"{record.to_ar}-{plan.HA}"].interface(plan.HA), "uplink")}
+        problems = [f"no {direction} through {record.to_ar} since the handover ended (received: {arrivals[end]})"
+                    for end, (interface, direction) in paths.items() if not arrivals[end].get(interface)]
+        care_of = self.ha.binding()["care_of"]
+        if care_of != record.mn_new:
+            problems.append(f"the HA's binding names {care_of}, not the MN's address {record.mn_new}")
         return problems
 
     def leftovers(self, address: str) -> dict[str, str]:

@@ -166,6 +166,7 @@ def run_handover(experiment: Experiment, method, l2_delay: float, scenario: conf
         now = cpu_times()
         try:
             late = experiment.probe_lateness(*metrics.lateness_window(handover))
+            experiment.ha.checkpoint()  # the probe records so far survive the HA agent's death
         except STEP_ERRORS:
             late = None  # judged from the traces when the run is reported, as before
         handover.fidelity = emulation_fidelity(handover, _busy_share(cpu_before, now), scenario.fidelity,

@@ -52,6 +52,7 @@ from scapy.utils import rdpcap
 import cxtp
 from cxtp import CTAR, CTC, CTD, CTDR, PCTD, ContextDataBlock, CTReq, StatusEntry
 from cxtp.icmp import wrap
+from cxtp.options import Options
 from ipsec import IPSEC_CONTEXT_FPT, Xfrm, install_context, remove_context
 from nodes import netns, operator_policy, provisioning
 from nodes.agent import read_trace
@@ -77,6 +78,9 @@ CXTP_METHODS = ("cxtp-predictive", "cxtp-reactive", "cxtp-network")
 EVE_ADDRESS = "2001:db8:12::66"
 #: the attacker's own token key, and the SPIs of the SAs it tries to have installed
 ATTACK_KEY = bytes(range(0xA0, 0xB4))
+#: a binding (cxtp/options.py) the attacker makes up for its CTARs: without one an nAR refuses a
+#: CTAR at once; with it the nAR, which cannot check it, asks the pAR, which refuses it
+MADE_UP_BINDING = Options(binding=bytes(range(16))).blocks()
 ATTACK_SPIS = (0xBAD1, 0xBAD2)
 IPPROTO_SCTP, IPPROTO_RAW = 132, 255
 ETH_P_IPV6 = 0x86DD
@@ -861,7 +865,7 @@ def test_pctd_with_an_attackers_key_then_a_ctar_installs_nothing(bed):
         for index, mn in enumerate(victims.values()):
             sequence = 0x600D0 + index
             token = cxtp.compute_token(ATTACK_KEY, mn, sequence)
-            ctar = CTAR(mn, plan.AR_ACCESS_ADDRESS[other], sequence, token).encode()
+            ctar = CTAR(mn, plan.AR_ACCESS_ADDRESS[other], sequence, token, MADE_UP_BINDING).encode()
             frames += _on_link_ctar_frames(bed, target, _spoofed(target, 0x66 + index), ctar)
         other_before = bed.counters(other)
         _send_on_link(bed, target, frames)
@@ -1010,7 +1014,7 @@ def _on_the_nars_link(bed: Bed, nar: str) -> None:
 
 
 def _forged_ctar_frames(bed: Bed, nar: str, mn_previous: str, par: str) -> list[bytes]:
-    ctar = CTAR(mn_previous, plan.AR_ACCESS_ADDRESS[par], 0xF0F0F0, b"\xde\xad\xbe\xef").encode()
+    ctar = CTAR(mn_previous, plan.AR_ACCESS_ADDRESS[par], 0xF0F0F0, b"\xde\xad\xbe\xef", MADE_UP_BINDING).encode()
     return _on_link_ctar_frames(bed, nar, _spoofed(nar, 0xAB), ctar)
 
 
@@ -1116,7 +1120,7 @@ def test_ctar_naming_an_ar_that_does_not_answer_costs_no_stall(bed):
         assert answer < PING_LIMIT_MS, f"the agent took {answer:.0f} ms to answer after the CTAR"
         bed.testbed.set_link_params(plan.AR_AR, dataclasses.replace(LINKS[plan.AR_AR], loss_percent=100.0))
         try:
-            ctar = CTAR(victim, plan.AR_ACCESS_ADDRESS[other], 0x56, b"\x05\x05\x05\x06").encode()
+            ctar = CTAR(victim, plan.AR_ACCESS_ADDRESS[other], 0x56, b"\x05\x05\x05\x06", MADE_UP_BINDING).encode()
             _send_on_link(bed, target, _on_link_ctar_frames(bed, target, _spoofed(target, 0x56), ctar))
             _wait_for(lambda: watch.counted(target), lambda c: c.get("engine.sent_ctreq") == 1, 2.0,
                       "the CT-Req into a link that drops everything")

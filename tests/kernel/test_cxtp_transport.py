@@ -151,7 +151,8 @@ def test_reactive_transfer_across_real_sockets(veth_pair):
     engines = {"mn": mn, "par": par, "nar": nar}
     try:
         start = time.monotonic()
-        mn.attached(right_address, left_address, 0.0)
+        # the CTAR leaves from the MN's address on this link: its binding names it
+        mn.attached(right_address, left_address, 0.0, new_address=left_address)
         completed = None
         while completed is None and time.monotonic() - start < 5:
             for name, engine in engines.items():

@@ -182,7 +182,10 @@ def test_ar_ar_link_shows_the_transfers_inside_esp(evidence):
                        "cxtp.cdb.fpt", "cxtp.ipsec.sa.spi", "cxtp.ipsec.alg.name", "cxtp.ipsec.sel.daddr")
     assert {row["cxtp.type"] for row in rows} == {"3", "4"}
     for row in rows:
-        assert row["cxtp.cdb.fpt"] == "0x8001"
+        # the IPsec context first; after it only the blocks of our departures from RFC 4067
+        # (docs/protocol.md: the transfer's identity, the bound address, the CTAA key)
+        fpts = row["cxtp.cdb.fpt"].split(",")
+        assert fpts[0] == "0x8001" and set(fpts[1:]) <= {"0xff02", "0xff03", "0xff04"}, fpts
         assert sorted(int(spi, 16) for spi in row["cxtp.ipsec.sa.spi"].split(",")) == [SPI_MN_OUT, SPI_MN_IN]
         assert row["cxtp.ipsec.alg.name"].split(",") == ["cbc(aes)", "hmac(sha256)"] * 2
         assert plan.HA_ADDRESS in row["cxtp.ipsec.sel.daddr"].split(",")
