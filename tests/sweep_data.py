@@ -12,7 +12,7 @@ from typing import Any
 from scenarios import sweep
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-REFERENCE = REPOSITORY / "results" / "reference" / "default-20261129T194615Z"
+REFERENCE = REPOSITORY / "results" / "reference" / "default-20261207T095625Z"
 
 GRID_SCENARIO = """
 name = "gridtest"

@@ -35,7 +35,9 @@ def keep(run_dir: Path, root: Path = REFERENCE_ROOT) -> Path:
         shutil.copy2(run_dir / name, target / name)
     for plot in sorted(run_dir.glob("*.png")):
         shutil.copy2(plot, target / plot.name)
-    (target / "table.txt").write_text(report.table(run_dir) + "\n")
+    # named as the repository holds it, and one page for a reader (the kept files are enough)
+    (target / "table.txt").write_text(report.table(target) + "\n")
+    report.write_html(target)
     return target
 
 
