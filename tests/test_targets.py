@@ -108,7 +108,8 @@ def test_a_kept_reference_holds_the_compact_part_and_reports_from_its_summary(tm
     assert kept.name == "default-20261129T000000Z"
     assert sorted(p.name for p in kept.iterdir()) == sorted(
         ["record.json", "handovers.json", "summary.json", "per_handover.json", "interruption_by_method.png",
-         "table.txt"])
+         "table.txt", "report.html"])
+    assert (kept / "table.txt").read_text().startswith(f"run {report.run_name(kept)}\n")
     assert report.is_compact(kept) and not report.is_compact(run)
     assert report.main([str(kept)]) == 0
     assert "cxtp-predictive" in capsys.readouterr().out
