@@ -106,10 +106,14 @@ class MobileNodeAgent:
 
     def _on_event(self, event) -> None:
         if isinstance(event, (TransferCompleted, TransferFailed)):
-            self.outcome = {"transaction": self.transactions, "t_ns": time.monotonic_ns(),
-                            "result": "completed" if isinstance(event, TransferCompleted) else "failed",
-                            "reason": getattr(event, "reason", ""),
-                            "statuses": [(entry.fpt, entry.status) for entry in event.statuses]}
+            self._end_transaction("completed" if isinstance(event, TransferCompleted) else "failed",
+                                  getattr(event, "reason", ""),
+                                  [(entry.fpt, entry.status) for entry in event.statuses])
+
+    def _end_transaction(self, result: str, reason: str, statuses: list | None = None) -> None:
+        """The last CXTP transaction's end, for the runner: it decides on the fall-back."""
+        self.outcome = {"transaction": self.transactions, "t_ns": time.monotonic_ns(), "result": result,
+                        "reason": reason, "statuses": statuses or []}
 
     # -- commands ----------------------------------------------------------------------------------
     def set_key(self, key: str) -> dict:
@@ -169,8 +173,7 @@ class MobileNodeAgent:
                 self.agent.trace(TraceEvent.IPSEC_MOVED, sas=moved)
             except IpsecError as error:  # SAs a second move left half moved: the fall-back's
                 self.agent.trace(TraceEvent.IPSEC_MOVE_FAILED, error=str(error))
-                self.outcome = {"transaction": self.transactions, "t_ns": time.monotonic_ns(), "result": "failed",
-                                "reason": f"the MN's own SAs could not be moved: {error}", "statuses": []}
+                self._end_transaction("failed", f"the MN's own SAs could not be moved: {error}")
         self.address = new_address
         self._send_bu(first=True)
         if ipsec:
@@ -190,8 +193,7 @@ class MobileNodeAgent:
             self.engine.attached(nar, par, now, new_address=new_address)
         except CxtpError as error:
             self.agent.trace(TraceEvent.CXTP_REFUSED_EVENT, error=str(error), during="attach")
-            self.outcome = {"transaction": self.transactions, "t_ns": time.monotonic_ns(), "result": "failed",
-                            "reason": f"the attach could not start a transfer: {error}", "statuses": []}
+            self._end_transaction("failed", f"the attach could not start a transfer: {error}")
         self.runtime.pump()  # the CTAR leaves first: it is on the critical path
 
     def retry_reactive(self, par: str, nar: str, previous: str) -> dict:

@@ -121,6 +121,12 @@ def _signed(message, key: bytes | None, care_of: str | None, ha: str | None, tim
     return signed + authenticator(key, care_of, ha, signed)
 
 
+def _covered(data: bytes) -> bytes:
+    """What the authenticator of a message covers: the message up to its Mobility SPI, with the
+    checksum (which the kernel fills in after it was computed) zeroed."""
+    return data[:4] + b"\0\0" + data[6:-AUTHENTICATOR_LENGTH]
+
+
 def _protection(message, data: bytes) -> Protection:
     replay = next((option for option in message.options if isinstance(option, MIP6OptReplayProtection)), None)
     auth = next((option for option in message.options if isinstance(option, MIP6OptMsgAuth)), None)
@@ -128,10 +134,8 @@ def _protection(message, data: bytes) -> Protection:
         return Protection(timestamp=replay.timestamp if replay is not None else None)
     if message.options[-1] is not auth or len(bytes(auth.authdata)) != AUTHENTICATOR_LENGTH:
         raise MobilityDecodeError("the authentication option is not the last option, or not 96 bits")
-    # what the authenticator covers: the message up to its SPI, with the checksum the kernel filled zeroed
-    signed = data[:4] + b"\0\0" + data[6:-AUTHENTICATOR_LENGTH]
     return Protection(timestamp=replay.timestamp if replay is not None else None, spi=auth.mspi,
-                      authenticator=bytes(auth.authdata), signed=signed)
+                      authenticator=bytes(auth.authdata), signed=_covered(data))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,5 +306,4 @@ def restamp(data: bytes, key: bytes, care_of: str, ha: str, timestamp: int | Non
         offset += 2 + message[offset + 1]
     else:
         raise ValueError("the message carries no replay protection option to stamp")
-    signed = bytes(message[:4]) + b"\0\0" + bytes(message[6:-AUTHENTICATOR_LENGTH])
-    return bytes(message[:-AUTHENTICATOR_LENGTH]) + authenticator(key, care_of, ha, signed)
+    return bytes(message[:-AUTHENTICATOR_LENGTH]) + authenticator(key, care_of, ha, _covered(bytes(message)))

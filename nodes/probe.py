@@ -221,11 +221,8 @@ class ProbeEnd:
         if os.path.exists(path + ".part"):  # checkpoints since (a process that was killed)
             with open(path + ".part") as handle:
                 parts += [json.loads(line) for line in handle if line.strip()]
-        names = {"sent": {"seq": self.sent_seq, "ns": self.sent_ns, "ok": self.sent_ok, "late_us": self.sent_late_us},
-                 "received": {"seq": self.recv_seq, "tx_ns": self.recv_tx_ns, "rx_ns": self.recv_rx_ns,
-                              "ifindex": self.recv_ifindex}}
         for part in parts:
-            for group, columns in names.items():
+            for group, columns in self._columns().items():
                 for name, values in columns.items():
                     values.extend(part[group].get(name) or [0] * len(part[group]["seq"]))
             self.decode_errors += part.get("decode_errors", 0)

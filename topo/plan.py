@@ -102,6 +102,12 @@ ROUTES = (
 FORWARDING_NODES = (PAR, NAR)
 
 
+def new_path_interfaces(ar: str) -> dict[str, str]:
+    """Where the probes arrive once the MN is attached at ``ar``: the MN's interface on ``ar``'s
+    access link (the downlink) and the HA's on its link to ``ar`` (the uplink), by probe end."""
+    return {MN: LINKS_BY_NAME[ACCESS_LINK[ar]].interface(MN), HA: LINKS_BY_NAME[f"{ar}-{HA}"].interface(HA)}
+
+
 def links_of(node: str) -> tuple[Link, ...]:
     return tuple(link for link in LINKS if node in (link.a, link.b))
 

@@ -320,10 +320,8 @@ def per_handover(handovers: list[HandoverRecord], mn_trace: dict, ha_trace: dict
             continue
         # Downlink HA -> MN is received by the MN; uplink MN -> HA by the HA.
         new_ar = handover.to_ar
-        receivers = (("ha_to_mn", mn_trace, plan.LINKS_BY_NAME[plan.ACCESS_LINK[new_ar]].interface(plan.MN)
-                      if new_ar in plan.ACCESS_LINK else None),
-                     ("mn_to_ha", ha_trace, plan.LINKS_BY_NAME[f"{new_ar}-{plan.HA}"].interface(plan.HA)
-                      if new_ar in plan.ACCESS_LINK else None))
+        interfaces = plan.new_path_interfaces(new_ar) if new_ar in plan.ACCESS_LINK else {}
+        receivers = (("ha_to_mn", mn_trace, interfaces.get(plan.MN)), ("mn_to_ha", ha_trace, interfaces.get(plan.HA)))
         for direction, trace, interface in receivers:
             try:
                 new_path = path_ifindexes(trace, interface) if interface else None

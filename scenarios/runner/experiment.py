@@ -414,10 +414,10 @@ class Experiment:
         address. [] when all of that holds; otherwise why it does not."""
         since = record.restored_ns or record.attached_ns or 0
         arrivals = self.ha.arrivals(since_ns=since)
-        paths = {"mn": (plan.LINKS_BY_NAME[plan.ACCESS_LINK[record.to_ar]].interface(plan.MN), "downlink"),
-                 "ha": (plan.LINKS_BY_NAME[f"{record.to_ar}-{plan.HA}"].interface(plan.HA), "uplink")}
+        interfaces = plan.new_path_interfaces(record.to_ar)
         problems = [f"no {direction} through {record.to_ar} since the handover ended (received: {arrivals[end]})"
-                    for end, (interface, direction) in paths.items() if not arrivals[end].get(interface)]
+                    for end, direction in ((plan.MN, "downlink"), (plan.HA, "uplink"))
+                    if not arrivals[end].get(interfaces[end])]
         care_of = self.ha.binding()["care_of"]
         if care_of != record.mn_new:
             problems.append(f"the HA's binding names {care_of}, not the MN's address {record.mn_new}")
