@@ -49,6 +49,7 @@ from .transfer import (
     install_prepared,
     install_prepared_policies,
     install_prepared_sas,
+    lookup_context,
     prepare_install,
     prepare_mn_handover,
     refresh_context,
@@ -67,7 +68,7 @@ __all__ = [
     "XfrmError", "advance_oseq", "apply_mn_handover", "apply_prepared_move", "apply_spi_changes",
     "capture_context", "capture_contexts", "carry_lifetime", "context_concerning", "context_without",
     "decode_spi_changes", "discard_prepared_move", "encode_spi_changes", "finish_prepared_move",
-    "install_context", "install_prepared", "install_prepared_policies", "install_prepared_sas",
+    "install_context", "install_prepared", "install_prepared_policies", "install_prepared_sas", "lookup_context",
     "normalise_address", "oseq_margin", "prepare_install", "prepare_mn_handover", "refresh_context", "remove_context",
     "rewrite_for_mn", "rewrite_for_nar", "same_address",
     # the submodules, bound as attributes of the package by the imports above

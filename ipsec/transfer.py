@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TypeVar
 
 from .addresses import normalise_address, same_address
 from .context import IpsecContext, Mark, SecurityAssociation, SecurityPolicy, Selector, SpiChange
@@ -65,15 +66,15 @@ def capture_context(
     return IpsecContext(tuple(dict.fromkeys(sas)), tuple(policies), captured_at=_now(now))
 
 
-def context_concerning(ctx: IpsecContext, address: str) -> IpsecContext:
-    """The part of ``ctx`` that ``capture_context(xfrm, address)`` would return: the SAs from or
-    to ``address`` and the policies that name it."""
-    wanted = normalise_address(address)
+def context_concerning(ctx: IpsecContext, *addresses: str) -> IpsecContext:
+    """The part of ``ctx`` that ``capture_context(xfrm, addresses)`` would return: the SAs from or
+    to one of ``addresses`` and the policies that name one of them."""
+    wanted = {normalise_address(address) for address in addresses}
     return replace(ctx,
                    sas=tuple(sa for sa in ctx.sas
-                             if wanted in {normalise_address(sa.saddr), normalise_address(sa.daddr)}),
+                             if wanted & {normalise_address(sa.saddr), normalise_address(sa.daddr)}),
                    policies=tuple(p for p in ctx.policies
-                                  if wanted in {normalise_address(a) for a in _policy_addresses(p)}))
+                                  if wanted & {normalise_address(a) for a in _policy_addresses(p)}))
 
 
 def refresh_context(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> IpsecContext:
@@ -82,6 +83,48 @@ def refresh_context(xfrm: Xfrm, ctx: IpsecContext, now: int | None = None) -> Ip
     needs). What a node installed itself, it knows; a dump parses every entry of the tables.
     Raises XfrmError (ENOENT, ESRCH) when an SA is gone: the caller then captures."""
     return replace(ctx, sas=tuple(xfrm.get_sas(ctx.sas)), captured_at=_now(now))
+
+
+_Entry = TypeVar("_Entry", SecurityAssociation, SecurityPolicy)
+
+
+def lookup_context(
+    xfrm: Xfrm, mn_addresses: str | Iterable[str], known: IpsecContext, now: int | None = None,
+    kernel_filter: bool = True,
+) -> IpsecContext:
+    """What :func:`capture_context` returns, without dumping the SPD (a dump reads and parses every
+    policy of every MN: 40 ms for one MN among 10^4 in the UML guest; this, 0.5-0.7 ms).
+
+    ``known`` is what this node installed for the MN (an index kept by its caller): its policies
+    that name one of ``mn_addresses`` are read back by their kernel keys (XFRM_MSG_GETPOLICY, all
+    in one write); those gone are left out. The kernel cannot filter a policy dump (its policy
+    walk takes no filter), so a policy the caller did not install is not found: the caller's
+    index must hold every policy naming the MN, as an access router's does (it installs them).
+    The SAs come, with ``kernel_filter``, from the kernel's filtered dumps (XFRMA_ADDRESS_FILTER:
+    every SA from or to the address, indexed or not, exactly as :func:`capture_context`); without
+    it, ``known``'s SAs are read back by XFRM_MSG_GETSA in the same write as the policies (one
+    round trip, nothing found that was not indexed). ``captured_at`` is this node's clock."""
+    if isinstance(mn_addresses, str):
+        mn_addresses = (mn_addresses,)
+    wanted = {normalise_address(a) for a in mn_addresses}
+    known = context_concerning(known, *wanted)
+    if kernel_filter:
+        sas: list[SecurityAssociation] = []
+        for address in wanted:
+            sas += xfrm.dump_sas(daddr=address) + xfrm.dump_sas(saddr=address)
+        _, policies = xfrm.get_entries((), known.policies)
+    else:
+        found, policies = xfrm.get_entries(known.sas, known.policies)
+        sas = _present(found)
+    return IpsecContext(tuple(dict.fromkeys(sas)), tuple(_present(policies)), captured_at=_now(now))
+
+
+def _present(answers: list[_Entry | XfrmError]) -> list[_Entry]:
+    """The entries found; one gone (ENOENT, ESRCH) is left out, any other refusal raised."""
+    for answer in answers:
+        if isinstance(answer, XfrmError) and answer.errno not in (errno.ENOENT, errno.ESRCH):
+            raise answer
+    return [answer for answer in answers if not isinstance(answer, XfrmError)]
 
 
 def _sa_key(sa: SecurityAssociation) -> tuple[str, int, int, Mark | None]:

@@ -534,30 +534,52 @@ class Xfrm:
         """Each SA as the kernel holds it now (found by destination, SPI, protocol and mark), all
         asked in one write and answered in order: one round trip, not one per SA. An SA that is
         gone raises its XfrmError (ENOENT, ESRCH) once every answer is in."""
+        found, _ = self.get_entries(sas, ())
+        for answer in found:
+            if isinstance(answer, XfrmError):
+                raise answer
+        return cast(list[SecurityAssociation], found)
+
+    def get_entries(
+        self, sas: Iterable[SecurityAssociation], policies: Iterable[SecurityPolicy]
+    ) -> tuple[list[SecurityAssociation | XfrmError], list[SecurityPolicy | XfrmError]]:
+        """Targeted look-ups, no dump: each SA by its kernel key (XFRM_MSG_GETSA: destination,
+        SPI, protocol, mark) and each policy by its own (XFRM_MSG_GETPOLICY: selector, direction,
+        mark, if_id), all in one write, answered in order; each answer is the entry as the kernel
+        holds it now, or the XfrmError that refused it (ENOENT, ESRCH: gone). The kernel finds
+        each in its hash tables, so the cost does not grow with the tables' size (a policy
+        below the hash thresholds is found in the kernel's inexact bins)."""
         requests = [self.encode_request(XFRM_MSG_GETSA, self._usersa_id(sa.daddr, sa.spi, sa.proto, sa.mark),
                                         NLM_F_REQUEST) for sa in sas]  # answered: no ACK
+        count_sas = len(requests)
+        requests += [self.encode_request(XFRM_MSG_GETPOLICY,
+                                         self._userpolicy_id(p.selector, p.dir, p.mark, p.if_id), NLM_F_REQUEST)
+                     for p in policies]
         if not requests:
-            return []
+            return [], []
         sequences = self._write(requests)
-        answers: dict[int, SecurityAssociation | XfrmError] = {}
+        wanted = set(sequences)
+        answers: dict[int, SecurityAssociation | SecurityPolicy | XfrmError] = {}
         while len(answers) < len(sequences):
-            for reply_type, reply_flags, sequence, chunk in self._messages("XFRM_MSG_GETSA"):
-                if sequence not in sequences or sequence in answers:
+            for reply_type, reply_flags, sequence, chunk in self._messages("XFRM_MSG_GET"):
+                if sequence not in wanted or sequence in answers:
                     continue
                 if reply_type == NLMSG_ERROR:
                     (code,) = struct.unpack_from("=i", chunk, _NLMSGHDR.size)
-                    answers[sequence] = XfrmError(-code or 71, "XFRM_MSG_GETSA", _extack_message(chunk, reply_flags))
+                    request_type = struct.unpack_from("=H", requests[sequences.index(sequence)], 4)[0]
+                    answers[sequence] = XfrmError(-code or 71, XFRM_MSG_NAMES.get(request_type, str(request_type)),
+                                                  _extack_message(chunk, reply_flags))
                 elif reply_type == XFRM_MSG_NEWSA:
-                    reply = xfrm_usersa_info(chunk)
-                    reply.decode()
-                    answers[sequence] = sa_from_message(reply)
-        found: list[SecurityAssociation] = []
-        for sequence in sequences:
-            answer = answers[sequence]
-            if isinstance(answer, XfrmError):
-                raise answer
-            found.append(answer)
-        return found
+                    sa_reply = xfrm_usersa_info(chunk)
+                    sa_reply.decode()
+                    answers[sequence] = sa_from_message(sa_reply)
+                elif reply_type == XFRM_MSG_NEWPOLICY:
+                    policy_reply = xfrm_userpolicy_info(chunk)
+                    policy_reply.decode()
+                    answers[sequence] = policy_from_message(policy_reply)
+        ordered = [answers[sequence] for sequence in sequences]
+        return (cast(list[SecurityAssociation | XfrmError], ordered[:count_sas]),
+                cast(list[SecurityPolicy | XfrmError], ordered[count_sas:]))
 
     def delete_sa(
         self, daddr: str, spi: int, proto: int = IPPROTO_ESP, mark: Mark | None = None

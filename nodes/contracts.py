@@ -271,6 +271,11 @@ class HaControl(ControlClient):
         """Append the probe records since the last checkpoint to disk, so that a killed agent's
         successor continues them."""
 
+    @command
+    def tcp_reconnect(self) -> Reply:
+        """A new TCP connection from the home address in place of the one running (after a change
+        of the MN's security state); ``connections``: how many there have been."""
+
 
 # -- the trace events -------------------------------------------------------------------------------
 class TraceEvent(str, enum.Enum):
@@ -307,6 +312,9 @@ class TraceEvent(str, enum.Enum):
     BA_REFUSED = "ba_refused"
     BU_REFUSED = "bu_refused"
     MH_DECODE_ERROR = "mh_decode_error"
+    HOME_PATH_MOVED = "home_path_moved"
+    HOME_PATH_FAILED = "home_path_failed"
+    TCP_FLOW_FAILED = "tcp_flow_failed"
     # IPsec context handling
     IPSEC_MOVED = "ipsec_moved"
     IPSEC_COLLECTED = "ipsec_collected"

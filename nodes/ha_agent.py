@@ -1,8 +1,9 @@
 """The HA agent: binding cache fed by Binding Updates, and the probe streams.
 
-The HA sends its probes to the care-of address its binding cache holds for the MN, so the
-downlink resumes exactly when the HA has processed the MN's Binding Update (and the path to the
-new care-of address, through the nAR and its IPsec state, works). The MN's end of the probes
+The HA sends its probes to the MN's home address, which it intercepts and tunnels to the care-of
+address its binding cache holds (:mod:`nodes.home_path`), so the downlink resumes exactly when the
+HA has processed the MN's Binding Update (and the path to the new care-of address, through the nAR
+and its IPsec state, works). The MN's end of the probes
 runs here too, with its socket in the MN's namespace: one sender serves both ends (see
 nodes.probe).
 """
@@ -16,14 +17,20 @@ import time
 from nodes import mobility
 from nodes.agent import Agent, main_guard
 from nodes.contracts import HaControl, TraceEvent, serve
+from nodes.home_path import HaHomePath, HomePathError
 from nodes.probe import DEFAULT_PORT, ProbeEnd, ProbeStreams
+from nodes.tcp_flow import TcpFlow, TcpFlowError
 
 
 class HomeAgent:
     def __init__(self, agent: Agent, probes: ProbeStreams, probe: ProbeEnd, identity: str,
                  outputs: dict[ProbeEnd, str] | None = None, mobility_key: bytes | None = None,
-                 address: str | None = None) -> None:
+                 address: str | None = None, home: HaHomePath | None = None,
+                 tcp: tuple[TcpFlow, dict[str, str]] | None = None) -> None:
         self.agent = agent
+        self.home = home
+        #: the TCP connection from the MN's home address, and where its ends' traces go
+        self.tcp = tcp
         self.probe = probe
         self.identity = identity
         # with a key, only the MN's own, fresh Binding Updates move its binding (RFC 4285)
@@ -48,7 +55,26 @@ class HomeAgent:
         return {end.role: end.arrivals(since_ns) for end in self.probes.ends}
 
     def checkpoint(self) -> dict:
-        return {"rows": sum(end.checkpoint(path) for end, path in self.outputs.items())}
+        rows = sum(end.checkpoint(path) for end, path in self.outputs.items())
+        if self.tcp is not None:
+            rows += self.tcp[0].checkpoint(self.tcp[1])
+        return {"rows": rows}
+
+    def _align_home(self) -> None:
+        assert self.home is not None  # deferred only after a move of the home path
+        try:
+            self.home.align()
+        except HomePathError as error:
+            self.agent.trace(TraceEvent.HOME_PATH_FAILED, care_of=self.home.care_of, error=str(error))
+
+    def tcp_reconnect(self) -> dict:
+        if self.tcp is None:
+            return {"connections": 0}
+        try:
+            self.tcp[0].reconnect()
+        except TcpFlowError as error:  # the flow stays down; its trace and the report say so
+            self.agent.trace(TraceEvent.TCP_FLOW_FAILED, error=str(error))
+        return {"connections": self.tcp[0].connections}
 
     def _receive(self) -> None:
         try:
@@ -68,8 +94,13 @@ class HomeAgent:
                              identity=message.identity, status=status)
         self.agent.trace(TraceEvent.BU_RECEIVED, source=care_of, seq=message.sequence, identity=message.identity,
                          status=status)
-        if status == mobility.BA_STATUS_ACCEPTED and message.identity == self.identity:
-            self.probe.peer = care_of  # the probe stream follows the binding
+        if status == mobility.BA_STATUS_ACCEPTED and message.identity == self.identity and self.home is not None:
+            try:  # the home address follows the binding; the other tunnels once the Ack is out
+                tunnel = self.home.point_to(care_of)
+                self.agent.trace(TraceEvent.HOME_PATH_MOVED, care_of=care_of, tunnel=tunnel)
+                self.agent.defer("align the home tunnels", self._align_home)
+            except HomePathError as error:  # the downlink is cut off: the traffic check says so
+                self.agent.trace(TraceEvent.HOME_PATH_FAILED, care_of=care_of, error=str(error))
         if message.acknowledge:
             # RFC 6275 §9.5.1: a BU out of window is answered with the last accepted sequence number
             last = self.cache.last_sequence(message.identity)
@@ -92,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", required=True)
     parser.add_argument("--trace", required=True)
     parser.add_argument("--probe-out", required=True, help="the HA end's probe trace, written at the stop")
-    parser.add_argument("--initial-peer", required=True, help="the MN's care-of address at start")
+    parser.add_argument("--home-address", required=True, help="the MN's home address: the probes' peer")
     parser.add_argument("--mn-namespace", required=True, help="the MN's network namespace (a pid or a name)")
     parser.add_argument("--mn-probe-out", required=True, help="the MN end's probe trace")
     parser.add_argument("--identity", required=True)
@@ -102,26 +133,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--tcp-interval-ms", type=float, default=0.0,
+                        help="a record each way on a TCP connection from the home address this often (0: none)")
+    parser.add_argument("--tcp-out", default=None, help="the HA end's TCP trace")
+    parser.add_argument("--mn-tcp-out", default=None, help="the MN end's TCP trace")
     arguments = parser.parse_args(argv)
 
     def run() -> None:
         agent = Agent("ha", arguments.control, arguments.trace)
         namespace = int(arguments.mn_namespace) if arguments.mn_namespace.isdigit() else arguments.mn_namespace
-        ha_end = ProbeEnd("ha", arguments.initial_peer, arguments.port, arguments.rate, arguments.size,
+        ha_end = ProbeEnd("ha", arguments.home_address, arguments.port, arguments.rate, arguments.size,
                           bind_address=arguments.bind)
         mn_end = ProbeEnd("mn", arguments.bind, arguments.port, arguments.rate, arguments.size,
-                          namespace=namespace)
+                          bind_address=arguments.home_address, namespace=namespace)
         probes = ProbeStreams([ha_end, mn_end])
         outputs = {ha_end: arguments.probe_out, mn_end: arguments.mn_probe_out}
         # a restarted agent (the runner's recovery) continues the records of the one before it
         probes.first_sequence = 1 + max(end.resume(path) for end, path in outputs.items())
+        home = HaHomePath(arguments.bind, arguments.home_address)
+        tcp = None
+        if arguments.tcp_interval_ms > 0:
+            try:  # an application's view next to the probes' (nodes.tcp_flow)
+                flow = TcpFlow(None, namespace, arguments.bind, arguments.home_address,
+                               interval_ms=arguments.tcp_interval_ms)
+            except TcpFlowError as error:
+                agent.trace(TraceEvent.TCP_FLOW_FAILED, error=str(error))
+            else:
+                tcp_outputs = {"ha": arguments.tcp_out, "mn": arguments.mn_tcp_out}
+                flow.resume(tcp_outputs)
+                tcp = (flow, tcp_outputs)
         HomeAgent(agent, probes, ha_end, arguments.identity, outputs,
-                  bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None, arguments.bind)
+                  bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None, arguments.bind,
+                  home, tcp)
         probes.start()
+        if tcp is not None:
+            tcp[0].start()
         try:
             agent.run()
         finally:
             probes.stop()
+            if tcp is not None:
+                tcp[0].stop()
+                tcp[0].write(tcp[1])
             ha_end.write(arguments.probe_out)
             mn_end.write(arguments.mn_probe_out)
 

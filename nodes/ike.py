@@ -14,6 +14,9 @@ What runs where (see docs/baseline.md):
   list, file log, the AR's RADIUS server). Connections, keys, certificates and secrets are loaded
   over VICI (``load-conn``, ``load-key``, ``load-shared``; certificates inline in the auth rounds).
 - ``aaa``: FreeRADIUS (:mod:`nodes.radius`).
+- under MOBIKE (``mobike``) instead: charon on ``mn`` and ``ha`` only, one IKE_SA between them for
+  the whole run, moved to each new care-of address (:class:`scenarios.runner.baseline.MobikeBaseline`;
+  :func:`mobike_steps` reads the steps of a move from the MN's log).
 
 Both are :class:`nodes.daemon.Daemon`: configuration rendered from data (``dry_run`` shows it),
 readiness checked (VICI answers; FreeRADIUS logs that it is ready), stopped by PID.
@@ -61,12 +64,23 @@ from nodes.agent import AGENT_NICE
 from nodes.daemon import Daemon, DaemonError
 
 CHARON = "/usr/lib/ipsec/charon"
-METHODS = ("eap-mschapv2", "eap-md5", "psk")
+#: ``eap-tls-resumed`` is EAP-TLS against a RADIUS server that caches TLS sessions for resumption
+#: ``mobike``: not a re-authentication: one IKE_SA with a fixed security gateway (the HA), kept across
+#: every move with MOBIKE (RFC 4555), authenticated once with a pre-shared key
+#: ``preauth-*``: pre-authentication (make-before-break): the IKE_SA and CHILD_SA with the nAR are set
+#: up before the move, through the pAR, with EAP-MSCHAPv2 or a pre-shared key
+#: (:class:`scenarios.runner.baseline.PreauthBaseline`)
+PREAUTH_PREFIX = "preauth-"
+PREAUTH_METHODS = (f"{PREAUTH_PREFIX}eap-mschapv2", f"{PREAUTH_PREFIX}psk")
+METHODS = ("eap-mschapv2", "eap-md5", "eap-tls", "eap-tls-resumed", "psk", "mobike", *PREAUTH_METHODS)
 IKE_PROPOSAL = "aes128-sha256-x25519"
 ESP_PROPOSAL = "aes128-sha256"   # kernel: cbc(aes) + hmac(sha256) truncated to 128 bits
 # The plugins charon loads, explicitly (no load_modular, nothing from /etc/strongswan.d).
 CHARON_PLUGINS = ("nonce openssl kdf pem pkcs1 pkcs8 x509 pubkey revocation constraints hmac gcm "
                   "kernel-netlink socket-default vici eap-identity eap-md5 eap-mschapv2 eap-radius")
+#: added on the MN for EAP-TLS (the ARs only relay EAP to RADIUS)
+CHARON_TLS_PLUGINS = "eap-tls"
+TLS_VERSION = "1.2"  # the TLS version of EAP-TLS, on both ends (session-ID resumption is TLS 1.2's)
 SUN_PATH_MAX = 107
 VICI_REQUEST_TIMEOUT_S = 60.0
 
@@ -91,6 +105,25 @@ class IkeAuthenticationError(IkeAttachError):
     """The peer refused our credentials (EAP failure from RADIUS, AUTHENTICATION_FAILED)."""
 
 
+class IkeResumptionError(IkeError):
+    """An EAP-TLS authentication that should have resumed a cached TLS session ran the full
+    handshake; ``result`` holds the attach's figures (RADIUS round trips, what each side sent)."""
+
+    def __init__(self, result: dict[str, Any]):
+        offered = result.get("tls_client_session_id_octets", 0)
+        if not offered and not result.get("tls_client_offers_ticket"):
+            why = "the MN's ClientHello offered no session to resume (no session ID, no ticket)"
+        elif not result.get("tls_resumed"):
+            why = "the server did not accept the session the MN offered"
+        else:
+            why = "the abbreviated handshake took no fewer RADIUS round trips than the full one"
+        super().__init__(
+            f"EAP-TLS session not resumed at {result.get('ar')}: {result.get('radius_requests')} RADIUS round "
+            f"trips (the first, full handshake: {result.get('tls_first_radius_requests')}), the server sent "
+            f"{'/'.join(result.get('tls_server_handshake', [])) or 'nothing in clear'}; {why}")
+        self.result = result
+
+
 # -- configuration generation (pure) ------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class BaselineParams:
@@ -105,23 +138,69 @@ class BaselineParams:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.method != "psk" and not self.aaa:
+        if self.eap and not self.aaa:
             raise ValueError(f"method {self.method} needs the AAA server (aaa=True)")
 
     @property
+    def preauth(self) -> bool:
+        """The IKE_SA and CHILD_SA with the nAR are set up before the move (pre-authentication)."""
+        return self.method.startswith(PREAUTH_PREFIX)
+
+    @property
+    def auth(self) -> str:
+        """How the MN authenticates: the method without the pre-authentication prefix."""
+        return self.method.removeprefix(PREAUTH_PREFIX)
+
+    @property
     def eap(self) -> bool:
-        return self.method.startswith("eap-")
+        return self.auth.startswith("eap-")
+
+    @property
+    def mobike(self) -> bool:
+        """One IKE_SA with the HA for the whole run, its addresses updated at each move."""
+        return self.method == "mobike"
+
+    @property
+    def eap_method(self) -> str:
+        """strongSwan's (and RADIUS's) name of the EAP method: both EAP-TLS variants are ``eap-tls``."""
+        return "eap-tls" if self.tls else self.auth
+
+    @property
+    def tls(self) -> bool:
+        return self.method.startswith("eap-tls")
+
+    @property
+    def tls_resumption(self) -> bool:
+        """The RADIUS server caches TLS sessions, and every attach after the first completed EAP-TLS
+        authentication must resume one."""
+        return self.method == "eap-tls-resumed"
 
 
-def render_strongswan_conf(node: str, log_path: Path, radius: tuple[str, str] | None) -> str:
-    """strongswan.conf for one node's charon; ``radius`` = (server address, secret) on an AR."""
+def needs_aaa(method: str) -> bool:
+    """Whether the method authenticates the MN through the AAA server (EAP relayed to RADIUS)."""
+    return method.removeprefix(PREAUTH_PREFIX).startswith("eap-")
+
+
+def render_strongswan_conf(node: str, log_path: Path, radius: tuple[str, str] | None, tls: bool = False,
+                           interfaces: tuple[str, ...] | None = None) -> str:
+    """strongswan.conf for one node's charon; ``radius`` = (server address, secret) on an AR;
+    ``tls``: the node is an EAP-TLS peer (the eap-tls plugin, libtls pinned to TLS 1.2);
+    ``interfaces``: the only interfaces whose addresses charon uses and watches (``interfaces_use``:
+    under MOBIKE, the MN's access interfaces, so that neither its loopback's home address nor a
+    tunnel's appearance is taken for a new path; the HA's loopback, so that it offers its one
+    address and no other)."""
+    plugins = f"{CHARON_PLUGINS} {CHARON_TLS_PLUGINS}" if tls else CHARON_PLUGINS
     lines = [
         f"# Generated by nodes/ike.py for node {node}: do not edit.",
         "charon {",
-        f"\tload = {CHARON_PLUGINS}",
+        f"\tload = {plugins}",
         "\t# The MN's default route already points at its AR: no routing table 220.",
         "\tinstall_routes = no",
         "\tinstall_virtual_ip = no",
+    ]
+    if interfaces:
+        lines += [f"\tinterfaces_use = {', '.join(interfaces)}"]
+    lines += [
         "\tport = 500",
         "\tport_nat_t = 4500",
         "\t# A few worker threads are plenty for one MN.",
@@ -165,7 +244,15 @@ def render_strongswan_conf(node: str, log_path: Path, radius: tuple[str, str] | 
             "\t\t\t}",
             "\t\t}",
         ]
-    lines += ["\t}", "}", ""]
+    lines += ["\t}", "}"]
+    if tls:
+        lines += [
+            "libtls {",
+            f"\tversion_min = {TLS_VERSION}",
+            f"\tversion_max = {TLS_VERSION}",
+            "}",
+        ]
+    lines += [""]
     return "\n".join(lines)
 
 
@@ -206,6 +293,68 @@ def classify_failure(log: str) -> tuple[type[IkeAttachError], str]:
         if match:
             return kind, match.group(0).strip()
     return IkeAttachError, "initiate failed (no reason in the MN's charon log)"
+
+
+# -- MOBIKE's steps, from charon's log ------------------------------------------------------------
+_LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d\d\d) ")
+
+
+def _log_seconds(line: str) -> float | None:
+    """The time of day (s) of one line of charon's file log (``time_format = %H:%M:%S``, ms added)."""
+    match = _LOG_TIME.match(line)
+    if match is None:
+        return None
+    hours, minutes, seconds, millis = (int(group) for group in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+def mobike_steps(log: str, care_of: str) -> dict[str, float]:
+    """When the initiator's charon took each step of one MOBIKE move to ``care_of``, as times of day
+    (s) from its log (ms resolution): ``detach_seen`` (an interface deactivated), ``address_seen``
+    (``care_of`` appeared on an interface), ``roam`` (its roam job found the old path gone and a
+    route from the new address: the kernel events' trigger, fired ROAM_DELAY = 100 ms after the
+    first of them), ``roam_deferred`` (an earlier roam job found no route at all: it fired while
+    the MN was detached, and the next event scheduled another), ``path_checked``
+    (the peer answered the empty INFORMATIONAL that probes the new path), ``update_sent`` (the
+    INFORMATIONAL request with UPDATE_SA_ADDRESSES) and ``update_answered`` (its response). A step
+    not in the log is absent."""
+    steps: dict[str, float] = {}
+    update_id = None
+    probe_ids: list[str] = []
+    for line in log.splitlines():
+        at = _log_seconds(line)
+        if at is None:
+            continue
+        if "[KNL] interface" in line and line.endswith("deactivated"):
+            steps.setdefault("detach_seen", at)
+        elif f"[KNL] {care_of} appeared on" in line:
+            steps.setdefault("address_seen", at)
+        elif "MOBIKE update deferred" in line:
+            steps.setdefault("roam_deferred", at)
+        elif "requesting address change using MOBIKE" in line:
+            steps.setdefault("roam", at)
+        elif (match := re.search(r"generating INFORMATIONAL request (\d+) \[ (.*)\]", line)) is not None:
+            if "N(UPD_SA_ADDR)" in match.group(2):
+                if "update_sent" not in steps:
+                    steps["update_sent"], update_id = at, match.group(1)
+            elif "roam" in steps and not match.group(2).strip():
+                probe_ids.append(match.group(1))
+        elif (match := re.search(r"parsed INFORMATIONAL response (\d+) ", line)) is not None:
+            if match.group(1) == update_id:
+                steps.setdefault("update_answered", at)
+            elif match.group(1) in probe_ids:
+                steps.setdefault("path_checked", at)
+    return steps
+
+
+def log_seconds_to_monotonic_ns(seconds: float) -> int:
+    """A time of day of this host's local clock (a charon log line's) on CLOCK_MONOTONIC (ns)."""
+    now_wall, now_monotonic = time.time(), time.monotonic_ns()
+    local = time.localtime(now_wall)
+    of_day = local.tm_hour * 3600 + local.tm_min * 60 + local.tm_sec + now_wall % 1
+    if seconds > of_day + 60:   # logged before midnight, read after it
+        seconds -= 86400
+    return now_monotonic - int((of_day - seconds) * 1e9)
 
 
 # -- packet counting --------------------------------------------------------------------------
@@ -250,12 +399,147 @@ def summarize_ike(packets: list[tuple[str, bytes]]) -> dict[str, int]:
     }
 
 
+def summarize_ike_sa(packets: list[tuple[str, bytes]], initiator_spi: int) -> dict[str, int]:
+    """Count the IKE messages of one existing IKE_SA (named by its initiator SPI) in ``packets``: a
+    MOBIKE address update runs in an IKE_SA made earlier, so no IKE_SA_INIT names it here."""
+    from scapy.contrib.ikev2 import IKEv2
+
+    own = [(direction, payload) for direction, payload in packets
+           if len(payload) >= 28 and IKEv2(payload).init_SPI == initiator_spi.to_bytes(8, "big")]
+    return {
+        "ike_messages": len(own),
+        "ike_requests": sum(1 for direction, _ in own if direction == "out"),
+        "ike_bytes": sum(len(payload) for _, payload in own),
+        "ike_other_messages": len(packets) - len(own),
+    }
+
+
+IKE_EXCHANGE_NAMES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL"}
+
+
+def ike_exchanges(packets: list[tuple[str, bytes]]) -> dict[str, int]:
+    """How many IKE messages of each exchange type ``packets`` hold, whatever their IKE_SA (by
+    name: ``IKE_SA_INIT``, ``IKE_AUTH``, ``CREATE_CHILD_SA``, ``INFORMATIONAL``; others by number)."""
+    from scapy.contrib.ikev2 import IKEv2
+
+    counts: dict[str, int] = {}
+    for _, payload in packets:
+        if len(payload) < 28:
+            continue
+        kind = int(IKEv2(payload).exch_type)
+        name = IKE_EXCHANGE_NAMES.get(kind, str(kind))
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def summarize_radius(packets: list[tuple[str, bytes]]) -> dict[str, int]:
     """RADIUS seen at an AR: requests are the packets it sends (to port 1812)."""
     return {
         "radius_messages": len(packets),
         "radius_requests": sum(1 for direction, _ in packets if direction == "out"),
         "radius_bytes": sum(len(payload) for _, payload in packets),
+    }
+
+
+# -- EAP-TLS inside RADIUS, read after the measured interval ---------------------------------------
+RADIUS_EAP_MESSAGE = 79    # RFC 3579 attribute
+EAP_TYPE_TLS = 13
+EAP_TLS_LENGTH_INCLUDED, EAP_TLS_START = 0x80, 0x20
+TLS_HANDSHAKE, TLS_CHANGE_CIPHER_SPEC = 22, 20
+TLS_HANDSHAKE_NAMES = {1: "ClientHello", 2: "ServerHello", 4: "NewSessionTicket", 11: "Certificate",
+                       12: "ServerKeyExchange", 13: "CertificateRequest", 14: "ServerHelloDone",
+                       15: "CertificateVerify", 16: "ClientKeyExchange"}
+TLS_EXT_SESSION_TICKET, TLS_EXT_PRE_SHARED_KEY = 35, 41
+
+
+def _radius_eap(payload: bytes) -> bytes:
+    """The EAP packet a RADIUS message carries (its EAP-Message attributes, concatenated)."""
+    eap, offset, end = b"", 20, min(len(payload), int.from_bytes(payload[2:4], "big") if len(payload) >= 4 else 0)
+    while offset + 2 <= end:
+        kind, length = payload[offset], payload[offset + 1]
+        if length < 2:
+            break
+        if kind == RADIUS_EAP_MESSAGE:
+            eap += payload[offset + 2: offset + length]
+        offset += length
+    return eap
+
+
+def _eap_tls_data(eap: bytes) -> bytes:
+    """The TLS bytes of one EAP-TLS request or response (b"" for anything else)."""
+    if len(eap) < 6 or eap[0] not in (1, 2) or eap[4] != EAP_TYPE_TLS:
+        return b""
+    length = int.from_bytes(eap[2:4], "big")
+    start = 10 if eap[5] & EAP_TLS_LENGTH_INCLUDED else 6
+    return eap[start:length]
+
+
+def _tls_handshake(stream: bytes) -> tuple[list[tuple[int, bytes]], bool]:
+    """The cleartext handshake messages (type, body) of one direction's TLS records, up to its
+    ChangeCipherSpec (what follows is encrypted), and whether a ChangeCipherSpec came."""
+    handshake, offset, changed = b"", 0, False
+    while offset + 5 <= len(stream) and not changed:
+        kind, length = stream[offset], int.from_bytes(stream[offset + 3: offset + 5], "big")
+        if kind == TLS_HANDSHAKE:
+            handshake += stream[offset + 5: offset + 5 + length]
+        changed = kind == TLS_CHANGE_CIPHER_SPEC
+        offset += 5 + length
+    messages, offset = [], 0
+    while offset + 4 <= len(handshake):
+        kind, length = handshake[offset], int.from_bytes(handshake[offset + 1: offset + 4], "big")
+        messages.append((kind, handshake[offset + 4: offset + 4 + length]))
+        offset += 4 + length
+    return messages, changed
+
+
+def _hello_session_id(body: bytes) -> bytes:
+    """A ClientHello's or ServerHello's session ID (after the version and the 32-octet random)."""
+    return body[35: 35 + body[34]] if len(body) > 34 else b""
+
+
+def _client_hello_extensions(body: bytes) -> list[int]:
+    offset = 35 + body[34] if len(body) > 34 else len(body)
+    if offset + 2 > len(body):
+        return []
+    offset += 2 + int.from_bytes(body[offset: offset + 2], "big")   # cipher suites
+    if offset + 1 > len(body):
+        return []
+    offset += 1 + body[offset]                                       # compression methods
+    if offset + 2 > len(body):
+        return []
+    end, offset, types = offset + 2 + int.from_bytes(body[offset: offset + 2], "big"), offset + 2, []
+    while offset + 4 <= min(end, len(body)):
+        types.append(int.from_bytes(body[offset: offset + 2], "big"))
+        offset += 4 + int.from_bytes(body[offset + 2: offset + 4], "big")
+    return types
+
+
+def summarize_eap_tls(packets: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """What the EAP-TLS handshake relayed in RADIUS packets (seen at the AR: ``out`` are its
+    Access-Requests, carrying the MN's EAP responses; ``in`` the server's answers) says of itself:
+    whether the MN's ClientHello offered a session (its session ID, a SessionTicket or a
+    pre_shared_key extension), the handshake messages each side sent in clear, and whether the
+    handshake was abbreviated: the server answered with the session ID the client offered and
+    went straight to its ChangeCipherSpec, without a Certificate. {} when no EAP-TLS was seen."""
+    streams = {"out": b"", "in": b""}
+    for direction, payload in packets:
+        streams[direction] += _eap_tls_data(_radius_eap(payload))
+    if not streams["out"] and not streams["in"]:
+        return {}
+    client, _ = _tls_handshake(streams["out"])
+    server, server_changed = _tls_handshake(streams["in"])
+    client_hello = next((body for kind, body in client if kind == 1), b"")
+    server_hello = next((body for kind, body in server if kind == 2), b"")
+    offered, chosen = _hello_session_id(client_hello), _hello_session_id(server_hello)
+    extensions = _client_hello_extensions(client_hello)
+    server_names = [TLS_HANDSHAKE_NAMES.get(kind, str(kind)) for kind, _ in server]
+    return {
+        "tls_client_session_id_octets": len(offered),
+        "tls_client_offers_ticket": TLS_EXT_SESSION_TICKET in extensions or TLS_EXT_PRE_SHARED_KEY in extensions,
+        "tls_server_session_id_octets": len(chosen),
+        "tls_client_handshake": [TLS_HANDSHAKE_NAMES.get(kind, str(kind)) for kind, _ in client],
+        "tls_server_handshake": server_names,
+        "tls_resumed": bool(offered) and offered == chosen and server_changed and "Certificate" not in server_names,
     }
 
 
@@ -303,9 +587,10 @@ class Charon(Daemon):
 
     name = "charon"
 
-    def __init__(self, host, node: str, directory: Path, radius: tuple[str, str] | None):
+    def __init__(self, host, node: str, directory: Path, radius: tuple[str, str] | None, tls: bool = False,
+                 interfaces: tuple[str, ...] | None = None):
         super().__init__(host, directory)
-        self.node, self.radius = node, radius
+        self.node, self.radius, self.tls, self.interfaces = node, radius, tls, interfaces
         self.run_dir = self.directory / "run"
         self.socket_path = self.run_dir / "charon.vici"
         self.conf_path = self.directory / "strongswan.conf"
@@ -316,7 +601,8 @@ class Charon(Daemon):
             raise IkeStartError(f"VICI socket path too long for AF_UNIX: {self.socket_path}")
 
     def config_files(self) -> dict[Path, str]:
-        return {self.conf_path: render_strongswan_conf(self.node, self.log_path, self.radius)}
+        return {self.conf_path: render_strongswan_conf(self.node, self.log_path, self.radius, self.tls,
+                                                       self.interfaces)}
 
     def prepare(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -426,12 +712,13 @@ def _decode(value: Any) -> Any:
 
 
 class EventListener:
-    """A VICI session registered for ``child-updown`` and ``ike-updown`` on its own thread; every
-    event is queued with the CLOCK_MONOTONIC time (ns) of its arrival in this process."""
+    """A VICI session registered for ``child-updown`` and ``ike-updown`` (or ``events``) on its own
+    thread; every event is queued with the CLOCK_MONOTONIC time (ns) of its arrival in this process."""
 
     EVENTS = ["child-updown", "ike-updown"]
 
-    def __init__(self, charon: Charon):
+    def __init__(self, charon: Charon, events: list[str] | None = None):
+        self.EVENTS = list(events or self.EVENTS)
         self.events: queue.Queue[tuple[int, str, dict]] = queue.Queue()
         self._session = charon.new_session()
         self._stopping = threading.Event()

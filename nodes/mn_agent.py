@@ -6,6 +6,8 @@ when no event came) the MN, depending on the method:
 
 * re-homes its own SAs and policies to (MN_n, nAR) through XFRM migrate (Tables I and III);
 * sends the CTAR to the nAR (RFC 4067 §2.5.1: always, also after a predictive transfer);
+* routes what leaves from its home address through the MN-HA tunnel of its new care-of address
+  (:mod:`nodes.home_path`);
 * sends a Binding Update to the HA, retransmitted from 1 s on until the Binding Ack arrives.
 
 ``retry_reactive`` is the fall-back the runner asks for after a failed transfer.
@@ -38,6 +40,7 @@ from nodes.agent import Agent, main_guard
 from nodes.contracts import MnControl, TraceEvent, serve
 from nodes.cxtp_node import CxtpRuntime
 from nodes.cxtp_transport import IcmpTransport
+from nodes.home_path import HomePathError, MnHomePath
 
 NETLINK_ROUTE = 0
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -63,8 +66,12 @@ def _default_routes(data: bytes):
 
 class MobileNodeAgent:
     def __init__(self, agent: Agent, address: str, ha: str, identity: str, seed: int,
-                 mobility_key: bytes | None = None) -> None:
+                 mobility_key: bytes | None = None, home_table: int | None = None,
+                 home_address: str | None = None) -> None:
         self.agent = agent
+        self.home_address = home_address
+        #: the home address's tunnels (None: no home address on this testbed)
+        self.home = MnHomePath(home_table) if home_table is not None else None
         self.address = address
         self.ha = ha
         self.identity = identity
@@ -175,10 +182,21 @@ class MobileNodeAgent:
                 self.agent.trace(TraceEvent.IPSEC_MOVE_FAILED, error=str(error))
                 self._end_transaction("failed", f"the MN's own SAs could not be moved: {error}")
         self.address = new_address
+        self._use_home_path(new_address)
         self._send_bu(first=True)
         if ipsec:
             self.handler.finish_move(self.agent.defer)  # the old SAs and policies, once idle
         return {}
+
+    def _use_home_path(self, care_of: str) -> None:
+        """The home address leaves through the tunnel of ``care_of`` from now on."""
+        if self.home is None:
+            return
+        try:
+            if self.home.use(care_of):
+                self.agent.trace(TraceEvent.HOME_PATH_MOVED, care_of=care_of, tunnel=self.home.current)
+        except HomePathError as error:  # the home address is cut off: the traffic check says so
+            self.agent.trace(TraceEvent.HOME_PATH_FAILED, care_of=care_of, error=str(error))
 
     def _start_transaction(self, nar: str, par: str, now: float, new_address: str) -> None:
         """The CTAR to the nAR for this attach. An attach that comes before the last transaction
@@ -234,6 +252,7 @@ class MobileNodeAgent:
         self.address = address
         self.engine.moved_to(address)
         self.handler.current_ar = None
+        self._use_home_path(address)
         self._send_bu(first=True)
         return {}
 
@@ -244,11 +263,11 @@ class MobileNodeAgent:
         # Replaced, not added, and removed whoever added them: a killed agent leaves its policies in
         # the kernel, and its successor must take them over rather than fail on them (EEXIST).
         if enable:
-            self.bypass = list(operator_policy.mn_bypass_policies(self.ha))
+            self.bypass = list(operator_policy.mn_bypass_policies(self.ha, self.home_address))
             for policy in self.bypass:
                 self.xfrm.update_policy(policy)
         else:
-            for policy in operator_policy.mn_bypass_policies(self.ha):
+            for policy in operator_policy.mn_bypass_policies(self.ha, self.home_address):
                 try:
                     self.xfrm.delete_policy(policy.selector, policy.dir, policy.mark, policy.if_id)
                 except XfrmError as error:
@@ -354,12 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identity", required=True)
     parser.add_argument("--mobility-key", default=None, help="the MN-HA key (hex) of RFC 4285")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--home-table", type=int, default=None,
+                        help="the routing table of what leaves from the home address (none: no home address)")
+    parser.add_argument("--home-address", default=None, help="the MN's home address (RFC 6275)")
     arguments = parser.parse_args(argv)
 
     def run() -> None:
         agent = Agent("mn", arguments.control, arguments.trace)
         MobileNodeAgent(agent, arguments.address, arguments.ha, arguments.identity, arguments.seed,
-                        bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None)
+                        bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None,
+                        arguments.home_table, arguments.home_address)
         agent.run()
 
     return main_guard(run)

@@ -92,21 +92,27 @@ def _signalling_selectors(**fields) -> tuple[Selector, ...]:
             Selector(proto=IPPROTO_MH, **fields))
 
 
-def mn_bypass_policies(ha: str | None = None) -> tuple[SecurityPolicy, ...]:
+def mn_bypass_policies(ha: str | None = None, home_address: str | None = None) -> tuple[SecurityPolicy, ...]:
     """The MN's signalling stays outside the tunnel (paper §VI-A: MIPv6 signalling is not protected
     by it, and the CTAR must not be): neighbour discovery, CXTP's ICMPv6 type 150 and the Mobility
     Header, both directions, any address, so that they are no part of the context that moves.
     Any other ICMPv6 (an echo to the HA, say) is the tunnel's like any other traffic. With ``ha``,
     everything else the MN sends to the HA is blocked unless a tunnel policy (higher priority)
     takes it: the protected flow never leaves the MN in clear, also between an attach and the
-    moment its SAs serve the new address."""
+    moment its SAs serve the new address. With ``home_address``, what leaves from it goes into the
+    MN-HA tunnel (Mobile IPv6): its IPv6-in-IPv6 packet, from the care-of address to the HA, is
+    what the guard and the tunnel policies then see."""
     bypass = tuple(SecurityPolicy(selector=selector, dir=direction, priority=PRIORITY_BYPASS)
                    for selector in _signalling_selectors() for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT))
     if ha is None:
         return bypass
     guard = SecurityPolicy(selector=Selector(daddr=ha, prefixlen_d=128), dir=XFRM_POLICY_OUT,
                            action=XFRM_POLICY_BLOCK, priority=PRIORITY_BLOCK)
-    return (*bypass, guard)
+    if home_address is None:
+        return (*bypass, guard)
+    home = SecurityPolicy(selector=Selector(saddr=home_address, prefixlen_s=128, daddr=ha, prefixlen_d=128),
+                          dir=XFRM_POLICY_OUT, priority=PRIORITY_BYPASS)
+    return (*bypass, home, guard)
 
 
 def access_policies(access_prefix: str) -> tuple[SecurityPolicy, ...]:
@@ -135,4 +141,69 @@ def access_policies(access_prefix: str) -> tuple[SecurityPolicy, ...]:
                      for selector in allowed]
         policies.append(SecurityPolicy(selector=Selector(**side), dir=direction, action=XFRM_POLICY_BLOCK,
                                        priority=PRIORITY_BLOCK))
+    return tuple(policies)
+
+
+# -- a security gateway behind the access routers (MOBIKE to the HA) -------------------------------
+IPPROTO_ESP = 50
+IKE_PORTS = (500, 4500)
+#: the priority of the CHILD_SA an MN keeps with a fixed security gateway (MOBIKE, RFC 4555): it
+#: protects what the MN sends from its home address to the HA, which :func:`mn_bypass_policies`
+#: lets into the Mobile IPv6 tunnel in clear at PRIORITY_BYPASS; the gateway's SA must win
+PRIORITY_GATEWAY_TUNNEL = PRIORITY_BYPASS - 5
+
+
+def gateway_access_policies(access_prefix: str, gateway: str) -> tuple[SecurityPolicy, ...]:
+    """What an AR lets through for MNs on its access link that keep an IPsec tunnel with a security
+    gateway beyond it (``gateway``, the HA under MOBIKE), on top of :func:`access_policies`.
+
+    The operator's rule stays: no plaintext between the access link and the rest of the network.
+    ESP between an MN's address on this link and the gateway is not plaintext, and IKE with the
+    gateway is signalling: both are forwarded, ESP both ways, IKE from the MN (the gateway's
+    answers already pass as IKE answers). And only from addresses of this link (ingress
+    filtering, RFC 2827): ESP or IKE towards the gateway from any other source is not forwarded,
+    so an MN whose SA still names the care-of address of its previous link cannot have this AR
+    carry it."""
+    network = ipaddress.ip_network(access_prefix)
+    prefix, length = network.network_address.compressed, network.prefixlen
+    from_link: dict[str, Any] = {"saddr": prefix, "prefixlen_s": length, "daddr": gateway, "prefixlen_d": 128}
+    to_gateway: dict[str, Any] = {"daddr": gateway, "prefixlen_d": 128}
+    allowed = [Selector(proto=IPPROTO_ESP, **from_link),
+               *(Selector(proto=IPPROTO_UDP, dport=port, dport_mask=0xFFFF, **from_link) for port in IKE_PORTS)]
+    refused = [Selector(proto=IPPROTO_ESP, **to_gateway),
+               *(Selector(proto=IPPROTO_UDP, dport=port, dport_mask=0xFFFF, **to_gateway) for port in IKE_PORTS)]
+    to_link = Selector(proto=IPPROTO_ESP, saddr=gateway, prefixlen_s=128, daddr=prefix, prefixlen_d=length)
+    return (*(SecurityPolicy(selector=selector, dir=XFRM_POLICY_FWD, priority=PRIORITY_BYPASS) for selector in allowed),
+            *(SecurityPolicy(selector=selector, dir=XFRM_POLICY_FWD, action=XFRM_POLICY_BLOCK,
+                             priority=PRIORITY_BLOCK) for selector in refused),
+            SecurityPolicy(selector=to_link, dir=XFRM_POLICY_OUT, priority=PRIORITY_BYPASS))
+
+
+# -- pre-authentication with a neighbouring access router (make-before-break) ----------------------
+def preauth_access_policies(access_prefix: str, peers: list[tuple[str, str]]) -> tuple[SecurityPolicy, ...]:
+    """What an AR lets through, on top of :func:`access_policies`, so that an MN on its access link
+    can pre-authenticate with a neighbouring AR before it moves there (IEEE 802.11i
+    pre-authentication, RFC 5836): ``peers`` are (the neighbour's access address, its access
+    prefix).
+
+    IKE from this link's prefix to each neighbour's access address is forwarded: signalling, like
+    the Binding Update. And no ESP whose source lies in a neighbour's access prefix is forwarded,
+    from any interface (ingress filtering, RFC 2827): the SAs an MN pre-establishes with the
+    neighbour already name its future care-of address there, and an ESP packet under them sent
+    before the MN is on the neighbour's link would otherwise cross this AR and the AR-AR link and
+    be decrypted by the neighbour. Legitimate traffic from a neighbour's prefix never crosses this
+    AR: the MN there reaches the HA through the neighbour, and IKE with this AR ends here."""
+    network = ipaddress.ip_network(access_prefix)
+    prefix, length = network.network_address.compressed, network.prefixlen
+    policies = []
+    for peer_address, peer_prefix in peers:
+        for port in IKE_PORTS:
+            policies.append(SecurityPolicy(
+                selector=Selector(proto=IPPROTO_UDP, dport=port, dport_mask=0xFFFF, saddr=prefix, prefixlen_s=length,
+                                  daddr=peer_address, prefixlen_d=128),
+                dir=XFRM_POLICY_FWD, priority=PRIORITY_BYPASS))
+        peer = ipaddress.ip_network(peer_prefix)
+        policies.append(SecurityPolicy(
+            selector=Selector(proto=IPPROTO_ESP, saddr=peer.network_address.compressed, prefixlen_s=peer.prefixlen),
+            dir=XFRM_POLICY_FWD, action=XFRM_POLICY_BLOCK, priority=PRIORITY_ANTI_SPOOF))
     return tuple(policies)

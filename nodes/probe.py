@@ -9,8 +9,10 @@ end records, for every probe it receives, the sequence number and the send and r
 the monotonic clock, which one kernel shares across all namespaces. The traces are written when
 the agent stops.
 
-The HA end sends to the care-of address the HA's binding cache holds (``peer``, set by the HA
-agent as it accepts a Binding Update).
+The probes run between the HA's address and the MN's home address, as an application on the MN
+would: through the MN-HA tunnel, which the agents point at the MN's care-of address
+(:mod:`nodes.home_path`); each end's interfaces are tunnels, one per access router, so the
+interface a probe arrives on still names the path it took.
 
 Probe payload (network byte order): magic "TBPR", sequence u32, send time u64 ns, padding.
 """
@@ -107,8 +109,8 @@ class ProbeEnd:
         self.padding = b"\0" * max(0, size - HEADER.size)
         self.sock = netns.socket_in(namespace, socket.AF_INET6, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-        # The HA binds its own address so that its probes match the MN's traffic selectors
-        # (HA <-> MN); the MN binds nothing, so its source follows its current care-of address.
+        # Each end binds its address: the HA its own, the MN its home address (the MN's rule for
+        # that source sends its probes through the MN-HA tunnel, wherever the MN is).
         self.sock.bind((bind_address, port))
         # Blocking, with the kernel's receive timeout rather than Python's: a Python socket
         # timeout reads the clock and polls before every send and receive, three system calls

@@ -8,6 +8,12 @@ entry for the testbed's prefix, its own log and run directories, and no privileg
 started in the AAA node's network namespace with ``freeradius -f -d <dir>`` and stopped by its
 PID; the system service is never used.
 
+For EAP-TLS (:class:`RadiusTls`) the ``eap`` module gets a ``tls-config`` with the server's
+certificate and key and the testbed CA (which must have issued the MN's client certificate, whose
+CN must be the EAP identity: ``check_cert_cn``), TLS 1.2 only (the version whose session-ID cache
+the resumption relies on), and the TLS session cache on or off (``cache { enable = ... }``): with it
+on, a client that offers the session ID of an earlier handshake gets the abbreviated handshake.
+
 The users file's ``EAP-Type`` comes too late to choose the EAP method (the ``eap`` module has
 already answered the identity), so the method is forced in ``authorize`` with
 ``update control { &EAP-Type := ... }`` before ``eap``.
@@ -26,11 +32,26 @@ FREERADIUS = "/usr/sbin/freeradius"
 RADIUS_AUTH_PORT = 1812
 
 # Our method names -> FreeRADIUS EAP-Type values and eap sub-module names.
-EAP_TYPES = {"eap-md5": ("MD5", "md5"), "eap-mschapv2": ("MSCHAPv2", "mschapv2")}
+EAP_TYPES = {"eap-md5": ("MD5", "md5"), "eap-mschapv2": ("MSCHAPv2", "mschapv2"), "eap-tls": ("TLS", "tls")}
 
 
 class RadiusError(DaemonError):
     """FreeRADIUS could not be configured, started or stopped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RadiusTls:
+    """The EAP-TLS server side: certificate and key files, the CA that issued the clients'
+    certificates, and whether sessions are cached for resumption."""
+
+    certificate_file: Path
+    private_key_file: Path
+    ca_file: Path
+    session_cache: bool = False
+    #: hours a cached session may be resumed
+    cache_lifetime_h: int = 24
+    #: EAP-TLS fragment size (FreeRADIUS's default)
+    fragment_size: int = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +61,13 @@ class RadiusConfig:
     users: dict[str, str]        # EAP identity -> cleartext password
     method: str = "eap-mschapv2"  # eap-md5 | eap-mschapv2
     clients_prefix: str = "2001:db8::/32"  # the ARs' addresses towards the AAA node
+    tls: RadiusTls | None = None  # EAP-TLS only
 
     def __post_init__(self) -> None:
         if self.method not in EAP_TYPES:
             raise ValueError(f"RADIUS EAP method must be one of {sorted(EAP_TYPES)}, got {self.method!r}")
+        if (self.method == "eap-tls") != (self.tls is not None):
+            raise ValueError("EAP-TLS needs its certificates (tls=RadiusTls(...)), and only EAP-TLS takes them")
         for text in (self.secret, *self.users, *self.users.values()):
             if any(ch in text for ch in '"\\\n'):
                 raise ValueError(f"RADIUS secret, user names and passwords may not contain quotes, "
@@ -137,7 +161,7 @@ modules {{
 		mschapv2 {{
 			send_error = no
 		}}
-	}}
+{render_eap_tls(config.tls)}	}}
 }}
 
 instantiate {{
@@ -169,6 +193,43 @@ server default {{
 	post-auth {{
 	}}
 }}
+"""
+
+
+def render_eap_tls(tls: RadiusTls | None) -> str:
+    """The ``eap`` module's EAP-TLS part (nothing without EAP-TLS), indented for it."""
+    if tls is None:
+        return ""
+    cache = "yes" if tls.session_cache else "no"
+    return f"""		tls-config tls-common {{
+			private_key_file = {tls.private_key_file}
+			certificate_file = {tls.certificate_file}
+			ca_file = {tls.ca_file}
+			cipher_list = "DEFAULT"
+			cipher_server_preference = no
+			tls_min_version = "1.2"
+			tls_max_version = "1.2"
+			ecdh_curve = "prime256v1"
+			fragment_size = {tls.fragment_size}
+			include_length = yes
+			auto_chain = no
+			check_crl = no
+			# The client certificate's CN is the EAP identity.
+			check_cert_cn = %{{User-Name}}
+			cache {{
+				enable = {cache}
+				lifetime = {tls.cache_lifetime_h}
+				max_entries = 255
+			}}
+			verify {{
+			}}
+			ocsp {{
+				enable = no
+			}}
+		}}
+		tls {{
+			tls = tls-common
+		}}
 """
 
 

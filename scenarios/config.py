@@ -25,7 +25,7 @@ from topo.network import LinkParams
 PROFILES = tuple(provisioning.PROFILES)
 AR_TRANSPORTS = ("sctp", "tcp")
 SWEEPABLE = tuple(f"links.{link_class}.{field}" for link_class in plan.LINK_CLASSES
-                  for field in ("delay_ms", "jitter_ms", "loss_percent", "rate_mbit")) + ("l2_delay_ms",)
+                  for field in ("delay_ms", "jitter_ms", "loss_percent", "rate_mbit")) + ("l2_delay_ms", "ping_pong_ms")
 
 DEFAULTS: dict[str, Any] = {
     "name": "default",
@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "handovers": 20,
     "warmup_handovers": 2,
     "l2_delay_ms": 50.0,
+    # >= 0: every handover is a ping-pong, the MN moving back this long after the attach; -1: none
+    "ping_pong_ms": -1.0,
     "anticipation_ms": 100.0,
     "settle_ms": 400.0,
     "warmup_ms": 500.0,
@@ -47,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
                           if method_registry.get(name).sweeps == plan.AR_AAA]},
     # 500 probes/s each way: 2 ms resolution, at a load the UML guest keeps up with (measured by
     # benchmarks/bench_probe_load.py; docs/performance.md)
-    "probe": {"rate": 500.0, "size": 64},
+    "probe": {"rate": 500.0, "size": 64, "tcp_interval_ms": 20.0},
     # Emulation fidelity (in the way of Mininet-HiFi's monitors): a handover during which the
     # emulator did not keep its own timing is marked, left out of the figures and repeated
     "fidelity": {"max_l2_drift_ms": 10.0, "max_step_ms": 10.0, "max_probe_late_ms": 10.0,
@@ -101,6 +103,10 @@ class Scenario:
     links: dict[str, LinkParams]
     source: str  # the file it came from, or "built-in defaults"
     captures: tuple[str, ...] = ()
+    #: a record each way this often on a TCP connection from the MN's home address (0: none)
+    tcp_interval_ms: float = 20.0
+    #: every handover a ping-pong: the MN moves back this long after its attach (None: not)
+    ping_pong_ms: float | None = None
     fidelity: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULTS["fidelity"]))
     cxtp: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULTS["cxtp"]))
 
@@ -139,12 +145,12 @@ class Scenario:
         return {
             "name": self.name, "seed": self.seed, "methods": list(self.methods),
             "handovers": self.handovers, "warmup_handovers": self.warmup_handovers,
-            "l2_delay_ms": self.l2_delay_ms, "anticipation_ms": self.anticipation_ms,
+            "l2_delay_ms": self.l2_delay_ms, "ping_pong_ms": self.ping_pong_ms, "anticipation_ms": self.anticipation_ms,
             "settle_ms": self.settle_ms, "warmup_ms": self.warmup_ms, "profile": self.profile,
             "ar_transport": self.ar_transport,
             "sweep": {"parameter": self.sweep_parameter, "values": list(self.sweep_values),
                       "methods": list(self.sweep_methods)},
-            "probe": {"rate": self.probe_rate, "size": self.probe_size},
+            "probe": {"rate": self.probe_rate, "size": self.probe_size, "tcp_interval_ms": self.tcp_interval_ms},
             "links": {name: dataclasses.asdict(params) for name, params in self.links.items()},
             "cxtp": dict(self.cxtp), "cxtp_timers_s": self.cxtp_timers(self.links),
             "captures": list(self.captures), "fidelity": dict(self.fidelity),
@@ -210,6 +216,9 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
             raise ScenarioError(f"methods[{index}]: unknown method {method!r} (known: {', '.join(known)})")
         if method in methods[:index]:
             raise ScenarioError(f"methods[{index}]: {method!r} is listed twice")
+        if method_registry.get(method).unavailable:
+            raise ScenarioError(f"methods[{index}]: {method!r} cannot succeed here: "
+                                f"{method_registry.get(method).unavailable}")
     for field, choices in (("profile", PROFILES), ("ar_transport", AR_TRANSPORTS)):
         if merged[field] not in choices:
             raise ScenarioError(f"{field}: must be one of {', '.join(choices)}, got {merged[field]!r}")
@@ -271,12 +280,22 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         warmup_ms=_number(merged["warmup_ms"], "warmup_ms", 0, 600_000),
         probe_rate=_number(merged["probe"]["rate"], "probe.rate", 1, 20_000),
         probe_size=_integer(merged["probe"]["size"], "probe.size", 16, MAX_PROBE_SIZE),
+        tcp_interval_ms=_number(merged["probe"]["tcp_interval_ms"], "probe.tcp_interval_ms", 0, 10_000),
+        ping_pong_ms=_ping_pong(merged["ping_pong_ms"]),
         links=links,
         source=source,
         captures=captures,
         fidelity=fidelity,
         cxtp=cxtp,
     )
+
+
+def _ping_pong(value: Any) -> float | None:
+    """-1 (no ping-pong) or a gap of 0 ms or more."""
+    gap = _number(value, "ping_pong_ms", -1, 60_000)
+    if -1 < gap < 0:
+        raise ScenarioError(f"ping_pong_ms: -1 (no ping-pong) or a gap of 0 ms or more, got {value!r}")
+    return None if gap < 0 else gap
 
 
 def load(path: str | Path | None) -> Scenario:

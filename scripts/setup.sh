@@ -17,7 +17,7 @@ fi
 # (scripts/slurm-cluster.sh; acl lets its ordinary user reach the checkout); chromium (headless)
 # and a font open the HTML reports in the browser test (tests/host/).
 PACKAGES=(mininet user-mode-linux iproute2 tcpdump tshark iputils-ping procps kmod util-linux net-tools
-          python3 python3-venv ethtool make git
+          python3 python3-venv ethtool make git openssl
           strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins
           libcharon-extauth-plugins libstrongswan-standard-plugins freeradius freeradius-utils
           slurmd slurmctld slurm-client munge acl chromium fonts-dejavu-core)

@@ -12,7 +12,7 @@ from typing import Any
 from scenarios import sweep
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-REFERENCE = REPOSITORY / "results" / "reference" / "default-20261207T095625Z"
+REFERENCE = REPOSITORY / "results" / "reference" / "default-20261207T124853Z"
 
 GRID_SCENARIO = """
 name = "gridtest"

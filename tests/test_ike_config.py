@@ -17,7 +17,7 @@ CERT = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 def test_params_refuse_unknown_method_and_eap_without_aaa():
     with pytest.raises(ValueError, match="method must be one of"):
-        ike.BaselineParams(method="eap-tls")
+        ike.BaselineParams(method="eap-aka")
     with pytest.raises(ValueError, match="needs the AAA server"):
         ike.BaselineParams(method="eap-md5", aaa=False)
     assert not ike.BaselineParams(method="psk", aaa=False).eap

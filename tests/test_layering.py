@@ -68,8 +68,9 @@ def _scenario_modules(path: Path) -> set[str]:
     return names
 
 
-#: what the analysis may take from the runner: the method declarations, which name what a run holds
-ANALYSIS_MAY_IMPORT_FROM_RUNNER = {"scenarios.runner", "scenarios.runner.methods"}
+#: what the analysis may take from the runner: the method declarations, which name what a run
+#: holds, and their declared security properties
+ANALYSIS_MAY_IMPORT_FROM_RUNNER = {"scenarios.runner", "scenarios.runner.methods", "scenarios.runner.properties"}
 
 
 @pytest.mark.parametrize("path", sorted((REPOSITORY / "scenarios").glob("*.py"))

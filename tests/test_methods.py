@@ -157,7 +157,8 @@ def test_parser_metrics_and_report_read_the_registry():
     assert config.load(None).methods == methods.default_names()
     assert methods.reference_name() == "none"
     assert set(methods.cxtp_names()) == {"cxtp-predictive", "cxtp-reactive", "cxtp-network", "cxtp-reactive-ike"}
-    assert set(methods.reauth_names()) == {"reauth-eap", "reauth-eap-md5", "reauth-psk"}
+    assert set(methods.reauth_names()) == {"reauth-eap", "reauth-eap-md5", "reauth-eap-tls", "reauth-eap-tls-resumed",
+                                          "reauth-psk"}
     with pytest.raises(ValueError, match="registered twice"):
         methods.register(methods.get("none"))
     with pytest.raises(config.ScenarioError, match="unknown method"):

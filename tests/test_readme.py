@@ -24,6 +24,7 @@ PAPER_NAMES = {
     "nAR.nar.ipv6.com": (plan.NAR, plan.AR_ACCESS_ADDRESS[plan.NAR]),
     "HA.ha.ipv6.com": (plan.HA, plan.LOOPBACK_ADDRESSES[plan.HA]),
     "(AAA server)": (plan.AAA, plan.LOOPBACK_ADDRESSES[plan.AAA]),
+    "(home address)": (plan.MN, plan.MN_HOME_ADDRESS),
 }
 #: the IPv6 literals of a text: addresses and prefixes (at least two groups, so "::1" suffixes
 #: of the link table are left to the row check)
@@ -68,6 +69,8 @@ def _known_literals() -> set[str]:
         known.update(ipaddress.ip_address(a).compressed for a in (link.a_address, link.b_address) if a)
     known.update(ipaddress.ip_address(a).compressed for a in plan.MN_COA.values())
     known.update(ipaddress.ip_address(a).compressed for a in plan.LOOPBACK_ADDRESSES.values())
+    known.update({ipaddress.ip_address(plan.MN_HOME_ADDRESS).compressed,
+                  ipaddress.ip_network(plan.HOME_PREFIX).compressed})
     return known
 
 

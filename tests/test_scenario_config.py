@@ -60,6 +60,10 @@ def test_file_overrides_only_what_it_states(tmp_path):
     ("[cxtp]\ntransfer_time_ms = nan", "cxtp.transfer_time_ms"),
     ("[cxtp]\nhold = 1", "cxtp.hold"),
     ("[sweep]\nparameter = \"l2_delay_ms\"\nvalues = [10, 10]", "sweep.values"),
+    ("ping_pong_ms = -0.5", "ping_pong_ms"),
+    ("ping_pong_ms = nan", "ping_pong_ms"),
+    ('methods = ["reauth-eap-tls-resumed"]', "methods[0]"),
+    ("[probe]\ntcp_interval_ms = -1", "probe.tcp_interval_ms"),
 ])
 def test_bad_field_is_named(tmp_path, text, field):
     path = tmp_path / "bad.toml"
@@ -124,3 +128,13 @@ def test_host_side_check_prints_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "l2_delay_ms: must be a finite number" in err
     assert config.main([]) == 0
+
+
+def test_ping_pong_is_off_by_default_set_or_swept(tmp_path):
+    assert config.load(None).ping_pong_ms is None
+    path = tmp_path / "pp.toml"
+    path.write_text('ping_pong_ms = 0\n[sweep]\nparameter = "ping_pong_ms"\nvalues = [0, 5, 50, 300]\n'
+                    'methods = ["cxtp-reactive"]\n')
+    scenario = config.load(path)
+    assert scenario.ping_pong_ms == 0.0 and scenario.sweep_values == (0.0, 5.0, 50.0, 300.0)
+    assert scenario.parameters()["ping_pong_ms"] == 0.0

@@ -153,6 +153,7 @@ class Testbed:
         for route in plan.ROUTES:
             interface = plan.LINKS_BY_NAME[route.link].interface(route.node)
             self.cmd(route.node, f"ip -6 route add {route.destination} via {route.via} dev {interface}")
+        self._configure_home()
         # Link-layer addresses on the access links are known from the L2 association, as an access
         # point's router knows its stations and a Router Advertisement's source link-layer option
         # tells the MN its router's: no neighbour discovery on the access links, where a veth's
@@ -168,6 +169,24 @@ class Testbed:
         for ar in plan.ACCESS_ROUTERS:
             interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
             self.cmd(plan.MN, f"ip link set {interface} down")
+
+    def _configure_home(self) -> None:
+        """Mobile IPv6's data path (RFC 6275 §10.4.1, §11.3.1): the MN's home address, the MN-HA
+        IPv6-in-IPv6 tunnels (``ip6_tunnel``), the HA's interception of the home address and the
+        MN's rule that sends what leaves from it through the tunnel. The agents move them: the
+        MN's to the tunnel of its new care-of address at each attach, the HA's to the care-of
+        address of each Binding Update it accepts."""
+        self.cmd(plan.MN, f"ip -6 addr add {plan.MN_HOME_ADDRESS}/128 dev lo nodad")
+        for tunnel in plan.home_tunnels(self.initial_ar):
+            bound = f" dev {tunnel.link}" if tunnel.link else ""
+            self.cmd(tunnel.node, f"ip -6 tunnel add {tunnel.name} mode ip6ip6 local {tunnel.local} "
+                                  f"remote {tunnel.remote}{bound} encaplimit none && "
+                                  f"ip link set {tunnel.name} mtu {plan.HOME_TUNNEL_MTU} up")
+        self.cmd(plan.MN, f"ip -6 rule add from {plan.MN_HOME_ADDRESS} table {plan.HOME_TABLE} pref 100 && "
+                          f"ip -6 route add default dev {plan.home_tunnel(plan.MN, self.initial_ar)} "
+                          f"table {plan.HOME_TABLE}")
+        self.cmd(plan.HA, f"ip -6 route add {plan.MN_HOME_ADDRESS}/128 "
+                          f"dev {plan.home_tunnel(plan.HA, self.initial_ar)}")
 
     def _prepare_access_steps(self) -> None:
         """Encode each AR's detach and attach once (see :mod:`topo.access_steps`)."""

@@ -61,6 +61,17 @@ ACCESS_PREFIX = {PAR: "2001:db8:1::/64", NAR: "2001:db8:2::/64"}
 # Each AR's address on the AR-AR link: CXTP between the ARs runs between these, in ESP.
 AR_LINK_ADDRESS = {PAR: "2001:db8:12::1", NAR: "2001:db8:12::2"}
 HA_ADDRESS = "2001:db8:3::1"
+#: the HA's home prefix (RFC 6275): the HA's own address and the MN's home address are on it,
+#: and every router routes it to the HA
+HOME_PREFIX = "2001:db8:3::/64"
+#: the MN's home address: on the MN's loopback; its probes and applications use it wherever the MN
+#: is, through the MN-HA tunnel (the HA intercepts it and tunnels it to the care-of address)
+MN_HOME_ADDRESS = "2001:db8:3::100"
+#: the MN's routing table for what leaves from its home address (a rule "from MN_HOME_ADDRESS"):
+#: its default route is the tunnel of the care-of address the MN has
+HOME_TABLE = 100
+#: the MN-HA tunnels' MTU: an ESP tunnel over the access link must still fit in 1500 octets
+HOME_TUNNEL_MTU = 1400
 AAA_ADDRESS = "2001:db8:4::1"
 LOOPBACK_ADDRESSES = {HA: HA_ADDRESS, AAA: AAA_ADDRESS}
 
@@ -78,10 +89,10 @@ LINKS_BY_NAME = {link.name: link for link in LINKS}
 
 # Static routes. The MN's default route is set by the handover primitive, towards its current AR.
 ROUTES = (
-    Route(PAR, HA_ADDRESS + "/128", "2001:db8:13::3", "par-ha"),
+    Route(PAR, HOME_PREFIX, "2001:db8:13::3", "par-ha"),
     Route(PAR, AAA_ADDRESS + "/128", "2001:db8:14::4", "par-aaa"),
     Route(PAR, "2001:db8:2::/64", "2001:db8:12::2", "par-nar"),
-    Route(NAR, HA_ADDRESS + "/128", "2001:db8:23::3", "nar-ha"),
+    Route(NAR, HOME_PREFIX, "2001:db8:23::3", "nar-ha"),
     Route(NAR, AAA_ADDRESS + "/128", "2001:db8:24::4", "nar-aaa"),
     Route(NAR, "2001:db8:1::/64", "2001:db8:12::1", "par-nar"),
     # The HA reaches each access prefix, and each AR's own addresses, through that AR.
@@ -96,15 +107,52 @@ ROUTES = (
     Route(AAA, "2001:db8:12::/64", "2001:db8:14::1", "par-aaa"),
     Route(AAA, "2001:db8:13::/64", "2001:db8:14::1", "par-aaa"),
     Route(AAA, "2001:db8:23::/64", "2001:db8:24::2", "nar-aaa"),
-    Route(AAA, HA_ADDRESS + "/128", "2001:db8:14::1", "par-aaa"),
+    Route(AAA, HOME_PREFIX, "2001:db8:14::1", "par-aaa"),
 )
 
-FORWARDING_NODES = (PAR, NAR)
+#: the HA forwards too: it intercepts what any node sends to the MN's home address (RFC 6275 §10.4.1)
+FORWARDING_NODES = (PAR, NAR, HA)
+
+
+def home_tunnel(node: str, ar: str) -> str:
+    """The IPv6-in-IPv6 tunnel (``ip6_tunnel``) between the MN's home address and the HA that runs
+    over ``ar``: on the MN, the one whose local end is its care-of address on ``ar``'s link; on
+    the HA, the one bound to its link towards ``ar`` (the kernel matches a received packet to the
+    tunnel of the link it came in on), so the interface a packet arrives on still names its path."""
+    return f"{node}-home-{ar}"
+
+
+@dataclasses.dataclass(frozen=True)
+class HomeTunnel:
+    node: str
+    name: str
+    local: str
+    remote: str
+    #: the underlying interface the tunnel is bound to (None: any)
+    link: str | None
+
+
+def home_tunnels(initial_ar: str) -> tuple[HomeTunnel, ...]:
+    """The MN-HA tunnels, one per AR on each end; the HA's start towards the MN's care-of address
+    at ``initial_ar`` (its agent points them at each new one a Binding Update brings)."""
+    tunnels = []
+    for ar in ACCESS_ROUTERS:
+        tunnels.append(HomeTunnel(MN, home_tunnel(MN, ar), MN_COA[ar], HA_ADDRESS, None))
+        tunnels.append(HomeTunnel(HA, home_tunnel(HA, ar), HA_ADDRESS, MN_COA[initial_ar],
+                                  LINKS_BY_NAME[f"{ar}-{HA}"].interface(HA)))
+    return tuple(tunnels)
 
 
 def new_path_interfaces(ar: str) -> dict[str, str]:
-    """Where the probes arrive once the MN is attached at ``ar``: the MN's interface on ``ar``'s
-    access link (the downlink) and the HA's on its link to ``ar`` (the uplink), by probe end."""
+    """Where the probes arrive once the MN is attached at ``ar``: its end of the tunnel over
+    ``ar`` (the downlink) and the HA's (the uplink), by probe end."""
+    return {MN: home_tunnel(MN, ar), HA: home_tunnel(HA, ar)}
+
+
+def access_path_interfaces(ar: str) -> dict[str, str]:
+    """The MN's interface on ``ar``'s access link and the HA's on its link to ``ar``: where the
+    probes arrive when no Mobile IPv6 tunnel carries them (an ESP tunnel to the HA, or runs made
+    before the home address, whose probes went to the care-of address)."""
     return {MN: LINKS_BY_NAME[ACCESS_LINK[ar]].interface(MN), HA: LINKS_BY_NAME[f"{ar}-{HA}"].interface(HA)}
 
 
@@ -123,6 +171,7 @@ def addressing_table() -> list[tuple[str, str, str]]:
                 rows.append((node, link.interface(node), f"{address}/{prefix_length}"))
     for node, address in LOOPBACK_ADDRESSES.items():
         rows.append((node, "lo", f"{address}/128"))
+    rows.append((MN, "lo", f"{MN_HOME_ADDRESS}/128 (home address)"))
     for ar, address in MN_COA.items():
         rows.append((MN, LINKS_BY_NAME[ACCESS_LINK[ar]].interface(MN), f"{address}/64 (when attached to {ar})"))
     return rows

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.analysis import metrics, report, targets
+from scenarios.runner import properties
 
 DIRECTIONS = report.DIRECTIONS
 NAME = "report.html"
@@ -534,6 +535,68 @@ def files(directory: Path) -> str:
             + "".join(f'<li><a href="{esc(name)}">{esc(name)}</a></li>' for name in names) + "</ul>")
 
 
+def tcp(summary: dict[str, Any]) -> str:
+    """The TCP connection from the MN's home address, per method and direction."""
+    rows = []
+    for key, entry in summary["per_method"].items():
+        figures = entry.get("tcp")
+        if not figures:
+            continue
+        for direction, label in report.DIRECTIONS:
+            cells = ""
+            for name in ("recovery_ms", "stall_ms"):
+                stats = figures[direction][name]
+                for statistic in ("median", "p95"):
+                    value = stats.get(statistic) if stats.get("n") else None
+                    cells += cell(number(value, "summary", ["per_method", key, "tcp", direction, name, statistic]),
+                                  value)
+            rows.append(f"<tr>{cell(esc(key), numeric=False)}{cell(esc(label), numeric=False)}{cells}</tr>")
+    if not rows:
+        return "<p class=muted>No TCP connection in this run.</p>"
+    names = ["method", "direction", "recovery median", "recovery p95", "stall median", "stall p95"]
+    return ("<p class=muted>TCP from the MN's home address (ms): recovery = the attach to the first new data; stall "
+            "= the last data before the detach to the first after it. Both include the sender's retransmission "
+            "timer; resolution: one record interval.</p>"
+            f"<table id=tcp class=sortable>{header_row(names, [False, False, True, True, True, True])}"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def choices(summary: dict[str, Any]) -> str:
+    """The table an operator chooses a method from (report.choices), each property citing its test."""
+    rows = []
+    for row in report.choices(summary["per_method"]):
+        cells = cell(esc(row["group"]), numeric=False)
+        for direction, _ in report.DIRECTIONS:
+            figure = row["overhead"][direction] or {}
+            cells += cell(number(figure.get("median"), "summary", ["per_method", row["group"], direction,
+                                                                   "overhead_ms", "median"]), figure.get("median"))
+            cells += cell(interval(figure.get("ci95"), "summary", ["per_method", row["group"], direction,
+                                                                   "overhead_ms", "ci95"]))
+        for link in ("access", "ar_ar", "aaa"):
+            messages, octets = row[link]
+            cells += cell(f"{messages:.0f} / {octets:.0f}" if messages else "-", messages)
+        cells += cell(f"{row['aaa_transactions']:.1f}", row["aaa_transactions"])
+        declared = row["properties"]
+        if declared is None:
+            cells += cell("-", numeric=False) * 5
+        else:
+            evidence = esc(declared["evidence"])
+            for value in (declared["fresh_keys"], declared["forward_secrecy"]):
+                cells += f"<td title='{evidence}'>{'yes' if value else 'no'}</td>"
+            for value in (declared["protects"], declared["state_at"], declared["keys_from"]):
+                cells += f"<td title='{evidence}'>{esc(value)}</td>"
+        rows.append(f"<tr>{cells}</tr>")
+    names = ["method", "HA->MN overhead", "95% interval", "MN->HA overhead", "95% interval", "access msgs / octets",
+             "AR-AR msgs / octets", "AAA msgs / octets", "AAA transactions", "fresh keys", "forward secrecy",
+             "protects", "state at", "keys from"]
+    return ("<p class=muted>What each method costs and gives: the overhead over the method without security (ms, "
+            "median and 95% interval), messages and octets per handover, AAA transactions (RADIUS round trips), "
+            f"and its security properties, each checked in the kernel by {esc(properties.EVIDENCE)}[method] (hover "
+            "a cell).</p>"
+            f"<table id=choices class=sortable>{header_row(names, [False] + [True] * 8 + [False] * 5)}"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
 def render_run(run_dir: Path) -> str:
     summary = _read(run_dir / "summary.json")
     if summary is None:
@@ -552,6 +615,8 @@ def render_run(run_dir: Path) -> str:
         ("ratios", "Re-authentication / CXTP", ratios(summary)),
         ("fidelity", "Fidelity", fidelity_verdict(summary)),
         ("signalling", "Signalling", signalling(summary)),
+        ("tcp", "TCP from the home address", tcp(summary)),
+        ("choices", "Choosing a method", choices(summary)),
         ("timelines", "Timeline ladder", timelines(run_dir, rows)),
         ("plots", "Interruption plots", plots(run_dir)),
         ("handovers", "Every handover", handovers(run_dir, rows)),

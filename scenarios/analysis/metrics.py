@@ -28,6 +28,7 @@ from typing import Any
 from nodes import probe
 from nodes.contracts import TraceEvent
 from scenarios.records import HandoverRecord
+from scenarios.runner import methods
 from topo import plan
 
 
@@ -148,9 +149,19 @@ def signalling(handover: HandoverRecord, traces: dict[str, list[dict]], horizon_
         per_link["ike"] = {"messages": reauth.get("ike_messages", 0), "bytes": reauth.get("ike_bytes", 0)}
         if "radius_messages" in reauth:
             per_link["radius"] = {"messages": reauth["radius_messages"], "bytes": reauth.get("radius_bytes", 0)}
+        # a pre-authentication spent on a handover that did not happen (then cancelled) counts too
+        cancelled = reauth.get("cancelled_preauth") or {}
+        for link, prefix in (("ike", "preauth_ike"), ("radius", "preauth_radius")):
+            if f"{prefix}_messages" in cancelled:
+                entry = per_link.setdefault(link, {"messages": 0, "bytes": 0})
+                entry["messages"] += cancelled[f"{prefix}_messages"]
+                entry["bytes"] += cancelled.get(f"{prefix}_bytes", 0)
+    aaa = None if not reauth else reauth.get("aaa_access_requests", reauth.get("radius_requests"))
     return {"ctar_to_ctaa_ms": _span_ms(ctar, ctaa), "ctd_to_ctdr_ms": _span_ms(data, ctdr),
             "ctd_type": data["type"] if data else None, "bu_to_ba_ms": _span_ms(bu, ba),
-            "ike_to_child_ms": reauth["elapsed_ms"] if reauth else None, "per_link": per_link}
+            "ike_to_child_ms": reauth["elapsed_ms"] if reauth else None, "per_link": per_link,
+            #: RADIUS Access-Requests this handover cost, a cancelled pre-authentication's included
+            "aaa_transactions": aaa or 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,10 +311,31 @@ def fidelity_of(handover: HandoverRecord, mn_trace: dict, ha_trace: dict, tolera
     return result
 
 
+def tcp_recovery(trace: dict, detach_ns: int, attached_ns: int, horizon_ns: int | None) -> dict[str, Any]:
+    """One direction of the TCP connection from the MN's home address across one handover: its
+    stall (the longest silence from its last record before the detach, as :func:`interruption`
+    measures the probes') and its recovery, from the attach to the first record received after
+    it (what an application waits for once the MN is on the new link; it includes the sender's
+    retransmission timer). Resolution: the records' interval."""
+    stall = interruption(trace, detach_ns, horizon_ns)
+    interval_ns = trace.get("interval_ns", 0)
+    if interval_ns and detach_ns - stall["last_before_rx_ns"] > 10 * interval_ns:
+        raise MetricsError(f"the TCP stream was not flowing before the handover (its last data "
+                           f"{(detach_ns - stall['last_before_rx_ns']) / 1e6:.0f} ms before the detach)")
+    arrivals = sorted(trace["received"]["rx_ns"])
+    first = next((rx for rx in arrivals[bisect.bisect_right(arrivals, attached_ns):]
+                  if horizon_ns is None or rx < horizon_ns), None)
+    if first is None:
+        raise MetricsError("no TCP data was received after the attach")
+    return {"stall_ms": stall["interruption_ms"], "recovery_ms": (first - attached_ns) / 1e6}
+
+
 def per_handover(handovers: list[HandoverRecord], mn_trace: dict, ha_trace: dict,
-                 traces: dict[str, list[dict]] | None = None, tolerances: dict | None = None) -> list[dict[str, Any]]:
-    """Both directions (and, with agent traces, the signalling and timeline) for every handover,
-    with its emulation fidelity."""
+                 traces: dict[str, list[dict]] | None = None, tolerances: dict | None = None,
+                 tcp: dict[str, dict] | None = None) -> list[dict[str, Any]]:
+    """Both directions (and, with agent traces, the signalling and timeline; with the TCP traces,
+    by receiving end, the TCP connection's stall and recovery) for every handover, with its
+    emulation fidelity."""
     results = []
     for position, handover in enumerate(handovers):
         following = handovers[position + 1] if position + 1 < len(handovers) else None
@@ -320,14 +352,28 @@ def per_handover(handovers: list[HandoverRecord], mn_trace: dict, ha_trace: dict
             continue
         # Downlink HA -> MN is received by the MN; uplink MN -> HA by the HA.
         new_ar = handover.to_ar
-        interfaces = plan.new_path_interfaces(new_ar) if new_ar in plan.ACCESS_LINK else {}
-        receivers = (("ha_to_mn", mn_trace, interfaces.get(plan.MN)), ("mn_to_ha", ha_trace, interfaces.get(plan.HA)))
-        for direction, trace, interface in receivers:
+        # where the method's traffic arrives (the Mobile IPv6 tunnel's ends, for all but a gateway's
+        # ESP tunnel); in runs made before the home address, the interfaces towards the new AR
+        declared = methods.METHODS.get(handover.method)
+        interfaces = ((declared.path_interfaces(new_ar) if declared else plan.new_path_interfaces(new_ar))
+                      if new_ar in plan.ACCESS_LINK else {})
+        legacy = plan.access_path_interfaces(new_ar) if new_ar in plan.ACCESS_LINK else {}
+        receivers = (("ha_to_mn", mn_trace, plan.MN), ("mn_to_ha", ha_trace, plan.HA))
+        for direction, trace, end in receivers:
             try:
-                new_path = path_ifindexes(trace, interface) if interface else None
+                new_path = (path_ifindexes(trace, interfaces[end]) or path_ifindexes(trace, legacy[end])) \
+                    if end in interfaces else None
                 row[direction] = interruption(trace, handover.detach_start_ns, horizon, new_path or None)
             except MetricsError as error:
                 row[direction] = {"error": str(error)}
+        if tcp and handover.attached_ns is not None:
+            row["tcp"] = {}
+            for direction, receiver in (("ha_to_mn", "mn"), ("mn_to_ha", "ha")):
+                try:
+                    row["tcp"][direction] = tcp_recovery(tcp[receiver], handover.detach_start_ns,
+                                                         handover.attached_ns, horizon)
+                except MetricsError as error:
+                    row["tcp"][direction] = {"error": str(error)}
         if traces is not None:
             row["signalling"] = signalling(handover, traces, horizon if horizon is not None else float("inf"))
             row["timeline"] = timeline(handover, traces, row, horizon if horizon is not None else float("inf"))
@@ -389,11 +435,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "lost": statistics_of(item["lost"] for item in good),
                 "failed": len(group) - len(good),
             }
+        tcp_rows = [row["tcp"] for row in group if "tcp" in row]
+        if tcp_rows:
+            entry["tcp"] = {direction: {name: statistics_of(r[direction][name] for r in tcp_rows
+                                                            if name in r.get(direction, {}))
+                                        for name in ("stall_ms", "recovery_ms")}
+                            for direction in ("ha_to_mn", "mn_to_ha")}
         signalling_rows = [row["signalling"] for row in group if "signalling" in row]
         if signalling_rows:
             entry["signalling_ms"] = {
                 name: statistics_of(s[name] for s in signalling_rows if s.get(name) is not None)
                 for name in ("ctar_to_ctaa_ms", "ctd_to_ctdr_ms", "bu_to_ba_ms", "ike_to_child_ms")}
+            entry["aaa_transactions"] = statistics_of(s.get("aaa_transactions", 0) for s in signalling_rows)
             links = sorted({link for s in signalling_rows for link in s["per_link"]})
             entry["signalling_per_link"] = {
                 link: {"messages": statistics_of(s["per_link"].get(link, {}).get("messages", 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from scenarios import records
 from scenarios.analysis import metrics, packets
-from scenarios.runner import methods
+from scenarios.runner import methods, properties
 
 DIRECTIONS = (("ha_to_mn", "HA->MN"), ("mn_to_ha", "MN->HA"))
 REFERENCE = methods.reference_name()
@@ -51,7 +51,11 @@ def compute(run_dir: Path) -> dict:
     ha_trace = json.loads((run_dir / "probe-ha.json").read_text())
     record = json.loads((run_dir / "record.json").read_text())
     tolerances = record["parameters"].get("fidelity")
-    rows = metrics.per_handover(handovers, mn_trace, ha_trace, read_traces(run_dir), tolerances)
+    # the TCP connection's traces (runs made before it existed have none)
+    tcp = {role: json.loads((run_dir / f"tcp-{role}.json").read_text()) for role in ("mn", "ha")
+           if (run_dir / f"tcp-{role}.json").is_file()}
+    rows = metrics.per_handover(handovers, mn_trace, ha_trace, read_traces(run_dir), tolerances,
+                                tcp if len(tcp) == 2 else None)
     per_method = metrics.summarize(rows)
     metrics.add_intervals(per_method, rows, REFERENCE)
     summary = {
@@ -118,6 +122,90 @@ def _mean_overheads(per_method: dict) -> list[str]:
             "whole intervals", *rows]
 
 
+def _tcp_lines(per_method: dict) -> list[str]:
+    """The TCP connection from the MN's home address, per method and direction: recovery (the
+    attach to its first data after it) and stall (as the probes' interruption), median and p95."""
+    entries = {key: entry["tcp"] for key, entry in per_method.items() if entry.get("tcp")}
+    if not entries:
+        return []
+    lines = ["", "TCP from the MN's home address (ms; median / p95): recovery = the attach to the first new data,",
+             "stall = the last data before the detach to the first after it (both include the sender's",
+             "retransmission timer; resolution: one record interval)",
+             f"{'method':<22} {'dir':<7} {'recovery':>17} {'stall':>17}"]
+    for key, tcp in entries.items():
+        for direction, label in DIRECTIONS:
+            cells = [f"{_cell(tcp[direction][name])} / {_cell(tcp[direction][name], 'p95', width=6)}"
+                     for name in ("recovery_ms", "stall_ms")]
+            lines.append(f"{key:<22} {label:<7} {cells[0]:>17} {cells[1]:>17}")
+    return lines
+
+
+def choices(per_method: dict) -> list[dict]:
+    """One row per method of the run (and per swept value): what an operator chooses from. The
+    overhead over the method without security per direction (median, 95% interval); messages and
+    octets per handover on the access link (CXTP's or IKE's), the AR-AR link and the AAA link, and
+    the AAA transactions (RADIUS Access-Requests); the declared security properties, each checked by
+    ``properties.EVIDENCE``. (Summaries written before groups named their method: the key's.)"""
+    def method_of(key: str, entry: dict) -> str:
+        return entry.get("method") or key.split("@")[0]
+
+    rows = []
+    for key, entry in sorted(per_method.items(),
+                             key=lambda item: (method_of(*item), item[1].get("sweep_value") or 0)):
+        method = method_of(key, entry)
+        links = entry.get("signalling_per_link", {})
+
+        def median(link: str, what: str) -> float:  # called in this iteration only  # noqa: B023
+            return (links.get(link, {}).get(what) or {}).get("median") or 0.0  # noqa: B023
+
+        declared = properties.METHOD_PROPERTIES.get(method)
+        rows.append({
+            "method": method, "group": key,
+            "overhead": {direction: entry[direction].get("overhead_ms") for direction, _ in DIRECTIONS},
+            "access": (median("access", "messages") + median("ike", "messages"),
+                       median("access", "bytes") + median("ike", "bytes")),
+            "ar_ar": (median("ar_ar", "messages"), median("ar_ar", "bytes")),
+            "aaa": (median("radius", "messages"), median("radius", "bytes")),
+            # RADIUS Access-Requests per handover (runs before they were counted: round trips)
+            "aaa_transactions": (entry.get("aaa_transactions") or {}).get("median",
+                                                                           median("radius", "messages") / 2),
+            "properties": None if declared is None else {
+                "fresh_keys": declared.fresh_keys, "forward_secrecy": declared.forward_secrecy,
+                "protects": declared.protects,
+                "state_at": ", ".join({"nar": "nAR", "ha": "HA"}.get(where, where) for where in declared.state_at),
+                "keys_from": declared.keys_from, "evidence": f"{properties.EVIDENCE}[{method}]"},
+        })
+    return rows
+
+
+def _choice_lines(per_method: dict) -> list[str]:
+    rows = choices(per_method)
+    if not rows:
+        return []
+
+    def overhead(row: dict, direction: str) -> str:
+        figure = row["overhead"][direction]
+        return f"{figure['median']:+7.1f} {_interval(figure, width=15)}" if figure else f"{'-':>7} {'-':>15}"
+
+    def pair(value: tuple[float, float]) -> str:
+        return f"{value[0]:.0f}/{value[1]:.0f}" if value[0] else "-"
+
+    lines = ["", "choosing a method: overhead over none (ms, median [95% interval]) per direction; messages/octets",
+             "per handover on the access, AR-AR and AAA links; AAA transactions; security properties (each checked",
+             f"by {properties.EVIDENCE}[<method>])",
+             f"{'method':<22} {'HA->MN overhead':>23} {'MN->HA overhead':>23} {'access':>9} {'AR-AR':>9} {'AAA':>9}"
+             f" {'AAA tx':>6}  fresh keys / PFS / protects / state at"]
+    for row in rows:
+        declared = row["properties"]
+        facts = "-" if declared is None else (
+            f"{'yes' if declared['fresh_keys'] else 'no'} / {'yes' if declared['forward_secrecy'] else 'no'} / "
+            f"{declared['protects']} / {declared['state_at']}")
+        lines.append(f"{row['group']:<22} {overhead(row, 'ha_to_mn')} {overhead(row, 'mn_to_ha')} "
+                     f"{pair(row['access']):>9} {pair(row['ar_ar']):>9} {pair(row['aaa']):>9} "
+                     f"{row['aaa_transactions']:>6.1f}  {facts}")
+    return lines
+
+
 def run_name(run_dir: Path) -> str:
     """A run as a reader of the repository names it: its path in the repository, or (elsewhere,
     a temporary directory) its scenario and run id, never a machine's path."""
@@ -179,6 +267,8 @@ def table(run_dir: Path) -> str:
                      f"{_cell(sig.get('ike_to_child_ms', {}), width=7)} "
                      f"{_cell(sig.get('bu_to_ba_ms', {}), width=7)} {link_cell('access')} {link_cell('ar_ar')} "
                      f"{link_cell('ike')} {link_cell('radius')} {tables:>7}")
+    lines += _tcp_lines(per_method)
+    lines += _choice_lines(per_method)
     if summary.get("ratios"):
         lines += ["", "re-authentication / CXTP, ratio of median interruptions from this run, with 95% intervals"]
         for row in summary["ratios"]:

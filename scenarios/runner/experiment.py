@@ -24,14 +24,14 @@ from ipsec import IpsecContext, IpsecError, Xfrm, capture_context
 from nodes import netns, provisioning
 from nodes.contracts import AgentError, ArControl, HaControl, MnControl, MnStatus
 from nodes.daemon import AgentProcess, DaemonError
-from nodes.ike import IkeError
+from nodes.ike import IkeError, needs_aaa
 from scenarios.analysis import checks
 from scenarios.records import HandoverRecord, Recovery
 from scenarios.runner import methods
 from scenarios.runner.baseline import IkeBaseline
 from scenarios.runner.methods import Method, Security
 from topo import plan
-from topo.network import Testbed
+from topo.network import MoveTimes, Testbed
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90.0
@@ -101,7 +101,7 @@ class Experiment:
 
     def __init__(self, testbed: Testbed, run_dir: Path, probe_rate: float = 500.0, probe_size: int = 64,
                  profile: str = "aes-cbc-sha256", ar_transport: str = "sctp", anticipation_ms: float = 100.0,
-                 seed: int = 1, timers: dict[str, float] | None = None,
+                 seed: int = 1, timers: dict[str, float] | None = None, tcp_interval_ms: float = 20.0,
                  agent_factory: Callable[..., AgentProcess] = AgentProcess,
                  baseline_factory: Callable[..., IkeBaseline] = IkeBaseline) -> None:
         """``agent_factory`` and ``baseline_factory`` start the agents and the IKE baseline's
@@ -142,14 +142,17 @@ class Experiment:
                     "--state-dir", str(self.state_root / ar), "--config", json.dumps(self.timers)])
             self._provision_ar_ar()
             self._start_agent(plan.HA, "nodes.ha_agent", HaControl, [
-                "--probe-out", str(run_dir / "probe-ha.json"), "--initial-peer", self.mn_address,
+                "--probe-out", str(run_dir / "probe-ha.json"), "--home-address", plan.MN_HOME_ADDRESS,
                 "--mn-namespace", str(testbed.pid(plan.MN)), "--mn-probe-out", str(run_dir / "probe-mn.json"),
                 "--identity", self.identity, "--mobility-key", self.mobility_key,
                 "--rate", str(probe_rate), "--size", str(probe_size),
+                "--tcp-interval-ms", str(tcp_interval_ms), "--tcp-out", str(run_dir / "tcp-ha.json"),
+                "--mn-tcp-out", str(run_dir / "tcp-mn.json"),
                 "--bind", plan.HA_ADDRESS])
             self._start_agent(plan.MN, "nodes.mn_agent", MnControl, [
                 "--address", self.mn_address, "--ha", plan.HA_ADDRESS, "--identity", self.identity,
-                "--mobility-key", self.mobility_key,
+                "--mobility-key", self.mobility_key, "--home-table", str(plan.HOME_TABLE),
+                "--home-address", plan.MN_HOME_ADDRESS,
                 "--seed", str(seed)])
         except BaseException:
             self.stop()
@@ -235,9 +238,12 @@ class Experiment:
             self.mn.provision(context=mn_side.encode().hex())
         elif security.ike_auth is not None:
             self.baseline = self.baseline_factory(self.testbed, self.run_dir / f"ike-{security.name}",
-                                        method=security.ike_auth, aaa=security.ike_auth != "psk")
+                                        method=security.ike_auth, aaa=needs_aaa(security.ike_auth))
             self.baseline.start()
             self.baseline.attach(ar)
+        # the application's connection had nothing through for seconds: a new one, so that TCP's
+        # backed-off timer does not carry into the next handovers' figures
+        self.ha.tcp_reconnect()
         self._state_changed()
 
     def _same_keys(self, context: IpsecContext) -> IpsecContext:
@@ -273,10 +279,15 @@ class Experiment:
 
     # -- one handover -----------------------------------------------------------------------------------
     def handover(self, method: Method, l2_delay_ms: float, *, index: int | None = None, warmup: bool = False,
-                 sweep_value: float | None = None) -> HandoverRecord:
+                 sweep_value: float | None = None, back_after_ms: float | None = None) -> HandoverRecord:
         """Move the MN to the other AR with ``method``. Returns the record; raises
         :class:`HandoverFailed` (with the partial record) if the handover did not succeed, after the
-        MN's own fall-back (a reactive retry of a failed transfer) did not help either."""
+        MN's own fall-back (a reactive retry of a failed transfer) did not help either.
+
+        ``back_after_ms`` makes it a ping-pong: that long after the attach (before the handover has
+        ended, for short gaps) the MN moves back to the AR it came from, with no anticipation (a
+        link layer that fast gives none). The record is that of the move back, from the AR the MN
+        had just reached; its note says so."""
         self._handovers += 1
         current_ar = self.testbed.current_ar
         assert current_ar is not None  # the MN is attached from the testbed's start to its stop
@@ -303,6 +314,8 @@ class Experiment:
             self.mn.expect_move(interface=move.mn_interface, nar=move.nar_address, par=move.par_address,
                                 new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
             times = self.testbed.handover(move.nar, l2_delay_ms)
+            if back_after_ms is not None:
+                move, times = self._move_back(method, move, record, back_after_ms, l2_delay_ms)
             record.detach_start_ns, record.detached_ns = times.detach_start_ns, times.detached_ns
             record.attach_start_ns, record.attached_ns = times.attach_start_ns, times.attached_ns
             self._pending_trigger = (move, method, time.monotonic() + TRIGGER_TIMEOUT_S)
@@ -329,6 +342,23 @@ class Experiment:
         except STEP_ERRORS as error:
             raise HandoverFailed(f"{type(error).__name__}: {error}", record) from None
         return record
+
+    def _move_back(self, method: Method, move: Move, record: HandoverRecord, gap_ms: float,
+                   l2_delay_ms: float) -> tuple[Move, MoveTimes]:
+        """The second half of a ping-pong: ``gap_ms`` after the attach at ``move.nar``, back to
+        ``move.par``. The record becomes that of the move back."""
+        pause(gap_ms)
+        back = Move(move.nar, move.par)
+        record.from_ar, record.to_ar = back.par, back.nar
+        record.mn_previous, record.mn_new = back.mn_previous, back.mn_new
+        record.anticipation_start_ns = None
+        record.note = "; ".join(filter(None, [record.note, f"ping-pong: back {gap_ms:g} ms after the attach at "
+                                                             f"{back.par}, coming from {back.nar}"]))
+        if method.cxtp:
+            self._fresh_key(back)
+        self.mn.expect_move(interface=back.mn_interface, nar=back.nar_address, par=back.par_address,
+                            new_address=back.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
+        return back, self.testbed.handover(back.nar, l2_delay_ms)
 
     def _trigger_fallback(self, status: MnStatus) -> None:
         """The MN's own trigger comes from the kernel's route event; if it has not come within
@@ -414,7 +444,7 @@ class Experiment:
         address. [] when all of that holds; otherwise why it does not."""
         since = record.restored_ns or record.attached_ns or 0
         arrivals = self.ha.arrivals(since_ns=since)
-        interfaces = plan.new_path_interfaces(record.to_ar)
+        interfaces = methods.get(record.method).path_interfaces(record.to_ar)
         problems = [f"no {direction} through {record.to_ar} since the handover ended (received: {arrivals[end]})"
                     for end, direction in ((plan.MN, "downlink"), (plan.HA, "uplink"))
                     if not arrivals[end].get(interfaces[end])]

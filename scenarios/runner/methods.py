@@ -35,6 +35,11 @@ class Security:
     static_tunnel: bool = False
     #: the strongSwan baseline's authentication ("psk", "eap-mschapv2", "eap-md5"), or None
     ike_auth: str | None = None
+    #: the MN keeps one IKE_SA with a fixed security gateway (the HA) and moves it with MOBIKE,
+    #: instead of authenticating at each AR
+    gateway: bool = False
+    #: the IKE_SA and CHILD_SA with the nAR are set up before the move (pre-authentication)
+    preauth: bool = False
 
     @property
     def secure(self) -> bool:
@@ -49,6 +54,35 @@ IKE_PSK = Security("ike-psk", ike_auth="psk")
 IKE_PSK_FOR_CXTP = Security("ike-psk-for-cxtp", ike_auth="psk")
 IKE_EAP_MSCHAPV2 = Security("ike-eap-mschapv2", ike_auth="eap-mschapv2")
 IKE_EAP_MD5 = Security("ike-eap-md5", ike_auth="eap-md5")
+IKE_EAP_TLS = Security("ike-eap-tls", ike_auth="eap-tls")
+#: EAP-TLS against a RADIUS server that caches TLS sessions (kept apart: other daemons' configuration)
+IKE_EAP_TLS_RESUMED = Security("ike-eap-tls-resumed", ike_auth="eap-tls-resumed")
+#: MOBIKE (RFC 4555) to the HA: charon on the MN and the HA, one IKE_SA (pre-shared key) for the
+#: run, CHILD_SA home address <-> HA in tunnel mode (scenarios/runner/baseline.py MobikeBaseline)
+IKE_MOBIKE_HA = Security("ike-mobike-ha", ike_auth="mobike", gateway=True)
+#: pre-authentication (make-before-break): charon on the MN and the ARs as for re-authentication, plus
+#: each AR's connection for MNs on its neighbour's link (scenarios/runner/baseline.py PreauthBaseline)
+IKE_PREAUTH_EAP = Security("ike-preauth-eap", ike_auth="preauth-eap-mschapv2", preauth=True)
+IKE_PREAUTH_PSK = Security("ike-preauth-psk", ike_auth="preauth-psk", preauth=True)
+
+
+def mobile_ipv6_path(ar: str) -> dict[str, str]:
+    """Where the probes arrive once the MN is at ``ar``, when the Mobile IPv6 tunnel carries them
+    (every method but MOBIKE's): the ends of the tunnel over ``ar``, by probe end."""
+    from topo import plan
+
+    return plan.new_path_interfaces(ar)
+
+
+def gateway_path(ar: str) -> dict[str, str]:
+    """Where the probes arrive once the MN is at ``ar`` when an ESP tunnel between the home address
+    and the HA carries them: the kernel encrypts what the home address sends to the HA before the
+    Mobile IPv6 tunnel could take it, and delivers a decapsulated packet on the interface its ESP
+    came in on: the MN's access interface on ``ar``'s link (downlink), the HA's towards ``ar``
+    (uplink). Each names the AR as the tunnel interfaces do."""
+    from topo import plan
+
+    return plan.access_path_interfaces(ar)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +106,16 @@ class Method:
     #: how a CXTP method moves the context: "predictive" (the MN asks the pAR before the move),
     #: "network" (the pAR's own trigger, before the move) or "reactive" (the nAR asks after it)
     transfer: str | None = None
+    #: why the method cannot succeed with the daemons this testbed installs (None: it can); a
+    #: scenario refuses it with this reason, and its kernel test keeps checking that it still holds
+    unavailable: str | None = None
+    #: where the probes arrive through the AR the MN is on, by probe end: the path check of every
+    #: handover (:meth:`path_interfaces`); None: the Mobile IPv6 tunnels (:func:`mobile_ipv6_path`)
+    arrival: Callable[[str], dict[str, str]] | None = None
+
+    def path_interfaces(self, ar: str) -> dict[str, str]:
+        """The interface each probe end receives on once the MN is attached at ``ar``."""
+        return (self.arrival or mobile_ipv6_path)(ar)
 
     def __post_init__(self) -> None:
         if self.cxtp != (self.transfer in TRANSFERS):
@@ -116,7 +160,10 @@ def cxtp_names() -> tuple[str, ...]:
 
 
 def reauth_names() -> tuple[str, ...]:
-    return tuple(name for name, method in METHODS.items() if method.after_attach is not None)
+    """The re-authentication baselines (MOBIKE, which moves one IKE_SA, is not one; nor is
+    pre-authentication, which authenticates before the move)."""
+    return tuple(name for name, method in METHODS.items()
+                 if method.after_attach is not None and not method.security.gateway and not method.security.preauth)
 
 
 # -- hooks --------------------------------------------------------------------------------------------
@@ -138,6 +185,53 @@ def _reauthenticate(experiment: Experiment, move: Move) -> dict:
     result = baseline.attach(move.nar)
     baseline.detach_old(move.par)
     return result
+
+
+def _reauthenticate_resumed(experiment: Experiment, move: Move) -> dict:
+    """:func:`_reauthenticate`, then the method's own check: once a TLS session exists (an earlier
+    EAP-TLS authentication with the RADIUS server completed), the handshake must have resumed it
+    (the server answered the session the MN offered, no certificate), and have taken fewer RADIUS
+    round trips than the first, full one. A handover that did not resume fails, with the reason."""
+    from nodes.ike import IkeResumptionError
+
+    result = _reauthenticate(experiment, move)
+    if result.get("tls_resumption_expected") and not (
+            result.get("tls_resumed") and result["radius_requests"] < result["tls_first_radius_requests"]):
+        raise IkeResumptionError(result)
+    return result
+
+
+def _mobike_update(experiment: Experiment, move: Move) -> dict:
+    """MOBIKE: the MN's charon updates its one IKE_SA and CHILD_SA to the new care-of address on its
+    own (its kernel's address and route events); the baseline waits for the update (``ike-update``
+    from charon, the CHILD_SA's new outer addresses in both kernels), then checks that nothing of the
+    previous care-of address is left."""
+    baseline = experiment.baseline
+    assert baseline is not None  # entering the method's security started it
+    result = baseline.attach(move.nar)
+    baseline.detach_old(move.par)
+    return result
+
+
+def _attach_ahead(experiment: Experiment, move: Move) -> None:
+    """Before the detach (``anticipation_ms`` ahead), the MN still at the pAR: the IKE_SA and
+    CHILD_SA with the nAR for its future care-of address, through the pAR (the pre-authentication
+    baseline's :meth:`attach` at an AR the MN is not on). After the attach the method is
+    :func:`_reauthenticate`'s sequence, whose attach at the pre-authenticated nAR negotiates
+    nothing."""
+    baseline = experiment.baseline
+    assert baseline is not None  # entering the method's security (IKE) started it
+    baseline.attach(move.nar)
+
+
+def _attach_ahead_called_off(experiment: Experiment, move: Move) -> None:
+    """An anticipated move called off: the pre-authentication with the nAR, then its SAs removed
+    unused (:meth:`detach_old` of the nAR; the baseline keeps what it cost for the record of the
+    move that follows, which re-authenticates)."""
+    baseline = experiment.baseline
+    assert baseline is not None
+    baseline.attach(move.nar)
+    baseline.detach_old(move.nar)
 
 
 # -- the methods ---------------------------------------------------------------------------------------
@@ -165,5 +259,42 @@ register(Method("reauth-eap",
                 after_attach=_reauthenticate, sweeps="ar_aaa"))
 register(Method("reauth-eap-md5", "the same with EAP-MD5", IKE_EAP_MD5, after_attach=_reauthenticate,
                 default=False, sweeps="ar_aaa"))
+register(Method("reauth-eap-tls",
+                "the same with EAP-TLS: the MN's client certificate and the RADIUS server's, both from the "
+                "testbed's CA", IKE_EAP_TLS, after_attach=_reauthenticate, default=False, sweeps="ar_aaa"))
+register(Method("reauth-eap-tls-resumed",
+                "EAP-TLS with the RADIUS server's TLS session cache: after the first authentication each "
+                "handshake must resume the session (abbreviated handshake), or the handover fails",
+                IKE_EAP_TLS_RESUMED, after_attach=_reauthenticate_resumed, default=False, sweeps="ar_aaa",
+                note="FreeRADIUS caches EAP-TLS sessions; a handover whose RADIUS exchange shows a full TLS "
+                     "handshake after an earlier authentication fails ('not resumed')",
+                unavailable="strongSwan 5.9.8's EAP-TLS client keeps no TLS session cache, so it never offers a "
+                            "session to resume (docs/baseline.md)"))
 register(Method("reauth-psk", "the same with a pre-shared key and no AAA: the cheaper baseline", IKE_PSK,
                 after_attach=_reauthenticate))
+register(Method("mobike",
+                "MOBIKE to the HA: one IKE_SA (PSK) for the whole run, CHILD_SA home address <-> HA; at each move "
+                "the MN's charon updates its addresses (UPDATE_SA_ADDRESSES, one INFORMATIONAL exchange)",
+                IKE_MOBIKE_HA, after_attach=_mobike_update, default=False, arrival=gateway_path,
+                note="ESP between the MN and the HA (strongSwan MOBIKE, RFC 4555) instead of the paper's access SAs; "
+                     "the ARs forward ESP and IKE between their access link and the HA; probes arrive on the access "
+                     "interfaces, not on the Mobile IPv6 tunnel"))
+register(Method("preauth-eap",
+                "pre-authentication (make-before-break): before the move the MN sets up the IKE_SA (EAP-MSCHAPv2 "
+                "relayed to RADIUS) and the CHILD_SA with the nAR through the pAR, for its future care-of address; "
+                "after the attach nothing is negotiated; then the old SAs at the pAR are removed",
+                IKE_PREAUTH_EAP, before_detach=_attach_ahead, after_attach=_reauthenticate, default=False,
+                sweeps="ar_aaa",
+                note="IKE_SA and CHILD_SA with the nAR negotiated anticipation_ms before the detach through the pAR "
+                     "(traffic selectors: the future care-of address <-> HA), outer addresses moved to the future "
+                     "care-of address before the detach (XFRM_MSG_MIGRATE, followed by both charons)"))
+register(Method("preauth-psk", "the same with a pre-shared key and no AAA", IKE_PREAUTH_PSK,
+                before_detach=_attach_ahead, after_attach=_reauthenticate, default=False,
+                note="IKE_SA and CHILD_SA with the nAR negotiated anticipation_ms before the detach through the pAR"))
+register(Method("preauth-eap-cancelled",
+                "an anticipated move called off: preauth-eap's pre-authentication with the nAR, torn down "
+                "unused; the MN then moves unanticipated and re-authenticates as reauth-eap",
+                IKE_PREAUTH_EAP, before_detach=_attach_ahead_called_off, after_attach=_reauthenticate,
+                default=False, sweeps="ar_aaa",
+                note="each handover spends one pre-authentication (its RADIUS Access-Requests in "
+                     "reauth.cancelled_preauth) and then re-authenticates"))

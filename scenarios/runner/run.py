@@ -48,15 +48,19 @@ def warm_up_crypto(testbed: Testbed, profile: str) -> None:
         xfrm.close()
 
 
-def _apply_sweep(testbed: Testbed, scenario: config.Scenario, value: float | None) -> float:
-    """Set the swept parameter; return the L2 delay to use."""
-    if value is None or scenario.sweep_parameter == "l2_delay_ms":
-        return scenario.l2_delay_ms if value is None else value
+def _apply_sweep(testbed: Testbed, scenario: config.Scenario, value: float | None) -> tuple[float, float | None]:
+    """Set the swept parameter; return the L2 delay and the ping-pong gap (None: none) to use."""
+    if value is None:
+        return scenario.l2_delay_ms, scenario.ping_pong_ms
+    if scenario.sweep_parameter == "l2_delay_ms":
+        return value, scenario.ping_pong_ms
+    if scenario.sweep_parameter == "ping_pong_ms":
+        return scenario.l2_delay_ms, value
     _, link_class, field = scenario.sweep_parameter.split(".")
     change: dict[str, Any] = {field: value or (None if field == "rate_mbit" else 0.0)}
     params = dataclasses.replace(testbed.link_params[link_class], **change)
     testbed.set_link_params(link_class, params)
-    return scenario.l2_delay_ms
+    return scenario.l2_delay_ms, scenario.ping_pong_ms
 
 
 def _progress_line(handover: HandoverRecord, total: int, scenario: config.Scenario) -> str:
@@ -145,14 +149,16 @@ def emulation_fidelity(handover: HandoverRecord, busy: float | None, tolerances:
 
 def run_handover(experiment: Experiment, method, l2_delay: float, scenario: config.Scenario,
                  release_timeout_s: float, *, index: int | None = None, warmup: bool = False,
-                 sweep_value: float | None = None) -> HandoverRecord:
-    """One handover that always ends in a defined state: ``ok``; ``recovered`` (the method's transfer
+                 sweep_value: float | None = None, back_after_ms: float | None = None) -> HandoverRecord:
+    """One handover (a ping-pong with ``back_after_ms``: :meth:`Experiment.handover`) that always
+    ends in a defined state: ``ok``; ``recovered`` (the method's transfer
     failed and the MN's fall-back restored the traffic); or ``failed``, recorded with its reason and
     every node's SAD/SPD, after which the testbed is brought back to a clean state and a fresh
     attach (``restored_by``)."""
     cpu_before = cpu_times()
     try:
-        handover = experiment.handover(method, l2_delay, index=index, warmup=warmup, sweep_value=sweep_value)
+        handover = experiment.handover(method, l2_delay, index=index, warmup=warmup, sweep_value=sweep_value,
+                                       back_after_ms=back_after_ms)
         problems = None
     except HandoverFailed as failure:
         assert failure.record is not None
@@ -213,7 +219,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
             progress(f"network up in {time.monotonic() - started:.1f} s; starting agents")
             experiment = Experiment(testbed, run_dir, scenario.probe_rate, scenario.probe_size, scenario.profile,
                                     scenario.ar_transport, scenario.anticipation_ms, scenario.seed,
-                                    scenario.cxtp_timers(scenario.links))
+                                    scenario.cxtp_timers(scenario.links), scenario.tcp_interval_ms)
             captures: list[Capture] = []
             try:
                 if scenario.captures:
@@ -230,7 +236,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                 for value, name in schedule:
                     method = methods.get(name)
                     if value != applied:
-                        l2_delay = _apply_sweep(testbed, scenario, value)
+                        l2_delay, ping_pong = _apply_sweep(testbed, scenario, value)
                         experiment.configure_timers(scenario.cxtp_timers(testbed.link_params, l2_delay))
                         applied = value
                     timers = experiment.timers
@@ -242,7 +248,8 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                         pause(rng.uniform(0, 1000 / scenario.probe_rate))
                         warmup = index < scenario.warmup_handovers
                         handover = run_handover(experiment, method, l2_delay, scenario, release_timeout_s,
-                                                index=len(handovers) + 1, warmup=warmup, sweep_value=value)
+                                                index=len(handovers) + 1, warmup=warmup, sweep_value=value,
+                                                back_after_ms=ping_pong)
                         handovers.append(handover)
                         violated = (handover.fidelity or {}).get("violations")
                         # the emulator slipped: this one does not count, another runs in its place

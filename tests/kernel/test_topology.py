@@ -170,3 +170,23 @@ def test_probe_interruption_follows_l2_delay(testbed, tmp_path) -> None:
         lost = [row["mn_to_ha"]["lost"] for row in rows if row["l2_delay_ms"] == l2_delay]
         assert all(value > 0 for value in lost), lost
         assert statistics.median(lost) >= 0.8 * l2_delay * rate / 1000, lost
+
+
+def test_the_home_address_is_tunnelled_through_the_current_ar(testbed):
+    """Mobile IPv6's data path with no agent running: the HA intercepts the MN's home address and
+    tunnels it to the care-of address at the initial AR; the MN's answer from its home address
+    goes back through its tunnel over that AR, and each end receives on the tunnel of that AR."""
+    _ensure_at(testbed, testbed.initial_ar)
+    ar = testbed.initial_ar
+    for node in (plan.MN, plan.HA):
+        for other in plan.ACCESS_ROUTERS:
+            assert "ip6tnl" in testbed.cmd(node, f"ip -d link show {plan.home_tunnel(node, other)}")
+    mn_tunnel, ha_tunnel = plan.home_tunnel(plan.MN, ar), plan.home_tunnel(plan.HA, ar)
+    before = _rx_packets(testbed, plan.MN, mn_tunnel), _rx_packets(testbed, plan.HA, ha_tunnel)
+    output = testbed.cmd(plan.HA, f"ping -6 -c 5 -i 0.05 -W 2 -I {plan.HA_ADDRESS} {plan.MN_HOME_ADDRESS}")
+    assert " 0% packet loss" in output, output
+    after = _rx_packets(testbed, plan.MN, mn_tunnel), _rx_packets(testbed, plan.HA, ha_tunnel)
+    assert after[0] - before[0] >= 5 and after[1] - before[1] >= 5, (before, after)
+    # intercepted for any node: the AAA server reaches the home address through the HA
+    output = testbed.cmd(plan.AAA, f"ping -6 -c 3 -i 0.05 -W 2 {plan.MN_HOME_ADDRESS}")
+    assert " 0% packet loss" in output, output

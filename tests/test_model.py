@@ -1,0 +1,126 @@
+"""The queueing model (scenarios/analysis/model.py) against closed forms, and against the
+reference run it is calibrated on. Pure: no kernel, no network."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+
+import pytest
+
+from scenarios.analysis import model
+from scenarios.analysis.model import Method, Service, Step, simulate
+
+
+def one_server(service: Service, cpus: int = 1) -> tuple[Method, dict[str, int]]:
+    """A handover that is one piece of work at one shared server (the pAR's CPU)."""
+    steps = (Step("detach", ()), Step("work", ("detach",), "par", service))
+    return Method("one", steps, {"down": "work", "up": "work"}), {"par": cpus}
+
+
+def mean_wait(service: Service, rho: float, customers: int) -> float:
+    method, cpus = one_server(service)
+    window = customers * service.mean / rho  # arrival rate rho / S
+    result = simulate(method, customers, window_ms=window, cpus=cpus, seed=7)
+    return statistics.fmean(result.waits["par"])
+
+
+def test_md1_mean_wait_is_pollaczek_khinchine():
+    """M/D/1: W = rho S / (2 (1 - rho)); within 10% over 20000 customers (Poisson arrivals as K
+    uniform instants in the window: a Poisson process given K arrivals)."""
+    for rho in (0.5, 0.8):
+        expected = rho * 1.0 / (2 * (1 - rho))
+        assert mean_wait(Service(1.0), rho, 20000) == pytest.approx(expected, rel=0.10)
+
+
+def test_mm1_mean_wait():
+    """M/M/1: W = rho S / (1 - rho); within 10% over 20000 customers."""
+    rho = 0.5
+    assert mean_wait(Service(1.0, exponential=True), rho, 20000) == pytest.approx(rho / (1 - rho), rel=0.10)
+
+
+@pytest.mark.parametrize("cpus", [1, 4])
+def test_k_at_once_at_a_deterministic_server(cpus):
+    """K arrivals at once, service S, c CPUs: the k-th waits floor((k-1)/c) S, exactly (c=1: (k-1) S)."""
+    k, service = 25, 1.5
+    method, servers = one_server(Service(service), cpus)
+    result = simulate(method, k, cpus=servers)
+    assert sorted(result.waits["par"]) == pytest.approx([((i - 1) // cpus) * service for i in range(1, k + 1)])
+    assert sorted(result.interruptions["up"]) == pytest.approx([((i - 1) // cpus + 1) * service
+                                                               for i in range(1, k + 1)])
+
+
+def test_one_mn_alone_takes_its_critical_path():
+    for method in model.methods(model.Network(), model.Costs()).values():
+        result = simulate(method, 1)
+        for direction in model.DIRECTIONS:
+            assert result.interruptions[direction] == [pytest.approx(method.critical_path_ms(direction))]
+        assert all(w == 0 for waits in result.waits.values() for w in waits), method.name
+
+
+def test_a_join_waits_for_the_later_branch():
+    steps = (Step("detach", ()), Step("a", ("detach",), delay_ms=3.0), Step("b", ("detach",), "ha", Service(5.0)),
+             Step("end", ("a", "b"), delay_ms=1.0))
+    method = Method("join", steps, {"down": "end", "up": "a"})
+    result = simulate(method, 1)
+    assert result.interruptions == {"down": [6.0], "up": [3.0]}
+
+
+def test_deferred_work_yields_to_protocol_work():
+    """The pAR's release (priority 1) queued before a collect (priority 0) still runs after it
+    once the CPU is free."""
+    steps = (Step("detach", ()), Step("busy", ("detach",), "par", Service(1.0)),
+             Step("release", ("detach",), "par", Service(1.0), priority=1),
+             Step("collect", ("detach",), "par", Service(1.0)))
+    result = simulate(Method("prio", steps, {"down": "collect", "up": "release"}), 1)
+    assert result.interruptions == {"down": [2.0], "up": [3.0]}
+
+
+def test_storms_grow_with_k_and_shrink_with_cpus():
+    methods = model.methods(model.Network(), model.Costs())
+    reactive = methods["cxtp-reactive"]
+    small = simulate(reactive, 10, cpus={"par": 1, "nar": 1}).quantile("up", 0.95)
+    large = simulate(reactive, 200, cpus={"par": 1, "nar": 1}).quantile("up", 0.95)
+    more_cpus = simulate(reactive, 200, cpus={"par": 4, "nar": 4}).quantile("up", 0.95)
+    assert small < more_cpus < large
+
+
+def _reference_medians() -> dict[tuple[str, str], float]:
+    path = model.reference_timelines()
+    if path is None:
+        pytest.skip("no reference run")
+    medians: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for record in json.loads(path.read_text()):
+        if record["warmup"] or record["outcome"] != "ok" or record["sweep_value"] not in (None, 10.0):
+            continue
+        for key, direction in (("ha_to_mn", "down"), ("mn_to_ha", "up")):
+            medians[(record["method"], direction)].append(record[key]["interruption_ms"])
+    return {key: statistics.median(values) for key, values in medians.items()}
+
+
+def test_one_mn_reproduces_the_reference_run():
+    """Calibrated on the reference run, the model's K=1 is within 7 ms of its medians for every
+    method and direction. It was within 2.5 ms (EAP within 7) before the home address: the HA's
+    Binding Update work is now a change of the tunnel (5.1 ms median in the reference run's
+    reactive handovers, against 0.5 ms before), and on the guest's one CPU it coincides with the
+    other nodes' work, where the model gives each node a CPU of its own (docs/performance.md)."""
+    measured = _reference_medians()
+    net = model.Network()
+    costs = model.calibrate(model.reference_timelines(), net)
+    for name, method in model.methods(net, costs).items():
+        tolerance = 7.0
+        for direction in model.DIRECTIONS:
+            predicted = method.critical_path_ms(direction)
+            assert predicted == pytest.approx(measured[(name, direction)], abs=tolerance), (name, direction)
+
+
+def test_quantile_is_linear_between_order_statistics():
+    assert model.quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert model.quantile([5.0], 0.99) == 5.0
+
+
+def test_cli_prints_a_table(capsys):
+    assert model.main(["--k", "1,5", "--methods", "cxtp-reactive,reauth-psk", "--routers-cpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "cxtp-reactive" in out and "reauth-psk" in out and "p99" in out
