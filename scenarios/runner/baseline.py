@@ -34,6 +34,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from nodes.ike import (
     BaselineParams,
     Charon,
     EventListener,
+    IkeAttachError,
     IkeError,
     IkeStartError,
     PacketCounter,
@@ -307,30 +309,16 @@ class IkeBaseline:
         """
         if ar not in AR_NODES:
             raise ValueError(f"unknown AR {ar!r}")
-        mn = self.charons[plan.MN]
-        assert mn.session is not None and self.listener is not None and self.ike_counter is not None
-        name = mn_connection_name(ar)
-        self.listener.clear()
-        self.ike_counter.drain()
         radius_counter = self.radius_counters.get(ar)
-        if radius_counter is not None:
-            radius_counter.drain()
-        log_offset = mn.log_size()
-        message = {"child": name, "ike": name, "timeout": str(self.params.initiate_timeout_ms),
-                   "init-limits": "no", "loglevel": "-1"}
-        initiate_sent_ns = time.monotonic_ns()
-        try:
-            request(mn.session, "initiate", message)
-        except CommandException as error:
-            failed_ns = time.monotonic_ns()
-            log = mn.log_since(log_offset)
-            kind, reason = classify_failure(log)
+
+        def failed(kind: type[IkeAttachError], reason: str, error: CommandException, log: str,
+                   after_ms: float) -> IkeError:
             self._clean_after_failure(ar)
-            exception = kind(ar, f"{reason} ({error}; after {(failed_ns - initiate_sent_ns) / 1e6:.1f} ms)", log)
-            raise exception from error
-        initiate_returned_ns = time.monotonic_ns()
-        child_installed_ns, _ = self.listener.wait_for(
-            "child-updown", lambda m: m.get("up") == "yes" and name in m, timeout=10.0)
+            return kind(ar, f"{reason} ({error}; after {after_ms:.1f} ms)", log)
+
+        initiate_sent_ns, initiate_returned_ns, child_installed_ns = self._initiate_connection(
+            mn_connection_name(ar), radius_counter, failed)
+        assert self.ike_counter is not None  # _initiate_connection checked it
         self.attached_to.add(ar)
         result: dict[str, Any] = {
             "ar": ar,
@@ -354,6 +342,35 @@ class IkeBaseline:
                 result["tls_first_radius_requests"] = self.tls_first_radius_requests
                 self.tls_authentications += 1
         return result
+
+    def _initiate_connection(self, name: str, radius_counter: Any, failed: Callable[[type[IkeAttachError], str,
+                                                                      CommandException, str, float], IkeError],
+                  ) -> tuple[int, int, int]:
+        """The MN's charon initiates connection ``name`` (its IKE_SA and CHILD_SA), with the IKE and
+        RADIUS counters drained first so that they count this exchange only. Returns when the
+        CHILD_SA is up: (initiate sent, initiate returned, CHILD_SA installed), ns. A refusal is
+        classified from charon's log and raised as what ``failed`` makes of it (after its clean-up)."""
+        mn = self.charons[plan.MN]
+        assert mn.session is not None and self.listener is not None and self.ike_counter is not None
+        self.listener.clear()
+        self.ike_counter.drain()
+        if radius_counter is not None:
+            radius_counter.drain()
+        log_offset = mn.log_size()
+        message = {"child": name, "ike": name, "timeout": str(self.params.initiate_timeout_ms),
+                   "init-limits": "no", "loglevel": "-1"}
+        sent_ns = time.monotonic_ns()
+        try:
+            request(mn.session, "initiate", message)
+        except CommandException as error:
+            after_ms = (time.monotonic_ns() - sent_ns) / 1e6
+            log = mn.log_since(log_offset)
+            kind, reason = classify_failure(log)
+            raise failed(kind, reason, error, log, after_ms) from error
+        returned_ns = time.monotonic_ns()
+        installed_ns, _ = self.listener.wait_for(
+            "child-updown", lambda m: m.get("up") == "yes" and name in m, timeout=10.0)
+        return sent_ns, returned_ns, installed_ns
 
     def set_mn_password(self, password: str) -> None:
         """Replace the EAP password the MN presents (RADIUS keeps its own): for refusal tests."""
@@ -895,28 +912,16 @@ class PreauthBaseline(IkeBaseline):
         par = self.testbed.current_ar
         if nar not in AR_NODES or par is None or nar == par:
             raise ValueError(f"pre-authentication with {nar!r} from {par!r}")
-        mn = self.charons[plan.MN]
-        assert mn.session is not None and self.listener is not None and self.ike_counter is not None
         self.preauthenticated.pop(nar, None)
-        name = mn_preauth_connection_name(nar)
-        self.listener.clear()
-        self.ike_counter.drain()
         radius_counter = self.radius_counters.get(nar)
-        if radius_counter is not None:
-            radius_counter.drain()
-        log_offset = mn.log_size()
-        message = {"child": name, "ike": name, "timeout": str(self.params.initiate_timeout_ms),
-                   "init-limits": "no", "loglevel": "-1"}
-        sent_ns = time.monotonic_ns()
-        try:
-            request(mn.session, "initiate", message)
-        except CommandException as error:
-            log = mn.log_since(log_offset)
-            kind, reason = classify_failure(log)
+
+        def failed(kind: type[IkeAttachError], reason: str, error: CommandException, log: str,
+                   after_ms: float) -> IkeError:
             self._terminate(nar)
-            raise kind(nar, f"pre-authentication from {par}: {reason} ({error})", log) from error
-        installed_ns, _ = self.listener.wait_for(
-            "child-updown", lambda m: m.get("up") == "yes" and name in m, timeout=10.0)
+            return kind(nar, f"pre-authentication from {par}: {reason} ({error})", log)
+
+        sent_ns, _, installed_ns = self._initiate_connection(mn_preauth_connection_name(nar), radius_counter, failed)
+        assert self.ike_counter is not None  # _initiate_connection checked it
         ike = summarize_ike(self.ike_counter.drain())
         figures: dict[str, Any] = {
             "ar": nar, "from_ar": par, "method": self.params.method,
