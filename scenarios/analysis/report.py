@@ -155,8 +155,8 @@ def choices(per_method: dict) -> list[dict]:
         method = method_of(key, entry)
         links = entry.get("signalling_per_link", {})
 
-        def median(link: str, what: str) -> float:  # called in this iteration only  # noqa: B023
-            return (links.get(link, {}).get(what) or {}).get("median") or 0.0  # noqa: B023
+        def median(link: str, what: str, links: dict = links) -> float:
+            return (links.get(link, {}).get(what) or {}).get("median") or 0.0
 
         declared = properties.METHOD_PROPERTIES.get(method)
         rows.append({

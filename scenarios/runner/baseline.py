@@ -438,6 +438,22 @@ class IkeBaseline:
             return any(policy.dir < 3 and coa in (policy.selector.saddr, policy.selector.daddr)
                        for policy in xfrm.dump_policies())
 
+    def _kernel_names(self, node: str, address: str, peer: str | None = None) -> bool:
+        """Whether ``node``'s kernel has an SA or a policy (selector or template) naming ``address``
+        (with ``peer``: an SA or template between the two)."""
+        from ipsec.xfrm import Xfrm
+
+        def names(saddr: str, daddr: str) -> bool:
+            return address in (saddr, daddr) and (peer is None or peer in (saddr, daddr))
+
+        with Xfrm(netns=f"/proc/{self.testbed.pid(node)}/ns/net") as xfrm:
+            if any(names(state.saddr, state.daddr) for state in xfrm.dump_sas()):
+                return True
+            return any(policy.dir < 3 and ((peer is None and address in (policy.selector.saddr, policy.selector.daddr))
+                                           or any(names(template.saddr, template.daddr)
+                                                  for template in policy.templates))
+                       for policy in xfrm.dump_policies())
+
     # -- inspection (tests, reports) ----------------------------------------------------------
     def list_sas(self, node: str) -> list[dict]:
         return [_decode(entry) for entry in self.charons[node].sas()]
@@ -742,16 +758,6 @@ class MobikeBaseline(IkeBaseline):
             time.sleep(0.02)
         self._the_ike_sa()
 
-    def _kernel_names(self, node: str, address: str) -> bool:
-        """Whether ``node``'s kernel has an SA, or a policy (selector or template), naming ``address``."""
-        from ipsec.xfrm import Xfrm
-
-        with Xfrm(netns=f"/proc/{self.testbed.pid(node)}/ns/net") as xfrm:
-            if any(address in (state.saddr, state.daddr) for state in xfrm.dump_sas()):
-                return True
-            return any(policy.dir < 3 and (address in (policy.selector.saddr, policy.selector.daddr) or any(
-                address in (template.saddr, template.daddr) for template in policy.templates))
-                for policy in xfrm.dump_policies())
 
 
 # -- pre-authentication with the nAR (make-before-break) ------------------------------------------
@@ -1005,22 +1011,6 @@ class PreauthBaseline(IkeBaseline):
         ends = {plan.MN_COA[ar], plan.AR_ACCESS_ADDRESS[ar]}
         with Xfrm(netns=f"/proc/{self.testbed.pid(plan.MN)}/ns/net") as xfrm:
             return sorted(f"{sa.spi:08x}" for sa in xfrm.dump_sas() if {sa.saddr, sa.daddr} == ends)
-
-    def _kernel_names(self, node: str, address: str, peer: str | None = None) -> bool:
-        """Whether ``node``'s kernel has an SA or a policy (selector or template) naming ``address``
-        (with ``peer``: an SA or template between the two)."""
-        from ipsec.xfrm import Xfrm
-
-        def names(saddr: str, daddr: str) -> bool:
-            return address in (saddr, daddr) and (peer is None or peer in (saddr, daddr))
-
-        with Xfrm(netns=f"/proc/{self.testbed.pid(node)}/ns/net") as xfrm:
-            if any(names(state.saddr, state.daddr) for state in xfrm.dump_sas()):
-                return True
-            return any(policy.dir < 3 and ((peer is None and address in (policy.selector.saddr, policy.selector.daddr))
-                                           or any(names(template.saddr, template.daddr)
-                                                  for template in policy.templates))
-                       for policy in xfrm.dump_policies())
 
     def _preauth_sas(self, node: str, ar: str) -> list[dict[str, Any]]:
         """The IKE_SAs of a pre-authentication with ``ar`` that ``node`` (the MN or ``ar``) lists."""
