@@ -18,7 +18,6 @@ import dataclasses
 import errno
 import json
 import random
-import socket
 import sys
 import time
 from typing import Any
@@ -31,16 +30,13 @@ from cxtp.events import ReleaseDue
 from cxtp.messages import normalize_address
 from cxtp.registry import Registry
 from ipsec import IpsecContext, Xfrm, XfrmError, capture_context, install_context, oseq_margin, remove_context
-from nodes import ar_context, operator_policy
+from nodes import ar_context, operator_policy, stations
 from nodes.agent import Agent, main_guard
 from nodes.contracts import ArControl, TraceEvent, serve
 from nodes.cxtp_node import CxtpRuntime
 from nodes.cxtp_transport import IcmpTransport, SctpTransport, TcpTransport, Transport
 from nodes.install_fault import InstallFault
 
-#: <linux/neighbour.h>: entries an AR's own configuration made (the stations associated on its
-#: access link), as opposed to what neighbour discovery learnt from packets anyone can send
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 #: how long the set of known stations is reused before the neighbour table is read again
 STATIONS_TTL_S = 1.0
 
@@ -133,9 +129,9 @@ class AccessRouterAgent:
     def _on_event(self, event) -> None:
         if isinstance(event, ReleaseDue):
             # The hold of a transfer that did not complete is over. Its SAs go if the MN has left
-            # this AR's link (its access link has no carrier: the station disassociated); an MN
-            # still attached keeps its protection.
-            if self.mn_attached():
+            # this AR (its own port has no carrier: the station disassociated); an MN still
+            # attached keeps its protection.
+            if self.mn_attached(event.mn_previous_address):
                 self.agent.trace(TraceEvent.RELEASE_SKIPPED, mn=event.mn_previous_address, reason="MN still attached")
             else:
                 self.handler.release(event.mn_previous_address)
@@ -152,23 +148,12 @@ class AccessRouterAgent:
         return source in self._stations
 
     def _read_stations(self) -> frozenset[str]:
-        index = self.ipr.link_lookup(ifname=self.access_interface)
-        if not index:
-            return frozenset()
-        stations = set()
-        for entry in self.ipr.get_neighbours(family=socket.AF_INET6, ifindex=index[0]):
-            address, lladdr = entry.get_attr("NDA_DST"), entry.get_attr("NDA_LLADDR")
-            if address and lladdr and entry["state"] & (NUD_PERMANENT | NUD_NOARP):
-                stations.add(normalize_address(address))
-        return frozenset(stations)
+        return frozenset(normalize_address(address) for address in stations.associated(self.ipr, self.access_interface))
 
-    def mn_attached(self) -> bool:
-        """The access link's carrier, as an access point knows its stations."""
-        index = self.ipr.link_lookup(ifname=self.access_interface)
-        if not index:
-            return False
-        link = self.ipr.get_links(index[0])[0]
-        return link.get_attr("IFLA_CARRIER") == 1 and link.get_attr("IFLA_OPERSTATE") == "UP"
+    def mn_attached(self, mn: str) -> bool:
+        """Whether the MN that had ``mn`` here is still associated: its own port's carrier, as an
+        access point knows each of its stations (:mod:`nodes.stations`)."""
+        return stations.attached(self.ipr, self.access_interface, mn)
 
     # -- control commands ----------------------------------------------------------------------------
     def set_mn_key(self, mn: str, key: str) -> dict:

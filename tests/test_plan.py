@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from topo import plan
 
 
@@ -38,3 +40,47 @@ def test_interface_names_fit_linux_limits():
     for link in plan.LINKS:
         for node in (link.a, link.b):
             assert len(link.interface(node)) <= 15
+
+
+# -- many MNs ----------------------------------------------------------------------------------------
+
+def test_mn_zero_is_the_single_mn_of_the_plan():
+    """With one MN nothing changes: MN 0's addresses, identity and tunnels are the plan's constants."""
+    assert plan.mn_node(0) == plan.MN and plan.mn_identity(0) == plan.MN_IDENTITY
+    assert plan.mn_home_address(0) == plan.MN_HOME_ADDRESS
+    assert {ar: plan.mn_coa(0, ar) for ar in plan.ACCESS_ROUTERS} == plan.MN_COA
+    assert plan.mn_home_tunnels(0, plan.PAR) == plan.home_tunnels(plan.PAR)
+    for ar in plan.ACCESS_ROUTERS:
+        assert plan.station_port(ar, 0) == plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(ar)
+        assert plan.ar_access_interface(ar, 1) == plan.station_port(ar, 0)
+        assert plan.ar_access_interface(ar, 2) == plan.cell(ar)
+
+
+def test_every_mn_has_addresses_names_and_an_identity_of_its_own():
+    """Across the largest testbed: no two MNs share an address, a name, an identity or an HA tunnel;
+    every address is inside its prefix and clear of the routers' own, and every interface name
+    fits Linux's 15 characters."""
+    routers = {*plan.AR_ACCESS_ADDRESS.values(), plan.HA_ADDRESS}
+    for values in (
+        [plan.mn_home_address(mn) for mn in range(plan.MAX_MNS)],
+        *([plan.mn_coa(mn, ar) for mn in range(plan.MAX_MNS)] for ar in plan.ACCESS_ROUTERS),
+        [plan.mn_identity(mn) for mn in range(plan.MAX_MNS)],
+        [plan.mn_node(mn) for mn in range(plan.MAX_MNS)],
+        [plan.ha_home_tunnel(mn, ar) for mn in range(plan.MAX_MNS) for ar in plan.ACCESS_ROUTERS],
+    ):
+        assert len(set(values)) == len(values)
+        assert not routers & set(values)
+    for mn in range(plan.MAX_MNS):
+        assert ipaddress.ip_address(plan.mn_home_address(mn)) in ipaddress.ip_network(plan.HOME_PREFIX)
+        for ar in plan.ACCESS_ROUTERS:
+            assert ipaddress.ip_address(plan.mn_coa(mn, ar)) in ipaddress.ip_network(plan.ACCESS_PREFIX[ar])
+            assert len(plan.station_port(ar, mn)) <= 15 and len(plan.ha_home_tunnel(mn, ar)) <= 15
+
+
+def test_an_mn_outside_the_plan_is_refused():
+    for index in (-1, plan.MAX_MNS):
+        for name in (plan.mn_node, plan.mn_home_address, plan.mn_identity):
+            with pytest.raises(ValueError):
+                name(index)
+        with pytest.raises(ValueError):
+            plan.mn_coa(index, plan.PAR)

@@ -18,33 +18,13 @@ from mininet.net import Mininet
 
 from nodes import netns
 from topo import access_steps, plan
+from topo.cells import Cells, Station
+from topo.errors import TopologyError
+from topo.shaping import LinkParams
+
+__all__ = ["LinkParams", "MoveTimes", "Station", "Testbed", "TopologyError"]
 
 STEP_PRIORITY = 70  # SCHED_FIFO, above the probe threads' 50 (nodes/probe.py)
-
-
-class TopologyError(RuntimeError):
-    """Building, configuring or changing the emulated network failed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LinkParams:
-    """netem/htb shaping of a link, applied in each direction (delay is one-way)."""
-
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss_percent: float = 0.0
-    rate_mbit: float | None = None
-
-    def tclink_arguments(self) -> dict:
-        # Always a netem qdisc, even at 0 ms, so that a sweep can change the link in place.
-        arguments: dict = {"delay": f"{self.delay_ms}ms"}
-        if self.jitter_ms:
-            arguments["jitter"] = f"{self.jitter_ms}ms"
-        if self.loss_percent:
-            arguments["loss"] = self.loss_percent
-        if self.rate_mbit:
-            arguments["bw"] = self.rate_mbit
-        return arguments
 
 
 @dataclasses.dataclass
@@ -63,15 +43,30 @@ class Testbed:
 
     __test__ = False  # not a pytest test class, despite its name
 
-    def __init__(self, link_params: Mapping[str, LinkParams] | None = None, initial_ar: str = plan.PAR):
+    def __init__(self, link_params: Mapping[str, LinkParams] | None = None, initial_ar: str = plan.PAR,
+                 mns: int = 1):
+        if not 1 <= mns <= plan.MAX_MNS:
+            raise TopologyError(f"a testbed holds 1..{plan.MAX_MNS} MNs, not {mns}")
         self.link_params = {cls: LinkParams() for cls in plan.LINK_CLASSES}
         self.link_params.update(link_params or {})
-        self.current_ar: str | None = None
+        self.mns = mns
+        #: each MN's AR (None: detached); MN 0's is also ``current_ar``
+        self.attached: dict[int, str | None] = dict.fromkeys(range(mns))
         self.initial_ar = initial_ar
         self.net: Mininet | None = None
-        self._mn_steps: access_steps.StepSocket | None = None
-        self._detach_batch: dict[str, tuple[bytes, ...]] = {}
-        self._attach_batch: dict[str, tuple[bytes, ...]] = {}
+        self.cells: Cells | None = None
+        self._steps: dict[int, access_steps.StepSocket] = {}
+        self._detach_batch: dict[tuple[int, str], tuple[bytes, ...]] = {}
+        self._attach_batch: dict[tuple[int, str], tuple[bytes, ...]] = {}
+
+    @property
+    def current_ar(self) -> str | None:
+        """MN 0's AR (None while it is detached)."""
+        return self.attached[0]
+
+    @current_ar.setter
+    def current_ar(self, ar: str | None) -> None:
+        self.attached[0] = ar
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> Testbed:
@@ -89,17 +84,24 @@ class Testbed:
                             intfName2=link.interface(link.b), **params)
             net.build()
             self._configure()
+            if self.mns > 1:
+                self.cells = Cells({name: self.pid(name) for name in plan.NODES}, self.mns, self.initial_ar,
+                                   self.link_params[plan.ACCESS])
+                self.cells.build()
             self._prepare_access_steps()
-            self._attach(self.initial_ar)
+            for index in range(self.mns):
+                self._attach(self.initial_ar, index)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        if self._mn_steps is not None:
-            self._mn_steps.close()
-            self._mn_steps = None
+        while self._steps:
+            self._steps.popitem()[1].close()
+        if self.cells is not None:
+            self.cells.remove()
+            self.cells = None
         if self.net is not None:
             self.net.stop()  # ends the host shells Mininet started, by their recorded PIDs
             self.net = None
@@ -118,6 +120,13 @@ class Testbed:
     def pid(self, name: str) -> int:
         """PID of the node's shell; its /proc/<pid>/ns/net is the node's network namespace."""
         return self.host(name).pid
+
+    def mn_target(self, index: int) -> int | str:
+        """MN ``index``'s network namespace, for :mod:`nodes.netns`: MN 0's shell's pid, the
+        others' namespace names."""
+        if not 0 <= index < self.mns:
+            raise TopologyError(f"no MN {index} on a testbed of {self.mns}")
+        return self.pid(plan.MN) if index == 0 else self.cells.namespace(index)  # type: ignore[union-attr]
 
     def cmd(self, name: str, command: str, check: bool = True) -> str:
         """Run a shell command on a node (slow in UML: set-up and checks only, never measured)."""
@@ -158,13 +167,16 @@ class Testbed:
         # point's router knows its stations and a Router Advertisement's source link-layer option
         # tells the MN its router's: no neighbour discovery on the access links, where a veth's
         # carrier change would otherwise delay the first exchange by a 1 s NS retransmission.
+        # (With several MNs, the cells take the AR's end's MAC for their bridge and make these
+        # entries for every MN: topo.cells.)
         self.access_lladdr = {}
         for ar in plan.ACCESS_ROUTERS:
             link = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]]
             mn_mac = self.host(plan.MN).intf(link.interface(plan.MN)).MAC()
             self.access_lladdr[ar] = self.host(ar).intf(link.interface(ar)).MAC()
-            self.cmd(ar, f"ip -6 neigh replace {plan.MN_COA[ar]} lladdr {mn_mac} dev {link.interface(ar)} "
-                         "nud permanent")
+            if self.mns == 1:
+                self.cmd(ar, f"ip -6 neigh replace {plan.MN_COA[ar]} lladdr {mn_mac} dev {link.interface(ar)} "
+                             "nud permanent")
         # The MN starts detached from both access links; start() attaches it to the initial AR.
         for ar in plan.ACCESS_ROUTERS:
             interface = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
@@ -189,60 +201,64 @@ class Testbed:
                           f"dev {plan.home_tunnel(plan.HA, self.initial_ar)}")
 
     def _prepare_access_steps(self) -> None:
-        """Encode each AR's detach and attach once (see :mod:`topo.access_steps`)."""
-        with netns.iproute_in(self.pid(plan.MN)) as ipr:
-            for ar in plan.ACCESS_ROUTERS:
-                name = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)
-                indices = ipr.link_lookup(ifname=name)
-                if not indices:
-                    raise TopologyError(f"MN has no interface {name}")
-                index = indices[0]
-                self._detach_batch[ar] = (access_steps.link_state(index, up=False),)
-                self._attach_batch[ar] = (
-                    access_steps.link_state(index, up=True),
-                    access_steps.address(index, plan.MN_COA[ar], 64),
-                    # learnt at association (see _configure): no neighbour discovery
-                    access_steps.permanent_neighbour(index, plan.AR_ACCESS_ADDRESS[ar], self.access_lladdr[ar]),
-                    access_steps.default_route(index, plan.AR_ACCESS_ADDRESS[ar]))
-        self._mn_steps = access_steps.StepSocket(self.pid(plan.MN))
+        """Encode each MN's detach and attach at each AR once (see :mod:`topo.access_steps`); one
+        step socket per MN, in its namespace, so that MNs can move at once from several threads."""
+        for mn in range(self.mns):
+            target = self.mn_target(mn)
+            with netns.iproute_in(target) as ipr:
+                for ar in plan.ACCESS_ROUTERS:
+                    name = plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(plan.MN)  # in every MN's namespace
+                    indices = ipr.link_lookup(ifname=name)
+                    if not indices:
+                        raise TopologyError(f"{plan.mn_node(mn)} has no interface {name}")
+                    index = indices[0]
+                    self._detach_batch[mn, ar] = (access_steps.link_state(index, up=False),)
+                    self._attach_batch[mn, ar] = (
+                        access_steps.link_state(index, up=True),
+                        access_steps.address(index, plan.mn_coa(mn, ar), 64),
+                        # learnt at association (see _configure): no neighbour discovery
+                        access_steps.permanent_neighbour(index, plan.AR_ACCESS_ADDRESS[ar], self.access_lladdr[ar]),
+                        access_steps.default_route(index, plan.AR_ACCESS_ADDRESS[ar]))
+            self._steps[mn] = access_steps.StepSocket(target)
 
-    def _step(self, batch: tuple[bytes, ...], what: str) -> None:
-        assert self._mn_steps is not None
+    def _step(self, mn: int, batch: tuple[bytes, ...], what: str) -> None:
         try:
-            self._mn_steps.send(batch)
+            self._steps[mn].send(batch)
         except (OSError, access_steps.StepError) as error:
             raise TopologyError(f"{what}: {error}") from error
 
-    def _detach(self, ar: str) -> None:
-        self._step(self._detach_batch[ar], f"detaching the MN from {ar}")
-        self.current_ar = None
+    def _detach(self, ar: str, mn: int = 0) -> None:
+        self._step(mn, self._detach_batch[mn, ar], f"detaching {plan.mn_node(mn)} from {ar}")
+        self.attached[mn] = None
 
-    def _attach(self, ar: str) -> None:
+    def _attach(self, ar: str, mn: int = 0) -> None:
         """Bring the access link up, take the care-of address from the AR's prefix, route via it."""
-        self._step(self._attach_batch[ar], f"attaching the MN to {ar}")
-        self.current_ar = ar
+        self._step(mn, self._attach_batch[mn, ar], f"attaching {plan.mn_node(mn)} to {ar}")
+        self.attached[mn] = ar
 
     # -- the handover primitive ------------------------------------------------------------------
-    def handover(self, to_ar: str, l2_delay_ms: float) -> MoveTimes:
-        """Detach the MN from its AR, wait the L2 handover delay, attach it to ``to_ar``.
+    def handover(self, to_ar: str, l2_delay_ms: float, mn: int = 0) -> MoveTimes:
+        """Detach MN ``mn`` from its AR, wait the L2 handover delay, attach it to ``to_ar``.
 
         The wait is the emulated radio-level handover, a scenario parameter; every protocol step
         after it (neighbour discovery, CXTP, IKE, ...) happens for real on the emulated links.
+        Different MNs may move at once, each from its own thread.
         """
-        if self.current_ar is None or to_ar == self.current_ar or to_ar not in plan.ACCESS_ROUTERS:
-            raise TopologyError(f"cannot hand over from {self.current_ar} to {to_ar}")
+        current = self.attached.get(mn)
+        if current is None or to_ar == current or to_ar not in plan.ACCESS_ROUTERS:
+            raise TopologyError(f"cannot hand over {plan.mn_node(mn)} from {current} to {to_ar}")
         times = MoveTimes()
         # The emulator's own steps, above the probes' real-time priority: the L2 delay is the
         # scenario's, and neither step waits behind the measurement it is measured by.
         with access_steps.realtime(STEP_PRIORITY):
             times.detach_start_ns = time.monotonic_ns()
-            self._detach(self.current_ar)
+            self._detach(current, mn)
             times.detached_ns = time.monotonic_ns()
             deadline = times.detached_ns + int(l2_delay_ms * 1e6)
             while (remaining := deadline - time.monotonic_ns()) > 0:
                 time.sleep(remaining / 1e9)
             times.attach_start_ns = time.monotonic_ns()
-            self._attach(to_ar)
+            self._attach(to_ar, mn)
             times.attached_ns = time.monotonic_ns()
         return times
 
@@ -256,6 +272,8 @@ class Testbed:
             for node in (link.a, link.b):
                 interface = self.host(node).intf(link.interface(node))
                 interface.config(**params.tclink_arguments())
+        if link_class == plan.ACCESS and self.cells is not None:
+            self.cells.set_access_params(params)
 
-    def other_ar(self) -> str:
-        return plan.NAR if self.current_ar == plan.PAR else plan.PAR
+    def other_ar(self, mn: int = 0) -> str:
+        return plan.NAR if self.attached[mn] == plan.PAR else plan.PAR

@@ -156,6 +156,80 @@ def access_path_interfaces(ar: str) -> dict[str, str]:
     return {MN: LINKS_BY_NAME[ACCESS_LINK[ar]].interface(MN), HA: LINKS_BY_NAME[f"{ar}-{HA}"].interface(HA)}
 
 
+# -- many mobile nodes -------------------------------------------------------------------------------
+# MN 0 is the Mininet host ``mn`` with the addresses above. With more than one MN, each AR's access
+# network is a cell: a bridge in the AR's namespace (``cell(ar)``) that holds the AR's access
+# address, with one port per MN (``station_port``), as an access point has one association per
+# station. MN ``i`` gets ``::100 + i`` on each access prefix and on the home prefix; in its own
+# namespace its interfaces carry MN 0's names, so an agent's code is the same for every MN.
+
+#: the most MNs one testbed holds (their addresses stay inside ::100 - ::10ff of each prefix)
+MAX_MNS = 4096
+_MN_HOST_OFFSET = 0x100
+
+
+def _nth(prefix: str, index: int) -> str:
+    return str(ipaddress.ip_network(prefix)[_MN_HOST_OFFSET + index])
+
+
+def _check_mn(index: int) -> int:
+    if not 0 <= index < MAX_MNS:
+        raise ValueError(f"MN index {index} outside 0..{MAX_MNS - 1}")
+    return index
+
+
+def mn_node(index: int) -> str:
+    """The MN's name in records and interface names: ``mn`` for MN 0, ``mn<i>`` for the others."""
+    return MN if _check_mn(index) == 0 else f"{MN}{index}"
+
+
+def mn_coa(index: int, ar: str) -> str:
+    """MN ``index``'s care-of address on ``ar``'s access prefix (MN 0's is ``MN_COA[ar]``)."""
+    return _nth(ACCESS_PREFIX[ar], _check_mn(index))
+
+
+def mn_home_address(index: int) -> str:
+    """MN ``index``'s home address on the HA's home prefix (MN 0's is ``MN_HOME_ADDRESS``)."""
+    return _nth(HOME_PREFIX, _check_mn(index))
+
+
+def mn_identity(index: int) -> str:
+    """MN ``index``'s identity for Binding Updates, IKE, EAP and the records."""
+    return MN_IDENTITY if _check_mn(index) == 0 else f"{MN}{index}@testbed"
+
+
+def cell(ar: str) -> str:
+    """The bridge that is ``ar``'s access network when the testbed has more than one MN."""
+    return f"{ar}-cell"
+
+
+def station_port(ar: str, index: int) -> str:
+    """``ar``'s port towards MN ``index`` (for MN 0, its end of the ``mn-<ar>`` link)."""
+    return f"{ar}-{mn_node(index)}"
+
+
+def ar_access_interface(ar: str, mns: int) -> str:
+    """Where ``ar`` holds its access address: the ``mn-<ar>`` link's end with one MN (a cell of one
+    station is a point-to-point link), the cell's bridge with more."""
+    return LINKS_BY_NAME[ACCESS_LINK[ar]].interface(ar) if mns == 1 else cell(ar)
+
+
+def ha_home_tunnel(index: int, ar: str) -> str:
+    """The HA's end of MN ``index``'s tunnel over ``ar`` (MN 0's is ``home_tunnel(HA, ar)``)."""
+    return home_tunnel(HA, ar) if _check_mn(index) == 0 else f"{HA}-h{index}-{ar}"
+
+
+def mn_home_tunnels(index: int, initial_ar: str) -> tuple[HomeTunnel, ...]:
+    """MN ``index``'s tunnels, as :func:`home_tunnels` gives MN 0's: its own ends carry MN 0's
+    names (each MN has its own namespace), the HA's are per MN."""
+    tunnels = []
+    for ar in ACCESS_ROUTERS:
+        tunnels.append(HomeTunnel(MN, home_tunnel(MN, ar), mn_coa(index, ar), HA_ADDRESS, None))
+        tunnels.append(HomeTunnel(HA, ha_home_tunnel(index, ar), HA_ADDRESS, mn_coa(index, initial_ar),
+                                  LINKS_BY_NAME[f"{ar}-{HA}"].interface(HA)))
+    return tuple(tunnels)
+
+
 def links_of(node: str) -> tuple[Link, ...]:
     return tuple(link for link in LINKS if node in (link.a, link.b))
 
