@@ -781,15 +781,25 @@ def plot(directory: Path, summary: dict[str, Any]) -> list[str]:
 
 # -- compare two merges -----------------------------------------------------------------------------
 
+def _drift_allowance(point: dict[str, Any] | None) -> float:
+    """How far a run's emulation may drift and still pass its fidelity verdict (ms): the L2 step's
+    tolerance, by which every handover's interruption may be longer than the scenario's."""
+    tolerances = ((point or {}).get("fidelity") or {}).get("tolerances") or {}
+    return float(tolerances.get("max_l2_drift_ms") or 0.0)
+
+
 def agreement(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
     """Per point, method and direction: do the two merges' median interruptions and overheads agree
     (95% intervals overlap, each widened by one probe interval; without intervals, within
-    max(5 ms, 10%))?"""
+    max(5 ms, 10%))? An absolute interruption also includes the emulation's own delay, which two
+    runs that each passed their fidelity verdict may have drifted apart by up to its tolerance
+    (a loaded host); an overhead is taken within one run, against ``none``, and cancels it."""
     rows = []
     by_index = {point["index"]: point for point in second["points"]}
     for point in first["points"]:
         other = by_index.get(point["index"])
         slack = max(point.get("probe_interval_ms") or 0.0, (other or {}).get("probe_interval_ms") or 0.0)
+        drift = max(_drift_allowance(point), _drift_allowance(other))
         for method, entry in (point.get("per_method") or {}).items():
             for direction, label in DIRECTIONS:
                 for figure in ("interruption_ms", "overhead_ms"):
@@ -804,16 +814,19 @@ def agreement(first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, A
                         row["agree"], row["how"] = False, "missing on one side"
                         rows.append(row)
                         continue
-                    limit = max(AGREEMENT_MS, AGREEMENT_SHARE * max(abs(row["a"]), abs(row["b"])))
+                    allowed = drift if figure == "interruption_ms" else 0.0
+                    limit = max(AGREEMENT_MS, AGREEMENT_SHARE * max(abs(row["a"]), abs(row["b"]))) + allowed
                     close = abs(row["a"] - row["b"]) <= limit
                     closeness = f"|difference| {abs(row['a'] - row['b']):.1f} {'<=' if close else '>'} {limit:.1f} ms"
                     if row["a_ci95"] and row["b_ci95"]:
                         gap = max(row["a_ci95"][0] - row["b_ci95"][1], row["b_ci95"][0] - row["a_ci95"][1])
-                        overlap = gap <= 2 * slack
+                        overlap = gap <= 2 * slack + allowed
                         row["agree"] = overlap or close
-                        row["how"] = ("intervals overlap" if gap <= 0 else
-                                      f"intervals {gap:.1f} ms apart, within one probe interval ({slack:g} ms) each"
-                                      if overlap else f"intervals {gap:.1f} ms apart; {closeness}")
+                        within = f"one probe interval ({slack:g} ms) each" + (
+                            f" and the emulation's drift tolerance ({allowed:g} ms)" if allowed else "")
+                        apart = f"intervals {gap:.1f} ms apart"
+                        row["how"] = ("intervals overlap" if gap <= 0 else f"{apart}, within {within}"
+                                      if overlap else f"{apart}; {closeness}")
                     else:
                         row["agree"] = close
                         row["how"] = f"no intervals: {closeness}"
