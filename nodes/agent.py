@@ -9,10 +9,18 @@ from different hosts line up on one time axis.
 
 Readiness: the agent prints ``READY <name> <pid>`` on standard output once its sockets are
 bound; the runner waits for that line instead of sleeping.
+
+One process can serve several nodes (:meth:`Agent.host`): many MNs, each in its own network
+namespace, as one process start per MN would cost the guest 50-300 ms each. A hosted agent has
+its own control socket, trace and commands, shares the process's loop, and each of its handlers
+runs inside its node's namespace (the loop enters it around the call), so what it opens or asks
+the kernel (an interface index, a netlink request) is its own node's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import heapq
 import itertools
 import json
@@ -39,6 +47,38 @@ AGENT_NICE = -10
 BACKGROUND_NICE = 19
 #: A control client that does not take its reply within this time is dropped.
 CONTROL_REPLY_TIMEOUT_S = 2.0
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Namespace:
+    """A network namespace the loop's thread enters around a hosted agent's handlers (setns(2) on
+    a file descriptor opened once: two system calls per handler) and leaves for its own."""
+
+    _home: int | None = None
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        if _Namespace._home is None:
+            _Namespace._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+
+    @staticmethod
+    def _set(fd: int) -> None:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns: {os.strerror(error)}")
+
+    @contextlib.contextmanager
+    def entered(self):
+        self._set(self.fd)
+        try:
+            yield
+        finally:
+            assert _Namespace._home is not None
+            self._set(_Namespace._home)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _set_nice(value: int) -> None:
@@ -53,15 +93,24 @@ def raise_agent_priority() -> None:
 
 
 class Agent:
-    def __init__(self, name: str, control_path: str, trace_path: str) -> None:
+    def __init__(self, name: str, control_path: str, trace_path: str, *, loop: Agent | None = None,
+                 namespace: str | None = None) -> None:
+        """``loop`` and ``namespace``: see :meth:`host`."""
         self.name = name
-        self.selector = selectors.DefaultSelector()
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._timer_ids = itertools.count()
+        self.loop = loop
+        self._namespace = _Namespace(namespace) if namespace is not None else None
+        self.hosted: list[Agent] = []
+        if loop is None:
+            self.selector = selectors.DefaultSelector()
+            self._timers: list[tuple[float, int, Callable[[], None]]] = []
+            self._timer_ids = itertools.count()
+            self._deferred: list[tuple[str, Callable[[], None]]] = []
+        else:  # one loop, one timer heap, one queue of deferred work for the whole process
+            self.selector, self._timers, self._timer_ids = loop.selector, loop._timers, loop._timer_ids
+            self._deferred = loop._deferred
         # Written out when the loop goes idle or answers the runner, not line by line: on the
         # hot paths a write per event would cost a system call each (~25 us in the guest).
         self._trace = open(trace_path, "a", buffering=1 << 16)
-        self._deferred: list[tuple[str, Callable[[], None]]] = []
         self._stopping = False
         self.handler_failures = 0
         self._commands: dict[str, Callable[..., Any]] = {"ping": lambda: {"name": self.name}}
@@ -73,8 +122,30 @@ class Agent:
         self._control.setblocking(False)
         self.selector.register(self._control, selectors.EVENT_READ, self._accept)
         self._buffers: dict[socket.socket, bytes] = {}
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        if loop is None:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+
+    def host(self, name: str, control_path: str, trace_path: str, namespace: str) -> Agent:
+        """Another node's agent in this process: its own control socket and trace, this loop, and
+        its handlers run in ``namespace`` (a path, e.g. ``/run/netns/<name>``). Build what it
+        serves inside :meth:`inside` so that its sockets are that namespace's."""
+        hosted = Agent(name, control_path, trace_path, loop=self, namespace=namespace)
+        self.hosted.append(hosted)
+        return hosted
+
+    def inside(self):
+        """A context in which this agent's own namespace is the thread's (its handlers run so)."""
+        return self._namespace.entered() if self._namespace is not None else contextlib.nullcontext()
+
+    def _in_namespace(self, callback: Callable[..., Any]) -> Callable[..., Any]:
+        if self._namespace is None:
+            return callback
+
+        def entered(*arguments: Any) -> Any:
+            with self.inside():
+                return callback(*arguments)
+        return entered
 
     # -- trace ------------------------------------------------------------------------------------
     def trace(self, event: str, t_ns: int | None = None, **fields: Any) -> None:
@@ -86,17 +157,18 @@ class Agent:
 
     # -- loop plumbing ----------------------------------------------------------------------------
     def add_reader(self, fileobj, callback: Callable[[], None]) -> None:
+        callback = self._in_namespace(callback)
         self.selector.register(fileobj, selectors.EVENT_READ, lambda _sock: callback())
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` at ``deadline`` (time.monotonic() seconds)."""
-        heapq.heappush(self._timers, (deadline, next(self._timer_ids), callback))
+        heapq.heappush(self._timers, (deadline, next(self._timer_ids), self._in_namespace(callback)))
 
     def defer(self, label: str, callback: Callable[[], None]) -> None:
         """Run ``callback`` once nothing else is ready for this agent, at BACKGROUND_NICE: work
         that must happen but is on no critical path. Deferred work runs in order; an exception
         is traced, not fatal."""
-        self._deferred.append((label, callback))
+        self._deferred.append((label, self._in_namespace(callback)))
 
     def _run_deferred(self) -> None:
         label, callback = self._deferred.pop(0)
@@ -125,6 +197,8 @@ class Agent:
         self._commands[name] = handler
 
     def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
         self._stopping = True
 
     def _accept(self, _sock) -> None:
@@ -144,7 +218,8 @@ class Agent:
         buffer = self._buffers[connection] + data
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
-            reply = self._dispatch(line)
+            with self.inside():
+                reply = self._dispatch(line)
             self._trace.flush()  # the runner may read the trace as soon as it has the reply
             try:
                 connection.settimeout(CONTROL_REPLY_TIMEOUT_S)
@@ -183,7 +258,8 @@ class Agent:
     def run(self) -> None:
         raise_agent_priority()
         print(f"READY {self.name} {os.getpid()}", flush=True)
-        self.trace(TraceEvent.READY, pid=os.getpid())
+        for agent in (self, *self.hosted):
+            agent.trace(TraceEvent.READY, pid=os.getpid())
         while not self._stopping:
             timeout = 0.5
             if self._timers:
@@ -191,10 +267,11 @@ class Agent:
             if self._deferred:
                 timeout = 0.0
             else:
-                self._trace.flush()  # about to wait: the events so far go out now
+                self._flush()  # about to wait: the events so far go out now
             ready = self.selector.select(timeout)
             if len(ready) > 1:  # the protocol first; the runner's questions can wait behind it
-                ready.sort(key=lambda item: item[0].data in (self._accept, self._read_control))
+                ready.sort(key=lambda item: getattr(item[0].data, "__func__", None) in (Agent._accept,
+                                                                                         Agent._read_control))
             for key, _ in ready:
                 self._guarded(key.data, key.fileobj)
             now = time.monotonic() if self._timers else 0.0  # a clock read is a system call in the guest
@@ -205,8 +282,13 @@ class Agent:
             if self._deferred and not ready:
                 self._run_deferred()
         self.run_deferred_now()
-        self.trace(TraceEvent.STOPPED)
-        self.close()
+        for agent in (self, *self.hosted):
+            agent.trace(TraceEvent.STOPPED)
+            agent.close()
+
+    def _flush(self) -> None:
+        for agent in (self, *self.hosted):
+            agent._trace.flush()
 
     def _guarded(self, callback: Callable[..., None], *arguments: Any) -> None:
         """Run one input's or timer's handler: what it raises is traced and counted, and the agent
@@ -221,6 +303,8 @@ class Agent:
     def close(self) -> None:
         self._trace.close()
         self._control.close()
+        if self._namespace is not None:
+            self._namespace.close()
 
 
 def read_trace(path: str) -> list[dict[str, Any]]:

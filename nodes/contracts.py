@@ -254,17 +254,18 @@ class HaControl(ControlClient):
     """The home agent's agent (:mod:`nodes.ha_agent`), with both probe ends."""
 
     @command
-    def binding(self) -> Reply:
-        """The MN's care-of address in the binding cache, and the decode errors so far."""
+    def binding(self, *, identity: str | None = None) -> Reply:
+        """The care-of address of MN ``identity`` (None: the first MN) in the binding cache, and the
+        decode errors so far."""
 
     @command
     def lateness(self, *, start_ns: int, end_ns: int) -> Reply:
         """The p99 send lateness of each probe end between two instants (ms, None if no probe)."""
 
     @command
-    def arrivals(self, *, since_ns: int) -> Reply:
-        """Per probe end, the probes it received since ``since_ns``, per interface of its namespace:
-        which router's path the traffic takes now."""
+    def arrivals(self, *, since_ns: int, identity: str | None = None) -> Reply:
+        """Per probe end of MN ``identity`` (None: the first MN), the probes it received since
+        ``since_ns``, per interface of its namespace: which router's path the traffic takes now."""
 
     @command
     def checkpoint(self) -> Reply:

@@ -11,31 +11,48 @@ nodes.probe).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 
 from nodes import mobility
 from nodes.agent import Agent, main_guard
-from nodes.contracts import HaControl, TraceEvent, serve
+from nodes.contracts import AgentError, HaControl, TraceEvent, serve
 from nodes.home_path import HaHomePath, HomePathError
 from nodes.probe import DEFAULT_PORT, ProbeEnd, ProbeStreams
 from nodes.tcp_flow import TcpFlow, TcpFlowError
+
+
+@dataclasses.dataclass
+class ServedMn:
+    """One more MN this HA serves (many MNs): its key, its home path, its probe ends."""
+
+    identity: str
+    mobility_key: bytes | None
+    home: HaHomePath | None
+    probes: ProbeStreams | None = None
+    outputs: dict[ProbeEnd, str] = dataclasses.field(default_factory=dict)
 
 
 class HomeAgent:
     def __init__(self, agent: Agent, probes: ProbeStreams, probe: ProbeEnd, identity: str,
                  outputs: dict[ProbeEnd, str] | None = None, mobility_key: bytes | None = None,
                  address: str | None = None, home: HaHomePath | None = None,
-                 tcp: tuple[TcpFlow, dict[str, str]] | None = None) -> None:
+                 tcp: tuple[TcpFlow, dict[str, str]] | None = None, more: list[ServedMn] | None = None) -> None:
         self.agent = agent
         self.home = home
         #: the TCP connection from the MN's home address, and where its ends' traces go
         self.tcp = tcp
         self.probe = probe
         self.identity = identity
+        #: every MN served, the first (``identity``) included, by identity
+        self.served = {identity: ServedMn(identity, mobility_key, home, probes, dict(outputs or {}))}
+        self.served.update({mn.identity: mn for mn in more or ()})
         # with a key, only the MN's own, fresh Binding Updates move its binding (RFC 4285)
         self.mobility_key, self.address = mobility_key, address
-        self.cache = mobility.BindingCache({identity: mobility_key} if mobility_key else None, ha=address)
+        keys = {mn.identity: mn.mobility_key for mn in self.served.values() if mn.mobility_key}
+        self.cache = mobility.BindingCache(keys or None, ha=address)
         self.decode_errors = 0
         self.sock = mobility.mobility_socket()
         agent.add_reader(self.sock, self._receive)
@@ -43,29 +60,36 @@ class HomeAgent:
         self.outputs = outputs or {}
         serve(agent, self, HaControl)
 
-    def binding(self) -> dict:
-        return {"care_of": self.cache.care_of(self.identity), "decode_errors": self.decode_errors,
-                "sequence": self.cache.last_sequence(self.identity),
+    def _served(self, identity: str | None) -> ServedMn:
+        served = self.served.get(identity or self.identity)
+        if served is None:
+            raise AgentError(f"no MN {identity!r} is served here")
+        return served
+
+    def binding(self, identity: str | None = None) -> dict:
+        identity = self._served(identity).identity
+        return {"care_of": self.cache.care_of(identity), "decode_errors": self.decode_errors,
+                "sequence": self.cache.last_sequence(identity),
                 "refused": {str(status): count for status, count in self.cache.refused.items()}}
 
     def lateness(self, start_ns: int, end_ns: int) -> dict:
         return self.probes.lateness(start_ns, end_ns)
 
-    def arrivals(self, since_ns: int) -> dict:
-        return {end.role: end.arrivals(since_ns) for end in self.probes.ends}
+    def arrivals(self, since_ns: int, identity: str | None = None) -> dict:
+        served = self._served(identity)
+        return {end.role: end.arrivals(since_ns) for end in (served.probes.ends if served.probes else ())}
 
     def checkpoint(self) -> dict:
-        rows = sum(end.checkpoint(path) for end, path in self.outputs.items())
+        rows = sum(end.checkpoint(path) for mn in self.served.values() for end, path in mn.outputs.items())
         if self.tcp is not None:
             rows += self.tcp[0].checkpoint(self.tcp[1])
         return {"rows": rows}
 
-    def _align_home(self) -> None:
-        assert self.home is not None  # deferred only after a move of the home path
+    def _align_home(self, home: HaHomePath) -> None:
         try:
-            self.home.align()
+            home.align()
         except HomePathError as error:
-            self.agent.trace(TraceEvent.HOME_PATH_FAILED, care_of=self.home.care_of, error=str(error))
+            self.agent.trace(TraceEvent.HOME_PATH_FAILED, care_of=home.care_of, error=str(error))
 
     def tcp_reconnect(self) -> dict:
         if self.tcp is None:
@@ -94,11 +118,14 @@ class HomeAgent:
                              identity=message.identity, status=status)
         self.agent.trace(TraceEvent.BU_RECEIVED, source=care_of, seq=message.sequence, identity=message.identity,
                          status=status)
-        if status == mobility.BA_STATUS_ACCEPTED and message.identity == self.identity and self.home is not None:
+        served = self.served.get(message.identity)
+        home = served.home if served is not None else None
+        if status == mobility.BA_STATUS_ACCEPTED and home is not None:
             try:  # the home address follows the binding; the other tunnels once the Ack is out
-                tunnel = self.home.point_to(care_of)
-                self.agent.trace(TraceEvent.HOME_PATH_MOVED, care_of=care_of, tunnel=tunnel)
-                self.agent.defer("align the home tunnels", self._align_home)
+                tunnel = home.point_to(care_of)
+                self.agent.trace(TraceEvent.HOME_PATH_MOVED, care_of=care_of, tunnel=tunnel,
+                                 identity=message.identity)
+                self.agent.defer("align the home tunnels", lambda: self._align_home(home))
             except HomePathError as error:  # the downlink is cut off: the traffic check says so
                 self.agent.trace(TraceEvent.HOME_PATH_FAILED, care_of=care_of, error=str(error))
         if message.acknowledge:
@@ -109,13 +136,35 @@ class HomeAgent:
             ack = mobility.BindingAck(sequence=sequence, status=status, lifetime_s=message.lifetime_s)
             # authenticated with the MN's key, and carrying the timestamp of the BU it answers: the
             # MN believes an Ack only for a BU it sent (RFC 4285)
-            key = self.mobility_key if message.identity == self.identity else None
+            key = served.mobility_key if served is not None else None
             encoded = ack.encode(key, care_of, self.address, timestamp=message.protection.timestamp) if key \
                 else ack.encode()
             handed_over = time.monotonic_ns()  # before the send: see Agent.trace
             self.sock.sendto(encoded, (care_of, 0))
             self.agent.trace(TraceEvent.BA_SENT, t_ns=handed_over, destination=care_of, seq=message.sequence,
                              status=status, bytes=len(encoded))
+
+
+def _more_mns(path: str | None, bind: str, size: int) -> list[ServedMn]:
+    """The MNs after the first, as the runner lists them: each with its key, its own tunnels at the
+    HA, and a probe stream of its own (one sender per MN: each MN's rate may differ from the
+    first's, lower during storms)."""
+    if not path:
+        return []
+    with open(path) as handle:
+        specs = json.load(handle)
+    served = []
+    for spec in specs:
+        namespace = spec["namespace"]
+        own_port = int(spec["port"])  # the HA's end of each MN's stream binds a port of its own
+        ha_end = ProbeEnd("ha", spec["home_address"], own_port, float(spec["probe_rate"]), size, bind_address=bind)
+        mn_end = ProbeEnd("mn", bind, own_port, float(spec["probe_rate"]), size, bind_address=spec["home_address"],
+                          namespace=namespace)
+        served.append(ServedMn(spec["identity"], bytes.fromhex(spec["mobility_key"]) if spec.get("mobility_key")
+                               else None, HaHomePath(bind, spec["home_address"], names=set(spec["tunnels"])),
+                               ProbeStreams([ha_end, mn_end]),
+                               {ha_end: spec["ha_probe_out"], mn_end: spec["mn_probe_out"]}))
+    return served
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a record each way on a TCP connection from the home address this often (0: none)")
     parser.add_argument("--tcp-out", default=None, help="the HA end's TCP trace")
     parser.add_argument("--mn-tcp-out", default=None, help="the MN end's TCP trace")
+    parser.add_argument("--home-tunnels", default=None,
+                        help="the HA's tunnels of the first MN, comma-separated (default: every tunnel from --bind)")
+    parser.add_argument("--more-mns", default=None,
+                        help="a JSON file listing more MNs to serve: identity, mobility_key, home_address, "
+                             "namespace, tunnels (the HA's tunnel names of that MN), port, probe_rate, ha_probe_out, "
+                             "mn_probe_out")
     arguments = parser.parse_args(argv)
 
     def run() -> None:
@@ -150,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         outputs = {ha_end: arguments.probe_out, mn_end: arguments.mn_probe_out}
         # a restarted agent (the runner's recovery) continues the records of the one before it
         probes.first_sequence = 1 + max(end.resume(path) for end, path in outputs.items())
-        home = HaHomePath(arguments.bind, arguments.home_address)
+        more = _more_mns(arguments.more_mns, arguments.bind, arguments.size)
+        # with more MNs, each MN's home path is its own tunnels only
+        home = HaHomePath(arguments.bind, arguments.home_address,
+                          names=set(arguments.home_tunnels.split(",")) if arguments.home_tunnels else None)
         tcp = None
         if arguments.tcp_interval_ms > 0:
             try:  # an application's view next to the probes' (nodes.tcp_flow)
@@ -164,13 +222,21 @@ def main(argv: list[str] | None = None) -> int:
                 tcp = (flow, tcp_outputs)
         HomeAgent(agent, probes, ha_end, arguments.identity, outputs,
                   bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None, arguments.bind,
-                  home, tcp)
+                  home, tcp, more)
         probes.start()
+        for served in more:
+            assert served.probes is not None
+            served.probes.start()
         if tcp is not None:
             tcp[0].start()
         try:
             agent.run()
         finally:
+            for served in more:
+                assert served.probes is not None
+                served.probes.stop()
+                for end, path in served.outputs.items():
+                    end.write(path)
             probes.stop()
             if tcp is not None:
                 tcp[0].stop()

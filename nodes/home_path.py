@@ -35,12 +35,14 @@ def _normal(address: str) -> str:
     return str(ipaddress.IPv6Address(address))
 
 
-def _tunnels(ipr: IPRoute) -> dict[int, dict[str, Any]]:
-    """Every ip6tnl interface of the namespace: index -> its parameters."""
+def _tunnels(ipr: IPRoute, names: set[str] | None = None) -> dict[int, dict[str, Any]]:
+    """Every ip6tnl interface of the namespace (of ``names`` only, if given): index -> its parameters."""
     found = {}
     for link in ipr.get_links():
         info = link.get_attr("IFLA_LINKINFO")
         if info is None or info.get_attr("IFLA_INFO_KIND") != IP6TNL_KIND:
+            continue
+        if names is not None and link.get_attr("IFLA_IFNAME") not in names:
             continue
         data = info.get_attr("IFLA_INFO_DATA")
         parameters = {name: data.get_attr(name) for name in _PARAMETERS}
@@ -81,10 +83,13 @@ class HaHomePath:
     """The HA's end: its tunnels point at the care-of address of the binding, and the home
     address is routed through the one bound to the interface that reaches it."""
 
-    def __init__(self, local: str, home_address: str, ipr: IPRoute | None = None) -> None:
+    def __init__(self, local: str, home_address: str, ipr: IPRoute | None = None,
+                 names: set[str] | None = None) -> None:
+        """``names``: the tunnels of this home address (an HA serving many MNs has a set per MN);
+        None: every tunnel from ``local``."""
         self.home_address = _normal(home_address)
         self.ipr = ipr or IPRoute()
-        self.tunnels = {index: p for index, p in _tunnels(self.ipr).items()
+        self.tunnels = {index: p for index, p in _tunnels(self.ipr, names).items()
                         if _normal(p["IFLA_IP6TNL_LOCAL"]) == _normal(local)}
         self.care_of: str | None = None
         self.tunnel: int | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import random
 import socket
 import struct
@@ -376,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home-table", type=int, default=None,
                         help="the routing table of what leaves from the home address (none: no home address)")
     parser.add_argument("--home-address", default=None, help="the MN's home address (RFC 6275)")
+    parser.add_argument("--hosted", default=None,
+                        help="a JSON file listing more MNs this process serves, each in its own namespace: "
+                             "name, namespace (a path), control, trace, address, identity, mobility_key, "
+                             "home_address, seed")
     arguments = parser.parse_args(argv)
 
     def run() -> None:
@@ -383,6 +388,15 @@ def main(argv: list[str] | None = None) -> int:
         MobileNodeAgent(agent, arguments.address, arguments.ha, arguments.identity, arguments.seed,
                         bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None,
                         arguments.home_table, arguments.home_address)
+        if arguments.hosted:
+            with open(arguments.hosted) as handle:
+                hosted_mns = json.load(handle)
+            for spec in hosted_mns:  # many MNs, one process (nodes.agent): each in its namespace
+                hosted = agent.host(spec["name"], spec["control"], spec["trace"], spec["namespace"])
+                with hosted.inside():
+                    MobileNodeAgent(hosted, spec["address"], arguments.ha, spec["identity"], int(spec["seed"]),
+                                    bytes.fromhex(spec["mobility_key"]) if spec.get("mobility_key") else None,
+                                    arguments.home_table, spec["home_address"])
         agent.run()
 
     return main_guard(run)

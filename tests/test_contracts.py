@@ -55,7 +55,7 @@ def test_serve_refuses_an_agent_that_does_not_keep_its_contract(tmp_path):
             serve(agent, Partial(), MnControl)
 
         class WrongFields:
-            def binding(self) -> dict:
+            def binding(self, identity: str | None = None) -> dict:
                 return {}
 
             def lateness(self, start_ns: int) -> dict:

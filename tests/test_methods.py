@@ -22,6 +22,7 @@ from topo.network import MoveTimes
 class _Testbed:
     def __init__(self, log: list) -> None:
         self.current_ar = plan.PAR
+        self.mns = 1
         self.log = log
 
     def host(self, node: str) -> str:
@@ -100,7 +101,7 @@ def _experiment(tmp_path, transfer_result: str = "completed") -> tuple[Experimen
                             agent_factory=_Agents(log, transfer_result),
                             baseline_factory=lambda *arguments, **options: _Baseline(log))  # type: ignore[arg-type]
     # the kernel's SAD and SPD: empty (the pAR holds no context a retry could use)
-    experiment.xfrm_state = lambda node, address: IpsecContext()  # type: ignore[method-assign]
+    experiment.xfrm_state = lambda node, address, mn=0: IpsecContext()  # type: ignore[method-assign]
     return experiment, log
 
 

@@ -9,6 +9,7 @@ namespace, so no process start lands inside a measured interval.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Mapping
 
@@ -120,6 +121,15 @@ class Testbed:
     def pid(self, name: str) -> int:
         """PID of the node's shell; its /proc/<pid>/ns/net is the node's network namespace."""
         return self.host(name).pid
+
+    def mn_namespace_file(self, index: int) -> str:
+        """A path to MN ``index``'s network namespace that opens in any process of the guest: the
+        Mininet hosts have mount namespaces of their own, which do not see the mounts that name the
+        cells' MN namespaces, so those are reached through this process's root."""
+        target = self.mn_target(index)
+        if isinstance(target, int):
+            return netns.namespace_path(target)
+        return f"/proc/{os.getpid()}/root{netns.namespace_path(target)}"
 
     def mn_target(self, index: int) -> int | str:
         """MN ``index``'s network namespace, for :mod:`nodes.netns`: MN 0's shell's pid, the

@@ -25,6 +25,7 @@ from nodes import netns, provisioning
 from nodes.contracts import AgentError, ArControl, HaControl, MnControl, MnStatus
 from nodes.daemon import AgentProcess, DaemonError
 from nodes.ike import IkeError, needs_aaa
+from nodes.probe import DEFAULT_PORT
 from scenarios.analysis import checks
 from scenarios.records import HandoverRecord, Recovery
 from scenarios.runner import methods
@@ -69,10 +70,11 @@ def pause(milliseconds: float) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Move:
-    """One move of the MN, in the names every method's hooks use."""
+    """One move of an MN (MN 0 unless ``mn`` says), in the names every method's hooks use."""
 
     par: str
     nar: str
+    mn: int = 0
 
     @property
     def par_address(self) -> str:
@@ -84,11 +86,11 @@ class Move:
 
     @property
     def mn_previous(self) -> str:
-        return plan.MN_COA[self.par]
+        return plan.mn_coa(self.mn, self.par)
 
     @property
     def mn_new(self) -> str:
-        return plan.MN_COA[self.nar]
+        return plan.mn_coa(self.mn, self.nar)
 
     @property
     def mn_interface(self) -> str:
@@ -102,6 +104,7 @@ class Experiment:
     def __init__(self, testbed: Testbed, run_dir: Path, probe_rate: float = 500.0, probe_size: int = 64,
                  profile: str = "aes-cbc-sha256", ar_transport: str = "sctp", anticipation_ms: float = 100.0,
                  seed: int = 1, timers: dict[str, float] | None = None, tcp_interval_ms: float = 20.0,
+                 storm_probe_rate: float | None = None,
                  agent_factory: Callable[..., AgentProcess] = AgentProcess,
                  baseline_factory: Callable[..., IkeBaseline] = IkeBaseline) -> None:
         """``agent_factory`` and ``baseline_factory`` start the agents and the IKE baseline's
@@ -136,12 +139,14 @@ class Experiment:
                          for other in plan.ACCESS_ROUTERS if other != ar]
                 self._start_agent(ar, "nodes.ar_agent", ArControl, [
                     "--name", ar, "--address", plan.AR_ACCESS_ADDRESS[ar],
-                    "--access-interface", plan.LINKS_BY_NAME[plan.ACCESS_LINK[ar]].interface(ar),
+                    "--access-interface", plan.ar_access_interface(ar, testbed.mns),
                     "--ar-transport", ar_transport, "--seed", str(seed),
                     "--link-address", plan.AR_LINK_ADDRESS[ar], *peers,
                     "--state-dir", str(self.state_root / ar), "--config", json.dumps(self.timers)])
             self._provision_ar_ar()
+            more = self._more_mns(seed, storm_probe_rate or probe_rate)
             self._start_agent(plan.HA, "nodes.ha_agent", HaControl, [
+                *more["ha"],
                 "--probe-out", str(run_dir / "probe-ha.json"), "--home-address", plan.MN_HOME_ADDRESS,
                 "--mn-namespace", str(testbed.pid(plan.MN)), "--mn-probe-out", str(run_dir / "probe-mn.json"),
                 "--identity", self.identity, "--mobility-key", self.mobility_key,
@@ -150,13 +155,46 @@ class Experiment:
                 "--mn-tcp-out", str(run_dir / "tcp-mn.json"),
                 "--bind", plan.HA_ADDRESS])
             self._start_agent(plan.MN, "nodes.mn_agent", MnControl, [
+                *more["mn"],
                 "--address", self.mn_address, "--ha", plan.HA_ADDRESS, "--identity", self.identity,
                 "--mobility-key", self.mobility_key, "--home-table", str(plan.HOME_TABLE),
                 "--home-address", plan.MN_HOME_ADDRESS,
                 "--seed", str(seed)])
+            # the other MNs' agents live in the first's process, each with its control socket
+            self.mn_clients: dict[int, MnControl] = {
+                index: MnControl(str(self.run_dir / f"{plan.mn_node(index)}.control"), name=plan.mn_node(index))
+                for index in range(1, testbed.mns)}
         except BaseException:
             self.stop()
             raise
+
+    def _more_mns(self, seed: int, probe_rate: float) -> dict[str, list[str]]:
+        """With more than one MN: the files that tell the MN agent's process which MNs it hosts
+        too, and the HA agent which MNs it serves; the arguments that name them."""
+        testbed = self.testbed
+        if testbed.mns == 1:
+            return {"mn": [], "ha": []}
+        self.mobility_keys = {index: os.urandom(20).hex() for index in range(1, testbed.mns)}
+        mns, served = [], []
+        for index in range(1, testbed.mns):
+            name = plan.mn_node(index)
+            namespace = testbed.mn_namespace_file(index)
+            mns.append({"name": name, "namespace": namespace, "control": str(self.run_dir / f"{name}.control"),
+                        "trace": str(self.run_dir / f"trace-{name}.jsonl"),
+                        "address": plan.mn_coa(index, testbed.initial_ar), "identity": plan.mn_identity(index),
+                        "mobility_key": self.mobility_keys[index], "home_address": plan.mn_home_address(index),
+                        "seed": seed + 7 * index})
+            served.append({"identity": plan.mn_identity(index), "mobility_key": self.mobility_keys[index],
+                           "home_address": plan.mn_home_address(index), "namespace": namespace,
+                           "tunnels": [plan.ha_home_tunnel(index, ar) for ar in plan.ACCESS_ROUTERS],
+                           "port": DEFAULT_PORT + index, "probe_rate": probe_rate,
+                           "ha_probe_out": str(self.run_dir / f"probe-{name}-ha.json"),
+                           "mn_probe_out": str(self.run_dir / f"probe-{name}.json")})
+        (self.run_dir / "mns-hosted.json").write_text(json.dumps(mns, indent=1) + "\n")
+        (self.run_dir / "mns-served.json").write_text(json.dumps(served, indent=1) + "\n")
+        return {"mn": ["--hosted", str(self.run_dir / "mns-hosted.json")],
+                "ha": ["--more-mns", str(self.run_dir / "mns-served.json"), "--home-tunnels",
+                       ",".join(plan.home_tunnel(plan.HA, ar) for ar in plan.ACCESS_ROUTERS)]}
 
     def _start_agent(self, node: str, module: str, contract: type, arguments: list[str]) -> None:
         try:
@@ -205,6 +243,8 @@ class Experiment:
             self.ar(ar).configure(**self.timers)
 
     def stop(self) -> None:
+        for client in getattr(self, "mn_clients", {}).values():
+            client.close()
         self._stop_baseline()
         for agent in reversed(list(self.agents.values())):
             agent.stop()
@@ -501,8 +541,9 @@ class Experiment:
                 state[node] = [f"unreadable: {error}"]
         return state
 
-    def xfrm_state(self, node: str, address: str) -> IpsecContext:
-        with netns.entered(self.testbed.pid(node)):
+    def xfrm_state(self, node: str, address: str, mn: int = 0) -> IpsecContext:
+        """``node``'s SAs and policies naming ``address`` (for ``node`` the MN: MN ``mn``'s)."""
+        with netns.entered(self.testbed.mn_target(mn) if node == plan.MN else self.testbed.pid(node)):
             xfrm = Xfrm()
         try:
             return capture_context(xfrm, address)

@@ -1,0 +1,259 @@
+"""Handover storms: K MNs of one testbed moving at once, each with a CXTP method over the paper's
+static SAs, each driven and waited for on its own.
+
+An :class:`~scenarios.runner.experiment.Experiment` on a testbed of several MNs
+(``Testbed(mns=N)``) runs every MN's agent: MN 0's as always, the others hosted by the same
+processes (:meth:`nodes.agent.Agent.host`). A :class:`Storm` gives each MN its own security state
+(static SAs with SPIs of its own, never colliding on any node), moves the chosen MNs within a
+window (all at once, or at Poisson arrivals), and returns one record per MN: ``ok``, or a failure
+that names why, after which nothing of that MN is left on any node and it is attached afresh.
+
+Storms of re-authentication need an IKE daemon per MN and are not run here yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import threading
+import time
+
+from ipsec import IpsecContext
+from nodes import provisioning
+from nodes.contracts import AgentError, ArControl, MnControl, MnStatus
+from scenarios.records import Failure, HandoverRecord
+from scenarios.runner.experiment import (
+    IDLE_TIMEOUT_S,
+    STEP_ERRORS,
+    TRIGGER_TIMEOUT_S,
+    Experiment,
+    Move,
+    _transfer_failure,
+    pause,
+)
+from scenarios.runner.methods import Method
+from topo import plan
+
+#: MN ``i``'s static SPIs: ``i << 20`` above the generation's pair (MN 0 keeps the paper's 0x102 and
+#: 0x101 and the experiment's own stride), so no two MNs' SAs share an SPI on any node
+MN_SPI_SHIFT = 20
+GENERATION_SPI_STRIDE = 4
+
+
+class StormError(RuntimeError):
+    """A storm could not be run as asked (an MN the testbed lacks, a method a storm cannot run)."""
+
+
+@dataclasses.dataclass
+class MnView:
+    """One MN of the experiment in the names a method's hooks use (``mn``, ``ar``)."""
+
+    experiment: Experiment
+    index: int
+
+    @property
+    def mn(self) -> MnControl:
+        return self.experiment.mn if self.index == 0 else self.experiment.mn_clients[self.index]
+
+    def ar(self, name: str) -> ArControl:
+        return self.experiment.ar(name)
+
+    @property
+    def identity(self) -> str:
+        return plan.mn_identity(self.index)
+
+
+def static_spis(index: int, generation: int) -> tuple[int, int]:
+    """(into the MN, out of it) for MN ``index``'s ``generation``-th static attach."""
+    base = (index << MN_SPI_SHIFT) + GENERATION_SPI_STRIDE * generation
+    return base + 2, base + 1
+
+
+class Storm:
+    """Storms of handovers of the MNs of ``experiment`` (whose testbed has several)."""
+
+    def __init__(self, experiment: Experiment, seed: int = 1) -> None:
+        self.experiment = experiment
+        self.testbed = experiment.testbed
+        self.views = {index: MnView(experiment, index) for index in range(self.testbed.mns)}
+        self.rng = random.Random(seed)
+        self._generation = dict.fromkeys(range(1, self.testbed.mns), 0)
+        self._handovers = 0
+        self.method: Method | None = None
+
+    # -- security state ---------------------------------------------------------------------------
+    def enter(self, method: Method) -> None:
+        """The static SAs every MN needs for ``method`` (a CXTP method over the paper's static SAs,
+        or ``none``): MN 0's through the experiment, the others' here, each at its current AR."""
+        if method.cxtp and not method.security.static_tunnel:
+            raise StormError(f"a storm runs CXTP over static SAs or no security, not {method.name}")
+        if method.security.ike_auth is not None:
+            raise StormError(f"{method.name}: storms of re-authentication are not run yet (one IKE daemon per MN)")
+        changed = self.experiment.security != method.security
+        self.experiment.enter(method.security)
+        if changed:
+            for index in range(1, self.testbed.mns):
+                self._enter_mn(index, method)
+        self.method = method
+
+    def _enter_mn(self, index: int, method: Method) -> None:
+        view = self.views[index]
+        view.mn.clear(addresses=[plan.mn_coa(index, ar) for ar in plan.ACCESS_ROUTERS])
+        for ar in plan.ACCESS_ROUTERS:
+            view.ar(ar).clear_mn(mn=plan.mn_coa(index, ar))
+        view.mn.signalling_bypass(enable=method.security.secure)
+        if method.security.static_tunnel:
+            current = self.testbed.attached[index]
+            assert current is not None  # every MN is attached from the testbed's start to its stop
+            generation = self._generation[index]
+            self._generation[index] = generation + 1
+            spi_in, spi_out = static_spis(index, generation)
+            mn_side, ar_side = provisioning.initial_contexts(
+                plan.mn_coa(index, current), plan.AR_ACCESS_ADDRESS[current], plan.HA_ADDRESS,
+                self.experiment.profile, spi_in, spi_out, reqid=1 + index)
+            view.ar(current).provision(context=ar_side.encode().hex())
+            view.mn.provision(context=mn_side.encode().hex())
+
+    # -- one storm --------------------------------------------------------------------------------
+    def storm(self, method: Method, movers: list[int], l2_delay_ms: float, window_ms: float = 0.0,
+              rate_per_s: float | None = None) -> list[HandoverRecord]:
+        """Move every MN of ``movers`` to its other AR with ``method``: all at once (``window_ms``
+        0), spread uniformly over ``window_ms``, or at Poisson arrivals of ``rate_per_s``. Returns
+        one record per MN, in the order of ``movers``; a failed handover's MN is recovered."""
+        unknown = [index for index in movers if not 0 <= index < self.testbed.mns]
+        if unknown or len(set(movers)) != len(movers):
+            raise StormError(f"movers must be distinct MNs of 0..{self.testbed.mns - 1}: {movers}")
+        self.enter(method)
+        offsets = self._offsets(len(movers), window_ms, rate_per_s)
+        records: dict[int, HandoverRecord] = {}
+        start = time.monotonic() + 0.05  # every thread started before the first move
+        threads = [threading.Thread(target=self._one, args=(method, index, l2_delay_ms, start + offset, records),
+                                    name=f"storm-{plan.mn_node(index)}") for index, offset in zip(movers, offsets)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ordered = [records[index] for index in movers]
+        for record, index in zip(ordered, movers):
+            if record.outcome == "failed":
+                self.recover(index, method)
+        return ordered
+
+    def _offsets(self, count: int, window_ms: float, rate_per_s: float | None) -> list[float]:
+        if rate_per_s:
+            offsets, now = [], 0.0
+            for _ in range(count):
+                now += self.rng.expovariate(rate_per_s)
+                offsets.append(now)
+            return offsets
+        return sorted(self.rng.uniform(0, window_ms / 1000) for _ in range(count)) if window_ms else [0.0] * count
+
+    def _one(self, method: Method, index: int, l2_delay_ms: float, at: float,
+             records: dict[int, HandoverRecord]) -> None:
+        """One MN's handover, on its own thread: the record always ends with an outcome."""
+        view = self.views[index]
+        current = self.testbed.attached[index]
+        assert current is not None  # attached from the start; a failed handover's MN is recovered
+        move = Move(current, self.testbed.other_ar(index), index)
+        self._handovers += 1
+        record = HandoverRecord(index=self._handovers, mn=view.identity, method=method.name, from_ar=move.par,
+                                to_ar=move.nar, mn_previous=move.mn_previous, mn_new=move.mn_new,
+                                l2_delay_ms=l2_delay_ms)
+        records[index] = record
+        try:
+            pause(max(0.0, at - time.monotonic()) * 1000)
+            if method.cxtp:
+                spi = {sa.daddr: sa.spi for sa in self.experiment.xfrm_state(plan.MN, move.mn_previous, index).sas}
+                record.spi_mn_in, record.spi_mn_out = spi.get(move.mn_previous), spi.get(move.par_address)
+                key = os.urandom(20).hex()  # fresh per transaction (RFC 4067 §6.3), out of band
+                view.mn.set_key(key=key)
+                view.ar(move.par).set_mn_key(mn=move.mn_previous, key=key)
+            if method.before_detach is not None:
+                record.anticipation_start_ns = time.monotonic_ns()
+                method.before_detach(view, move)  # type: ignore[arg-type]  # the hooks use .mn and .ar
+                pause(self.experiment.anticipation_ms)
+            view.mn.expect_move(interface=move.mn_interface, nar=move.nar_address, par=move.par_address,
+                                new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
+            times = self.testbed.handover(move.nar, l2_delay_ms, mn=index)
+            record.detach_start_ns, record.detached_ns = times.detach_start_ns, times.detached_ns
+            record.attach_start_ns, record.attached_ns = times.attach_start_ns, times.attached_ns
+            status = self._wait_idle(view, move, method, record)
+            record.completed = status["idle"]
+            failure = _transfer_failure(status) if method.cxtp else None
+            if failure:
+                record.transfer_failure = failure
+                raise StormError(f"transfer failed: {failure}")
+            if not status["idle"]:
+                raise StormError("the MN's Binding Update got no Binding Ack")
+            if not status["bound"]:
+                raise StormError(f"the HA refused the MN's binding (Binding Ack status {status['ba_status']})")
+            record.restored_ns = time.monotonic_ns()
+            record.outcome = "ok"
+        except (StormError, *STEP_ERRORS) as error:
+            record.outcome = "failed"
+            record.failure = Failure(reason=f"{type(error).__name__}: {error}", problems=[], t_ns=time.monotonic_ns(),
+                                     state={})
+
+    def _wait_idle(self, view: MnView, move: Move, method: Method, record: HandoverRecord) -> MnStatus:
+        """Until this MN's transaction and binding are done (each MN's own, so handovers overlap),
+        giving it its attach itself if its kernel's event was not seen in time."""
+        deadline = time.monotonic() + IDLE_TIMEOUT_S
+        trigger_deadline = time.monotonic() + TRIGGER_TIMEOUT_S
+        record.trigger = "kernel"
+        while True:
+            pause(20)
+            status = view.mn.status()
+            if status.get("move_expected") and time.monotonic() >= trigger_deadline and record.trigger == "kernel":
+                record.trigger = "runner-fallback"
+                view.mn.attached(nar=move.nar_address, par=move.par_address, new_address=move.mn_new,
+                                 cxtp=method.cxtp, ipsec=method.cxtp)
+            if (status["idle"] and not status.get("move_expected")) or time.monotonic() >= deadline:
+                return status
+
+    # -- after a storm ----------------------------------------------------------------------------
+    def problems(self, record: HandoverRecord, index: int) -> list[str]:
+        """What is wrong after MN ``index``'s handover: its previous address's state left on the MN
+        or the pAR, its binding not naming its new address, its probes not through the new AR."""
+        experiment = self.experiment
+        problems = []
+        for node in (plan.MN, record.from_ar):
+            context: IpsecContext = experiment.xfrm_state(node, record.mn_previous, index)
+            if context.sas or context.policies:
+                problems.append(f"{node} still holds {len(context.sas)} SAs and {len(context.policies)} policies "
+                                f"of {plan.mn_node(index)}'s previous address")
+        care_of = experiment.ha.binding(identity=plan.mn_identity(index))["care_of"]
+        if care_of != record.mn_new:
+            problems.append(f"the HA's binding of {plan.mn_node(index)} names {care_of}, not {record.mn_new}")
+        arrivals = experiment.ha.arrivals(since_ns=record.restored_ns or record.attached_ns or 0,
+                                          identity=plan.mn_identity(index))
+        expected = {plan.MN: plan.home_tunnel(plan.MN, record.to_ar), plan.HA: plan.ha_home_tunnel(index, record.to_ar)}
+        for end, direction in ((plan.MN, "downlink"), (plan.HA, "uplink")):
+            if not arrivals.get(end, {}).get(expected[end]):
+                problems.append(f"no {direction} of {plan.mn_node(index)} through {record.to_ar} "
+                                f"(received: {arrivals.get(end)})")
+        return problems
+
+    def wait_released(self, records: list[HandoverRecord], movers: list[int], timeout_s: float) -> dict[int, list[str]]:
+        """Each MN's problems, once its pAR had its release hold to let go (``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = {index: self.problems(record, index) for record, index in zip(records, movers)
+                     if record.outcome == "ok"}
+            found = {index: problems for index, problems in found.items() if problems}
+            if not found or time.monotonic() >= deadline:
+                return found
+            pause(50)
+
+    def recover(self, index: int, method: Method) -> None:
+        """A failed MN back to a known state: nothing of it on any node, a fresh attach where it is,
+        the static SAs it needs."""
+        if index == 0:  # the experiment's own MN: its recovery
+            self.experiment.recover(method.security)
+            return
+        view = self.views[index]
+        try:
+            view.mn.fresh_attach(address=plan.mn_coa(index, self.testbed.attached[index] or self.testbed.initial_ar))
+        except AgentError:
+            pass  # the clean state below is what counts; the MN's next Binding Update binds it
+        self._enter_mn(index, method)
