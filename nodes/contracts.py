@@ -259,8 +259,9 @@ class HaControl(ControlClient):
         decode errors so far."""
 
     @command
-    def lateness(self, *, start_ns: int, end_ns: int) -> Reply:
-        """The p99 send lateness of each probe end between two instants (ms, None if no probe)."""
+    def lateness(self, *, start_ns: int, end_ns: int, identity: str | None = None) -> Reply:
+        """The p99 send lateness of each probe end of MN ``identity`` (None: the first MN) between
+        two instants (ms, None if no probe)."""
 
     @command
     def arrivals(self, *, since_ns: int, identity: str | None = None) -> Reply:

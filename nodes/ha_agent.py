@@ -20,7 +20,7 @@ from nodes import mobility
 from nodes.agent import Agent, main_guard
 from nodes.contracts import AgentError, HaControl, TraceEvent, serve
 from nodes.home_path import HaHomePath, HomePathError
-from nodes.probe import DEFAULT_PORT, ProbeEnd, ProbeStreams
+from nodes.probe import DEFAULT_PORT, ProbeEnd, ProbeStreams, send_lateness_ms
 from nodes.tcp_flow import TcpFlow, TcpFlowError
 
 
@@ -31,7 +31,8 @@ class ServedMn:
     identity: str
     mobility_key: bytes | None
     home: HaHomePath | None
-    probes: ProbeStreams | None = None
+    #: its probe ends (the HA's and the MN's), and where their traces go
+    ends: tuple[ProbeEnd, ...] = ()
     outputs: dict[ProbeEnd, str] = dataclasses.field(default_factory=dict)
 
 
@@ -47,7 +48,7 @@ class HomeAgent:
         self.probe = probe
         self.identity = identity
         #: every MN served, the first (``identity``) included, by identity
-        self.served = {identity: ServedMn(identity, mobility_key, home, probes, dict(outputs or {}))}
+        self.served = {identity: ServedMn(identity, mobility_key, home, tuple(probes.ends), dict(outputs or {}))}
         self.served.update({mn.identity: mn for mn in more or ()})
         # with a key, only the MN's own, fresh Binding Updates move its binding (RFC 4285)
         self.mobility_key, self.address = mobility_key, address
@@ -72,12 +73,14 @@ class HomeAgent:
                 "sequence": self.cache.last_sequence(identity),
                 "refused": {str(status): count for status, count in self.cache.refused.items()}}
 
-    def lateness(self, start_ns: int, end_ns: int) -> dict:
-        return self.probes.lateness(start_ns, end_ns)
+    def lateness(self, start_ns: int, end_ns: int, identity: str | None = None) -> dict:
+        served = self._served(identity)
+        return {end.role: send_lateness_ms(end.sent_ns, end.sent_late_us, int(start_ns), int(end_ns))
+                for end in served.ends}
 
     def arrivals(self, since_ns: int, identity: str | None = None) -> dict:
         served = self._served(identity)
-        return {end.role: end.arrivals(since_ns) for end in (served.probes.ends if served.probes else ())}
+        return {end.role: end.arrivals(since_ns) for end in served.ends}
 
     def checkpoint(self) -> dict:
         rows = sum(end.checkpoint(path) for mn in self.served.values() for end, path in mn.outputs.items())
@@ -145,12 +148,12 @@ class HomeAgent:
                              status=status, bytes=len(encoded))
 
 
-def _more_mns(path: str | None, bind: str, size: int) -> list[ServedMn]:
+def _more_mns(path: str | None, bind: str, size: int) -> tuple[list[ServedMn], ProbeStreams | None]:
     """The MNs after the first, as the runner lists them: each with its key, its own tunnels at the
-    HA, and a probe stream of its own (one sender per MN: each MN's rate may differ from the
-    first's, lower during storms)."""
+    HA, and a probe stream of its own, all sent by one sender (one wake per slot for every MN, at
+    their common rate, which may be lower than the first MN's during storms)."""
     if not path:
-        return []
+        return [], None
     with open(path) as handle:
         specs = json.load(handle)
     served = []
@@ -162,9 +165,8 @@ def _more_mns(path: str | None, bind: str, size: int) -> list[ServedMn]:
                           namespace=namespace)
         served.append(ServedMn(spec["identity"], bytes.fromhex(spec["mobility_key"]) if spec.get("mobility_key")
                                else None, HaHomePath(bind, spec["home_address"], names=set(spec["tunnels"])),
-                               ProbeStreams([ha_end, mn_end]),
-                               {ha_end: spec["ha_probe_out"], mn_end: spec["mn_probe_out"]}))
-    return served
+                               (ha_end, mn_end), {ha_end: spec["ha_probe_out"], mn_end: spec["mn_probe_out"]}))
+    return served, ProbeStreams([end for mn in served for end in mn.ends]) if served else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = {ha_end: arguments.probe_out, mn_end: arguments.mn_probe_out}
         # a restarted agent (the runner's recovery) continues the records of the one before it
         probes.first_sequence = 1 + max(end.resume(path) for end, path in outputs.items())
-        more = _more_mns(arguments.more_mns, arguments.bind, arguments.size)
+        more, more_probes = _more_mns(arguments.more_mns, arguments.bind, arguments.size)
         # with more MNs, each MN's home path is its own tunnels only
         home = HaHomePath(arguments.bind, arguments.home_address,
                           names=set(arguments.home_tunnels.split(",")) if arguments.home_tunnels else None)
@@ -224,17 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                   bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None, arguments.bind,
                   home, tcp, more)
         probes.start()
-        for served in more:
-            assert served.probes is not None
-            served.probes.start()
+        if more_probes is not None:
+            more_probes.start()
         if tcp is not None:
             tcp[0].start()
         try:
             agent.run()
         finally:
+            if more_probes is not None:
+                more_probes.stop()
             for served in more:
-                assert served.probes is not None
-                served.probes.stop()
                 for end, path in served.outputs.items():
                     end.write(path)
             probes.stop()

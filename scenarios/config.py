@@ -55,8 +55,18 @@ DEFAULTS: dict[str, Any] = {
     "fidelity": {"max_l2_drift_ms": 10.0, "max_step_ms": 10.0, "max_probe_late_ms": 10.0,
                  "max_guest_busy": 0.8, "max_repeats": 5},
     # CXTP timers (ms); 0 derives them from the scenario's network (see Scenario.cxtp_timers)
+    # request_rate: CTARs (and CT-Reqs) per second an AR serves, CT_REQUEST_RATE; RFC 4067 §6.3 says
+    # to configure it to the handover rate the access network must support (a storm's)
     "cxtp": {"transfer_time_ms": 0.0, "handover_time_ms": 0.0, "release_hold_ms": 0.0,
-             "processing_allowance_ms": 1000.0},
+             "processing_allowance_ms": 1000.0, "request_rate": 10.0},
+    # many MNs: each AR's access network a cell with a port per MN (topo/cells.py); with one, the
+    # paper's point-to-point access links
+    "topology": {"mns": 1},
+    # handover storms (scenarios/runner/storm.py): K of the MNs move at once, for each K of
+    # `sizes` and each method, `repeats` times; [] runs the ordinary handovers of MN 0 instead.
+    # window_ms > 0 spreads the moves uniformly over it, rate_per_s > 0 makes them Poisson
+    # arrivals; each MN other than MN 0 carries probes at probe_rate each way (its resolution)
+    "storm": {"sizes": [], "repeats": 3, "window_ms": 0.0, "rate_per_s": 0.0, "probe_rate": 50.0},
     "links": {
         plan.ACCESS: {"delay_ms": 2.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
         plan.AR_AR: {"delay_ms": 5.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
@@ -109,6 +119,14 @@ class Scenario:
     ping_pong_ms: float | None = None
     fidelity: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULTS["fidelity"]))
     cxtp: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULTS["cxtp"]))
+    #: the MNs of the testbed (MN 0 is the one the ordinary handovers move)
+    mns: int = 1
+    #: storms: sizes (K values), repeats, window_ms, rate_per_s, probe_rate; no sizes: no storms
+    storm: dict[str, Any] = dataclasses.field(default_factory=lambda: copy.deepcopy(DEFAULTS["storm"]))
+
+    @property
+    def storms(self) -> bool:
+        return bool(self.storm["sizes"])
 
     def cxtp_timers(self, links: Mapping[str, LinkParams], l2_delay_ms: float | None = None) -> dict[str, float]:
         """The ARs' CXTP timers (seconds, as ``cxtp.Config`` takes them), set in ``[cxtp]`` or derived
@@ -130,7 +148,8 @@ class Scenario:
             self.anticipation_ms + l2 + 2 * (access.delay_ms + access.jitter_ms) + transfer + allowance)
         hold = self.cxtp["release_hold_ms"] or handover
         return {"ct_max_transfer_time": transfer / 1000, "ct_max_handover_time": handover / 1000,
-                "release_hold": hold / 1000, "late_ctdr_grace": hold / 1000}
+                "release_hold": hold / 1000, "late_ctdr_grace": hold / 1000,
+                "ct_request_rate": self.cxtp["request_rate"]}
 
     def schedule(self) -> list[tuple[float | None, str]]:
         """(swept value or None, method) blocks in run order: methods outside the sweep run once
@@ -154,6 +173,7 @@ class Scenario:
             "links": {name: dataclasses.asdict(params) for name, params in self.links.items()},
             "cxtp": dict(self.cxtp), "cxtp_timers_s": self.cxtp_timers(self.links),
             "captures": list(self.captures), "fidelity": dict(self.fidelity),
+            "topology": {"mns": self.mns}, "storm": {**self.storm, "sizes": list(self.storm["sizes"])},
             "source": self.source,
         }
 
@@ -242,6 +262,7 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
     if len(set(sweep_values)) != len(sweep_values):
         raise ScenarioError("sweep.values: a value is listed twice")
     cxtp = {field: _number(value, f"cxtp.{field}", 0, 600_000) for field, value in merged["cxtp"].items()}
+    cxtp["request_rate"] = _number(merged["cxtp"]["request_rate"], "cxtp.request_rate", 0.1, 1_000_000)
     fidelity = {field: _number(value, f"fidelity.{field}", 0, 600_000) for field, value in merged["fidelity"].items()}
     fidelity["max_repeats"] = _integer(merged["fidelity"]["max_repeats"], "fidelity.max_repeats", 0, MAX_HANDOVERS)
     fidelity["max_guest_busy"] = _number(merged["fidelity"]["max_guest_busy"], "fidelity.max_guest_busy", 0.01, 1.0)
@@ -263,6 +284,8 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
             loss_percent=_number(params["loss_percent"], f"{where}.loss_percent", 0, 100),
             rate_mbit=rate or None,
         )
+    mns = _integer(merged["topology"]["mns"], "topology.mns", 1, plan.MAX_MNS)
+    storm = _storm(merged["storm"], mns, methods, sweep_values, merged["ping_pong_ms"])
     return Scenario(
         name=merged["name"],
         seed=_integer(merged["seed"], "seed", 0, 2**63 - 1),
@@ -287,7 +310,39 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         captures=captures,
         fidelity=fidelity,
         cxtp=cxtp,
+        mns=mns,
+        storm=storm,
     )
+
+
+def storm_capable(name: str) -> bool:
+    """Whether a storm can run ``name``: no security, or CXTP over the paper's static SAs (a storm
+    of re-authentication needs an IKE daemon per MN, which the testbed does not run yet)."""
+    method = method_registry.get(name)
+    return method.security.ike_auth is None and (not method.cxtp or method.security.static_tunnel)
+
+
+def _storm(storm: dict[str, Any], mns: int, methods: list[str], sweep_values: tuple, ping_pong: Any) -> dict[str, Any]:
+    sizes = storm["sizes"]
+    if not isinstance(sizes, list):
+        raise ScenarioError(f"storm.sizes: must be a list of MN counts, got {sizes!r}")
+    sizes = [_integer(size, f"storm.sizes[{index}]", 1, mns) for index, size in enumerate(sizes)]
+    if len(set(sizes)) != len(sizes):
+        raise ScenarioError("storm.sizes: a size is listed twice")
+    result = {"sizes": tuple(sizes), "repeats": _integer(storm["repeats"], "storm.repeats", 1, 1000),
+              "window_ms": _number(storm["window_ms"], "storm.window_ms", 0, 600_000),
+              "rate_per_s": _number(storm["rate_per_s"], "storm.rate_per_s", 0, 100_000),
+              "probe_rate": _number(storm["probe_rate"], "storm.probe_rate", 1, 1000)}
+    if sizes:
+        for index, name in enumerate(methods):
+            if not storm_capable(name):
+                raise ScenarioError(f"methods[{index}]: a storm cannot run {name!r} (no security, or CXTP over "
+                                    f"static SAs: a storm of re-authentication needs an IKE daemon per MN)")
+        if sweep_values:
+            raise ScenarioError("storm: a storm scenario sweeps its sizes; give it no [sweep]")
+        if ping_pong != -1 and ping_pong != -1.0:
+            raise ScenarioError("storm: ping_pong_ms must be -1 in a storm scenario")
+    return result
 
 
 def _ping_pong(value: Any) -> float | None:

@@ -118,7 +118,8 @@ def test_cxtp_timers_follow_the_network_and_can_be_set():
     assert base["release_hold"] == base["ct_max_handover_time"]
     fixed = config.from_dict({"cxtp": {"transfer_time_ms": 300, "handover_time_ms": 900, "release_hold_ms": 50}})
     assert fixed.cxtp_timers(fixed.links) == {"ct_max_transfer_time": 0.3, "ct_max_handover_time": 0.9,
-                                               "release_hold": 0.05, "late_ctdr_grace": 0.05}
+                                               "release_hold": 0.05, "late_ctdr_grace": 0.05,
+                                               "ct_request_rate": 10.0}
 
 
 def test_host_side_check_prints_one_line(tmp_path, capsys):

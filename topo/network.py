@@ -9,9 +9,12 @@ namespace, so no process start lands inside a measured interval.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from mininet.link import TCLink
 from mininet.log import setLogLevel
@@ -57,6 +60,7 @@ class Testbed:
         self.net: Mininet | None = None
         self.cells: Cells | None = None
         self._steps: dict[int, access_steps.StepSocket] = {}
+        self._mover: Mover | None = None
         self._detach_batch: dict[tuple[int, str], tuple[bytes, ...]] = {}
         self._attach_batch: dict[tuple[int, str], tuple[bytes, ...]] = {}
 
@@ -98,6 +102,9 @@ class Testbed:
         return self
 
     def stop(self) -> None:
+        if self._mover is not None:
+            self._mover.stop()
+            self._mover = None
         while self._steps:
             self._steps.popitem()[1].close()
         if self.cells is not None:
@@ -252,11 +259,16 @@ class Testbed:
 
         The wait is the emulated radio-level handover, a scenario parameter; every protocol step
         after it (neighbour discovery, CXTP, IKE, ...) happens for real on the emulated links.
-        Different MNs may move at once, each from its own thread.
+        Different MNs may move at once, each from its own thread: with more than one MN every
+        step is taken by one mover thread (:class:`Mover`), in time order.
         """
         current = self.attached.get(mn)
         if current is None or to_ar == current or to_ar not in plan.ACCESS_ROUTERS:
             raise TopologyError(f"cannot hand over {plan.mn_node(mn)} from {current} to {to_ar}")
+        if self.mns > 1:
+            if self._mover is None:
+                self._mover = Mover(self)
+            return self._mover.move(mn, current, to_ar, l2_delay_ms)
         times = MoveTimes()
         # The emulator's own steps, above the probes' real-time priority: the L2 delay is the
         # scenario's, and neither step waits behind the measurement it is measured by.
@@ -287,3 +299,76 @@ class Testbed:
 
     def other_ar(self, mn: int = 0) -> str:
         return plan.NAR if self.attached[mn] == plan.PAR else plan.PAR
+
+
+class Mover:
+    """The one thread that takes every MN's detach and attach steps when many MNs move at once.
+
+    A step is a netlink write; taken from each MN's own thread, the steps would wait for the
+    interpreter's lock behind every other thread of the runner (5 ms each, CPython's switch
+    interval) and the L2 delay would drift by tens of milliseconds in a storm. Here one thread, at
+    the steps' real-time priority, sleeps until the next step due (a detach as soon as it is
+    asked, the attach its L2 delay after that detach) and takes it; each caller waits for its own
+    attach."""
+
+    def __init__(self, testbed: Testbed) -> None:
+        self.testbed = testbed
+        self._due: list[tuple[int, int, Callable[[], None]]] = []  # (deadline ns, order, step)
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mover", daemon=True)
+        self._thread.start()
+
+    def move(self, mn: int, from_ar: str, to_ar: str, l2_delay_ms: float) -> MoveTimes:
+        times, done = MoveTimes(), threading.Event()
+        failure: list[BaseException] = []
+
+        def attach() -> None:
+            try:
+                times.attach_start_ns = time.monotonic_ns()
+                self.testbed._attach(to_ar, mn)
+                times.attached_ns = time.monotonic_ns()
+            except BaseException as error:  # handed to the caller
+                failure.append(error)
+            done.set()
+
+        def detach() -> None:
+            try:
+                times.detach_start_ns = time.monotonic_ns()
+                self.testbed._detach(from_ar, mn)
+                times.detached_ns = time.monotonic_ns()
+            except BaseException as error:  # handed to the caller; no attach follows
+                failure.append(error)
+                done.set()
+                return
+            self._schedule(times.detached_ns + int(l2_delay_ms * 1e6), attach)
+
+        self._schedule(time.monotonic_ns(), detach)
+        done.wait()
+        if failure:
+            raise failure[0]
+        return times
+
+    def _schedule(self, deadline_ns: int, step: Callable[[], None]) -> None:
+        with self._wake:
+            heapq.heappush(self._due, (deadline_ns, next(self._order), step))
+            self._wake.notify()
+
+    def _run(self) -> None:
+        with access_steps.realtime(STEP_PRIORITY):
+            while True:
+                with self._wake:
+                    while not self._stopping and (not self._due or self._due[0][0] > time.monotonic_ns()):
+                        timeout = (self._due[0][0] - time.monotonic_ns()) / 1e9 if self._due else None
+                        self._wake.wait(timeout)
+                    if self._stopping:
+                        return
+                    _, _, step = heapq.heappop(self._due)
+                step()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=5)

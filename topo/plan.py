@@ -198,6 +198,18 @@ def mn_identity(index: int) -> str:
     return MN_IDENTITY if _check_mn(index) == 0 else f"{MN}{index}@testbed"
 
 
+def mn_index(identity: str) -> int:
+    """The index of the MN whose identity is ``identity`` (:func:`mn_identity` read back)."""
+    if identity == MN_IDENTITY:
+        return 0
+    name, _, realm = identity.partition("@")
+    number = name[len(MN):]
+    if not name.startswith(MN) or realm != MN_IDENTITY.partition("@")[2] or not number.isdigit() \
+            or number.startswith("0"):
+        raise ValueError(f"{identity!r} is no MN's identity of this testbed")
+    return _check_mn(int(number))
+
+
 def cell(ar: str) -> str:
     """The bridge that is ``ar``'s access network when the testbed has more than one MN."""
     return f"{ar}-cell"

@@ -22,7 +22,7 @@ import dataclasses
 import random
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nodes import probe
@@ -332,10 +332,12 @@ def tcp_recovery(trace: dict, detach_ns: int, attached_ns: int, horizon_ns: int 
 
 def per_handover(handovers: list[HandoverRecord], mn_trace: dict, ha_trace: dict,
                  traces: dict[str, list[dict]] | None = None, tolerances: dict | None = None,
-                 tcp: dict[str, dict] | None = None) -> list[dict[str, Any]]:
+                 tcp: dict[str, dict] | None = None,
+                 path: Callable[[str], dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """Both directions (and, with agent traces, the signalling and timeline; with the TCP traces,
-    by receiving end, the TCP connection's stall and recovery) for every handover, with its
-    emulation fidelity."""
+    by receiving end, the TCP connection's stall and recovery) for every handover of one MN, with
+    its emulation fidelity. ``path``: where that MN's traffic arrives through a new AR, by probe
+    end (default: the method's, for MN 0)."""
     results = []
     for position, handover in enumerate(handovers):
         following = handovers[position + 1] if position + 1 < len(handovers) else None
@@ -355,8 +357,8 @@ def per_handover(handovers: list[HandoverRecord], mn_trace: dict, ha_trace: dict
         # where the method's traffic arrives (the Mobile IPv6 tunnel's ends, for all but a gateway's
         # ESP tunnel); in runs made before the home address, the interfaces towards the new AR
         declared = methods.METHODS.get(handover.method)
-        interfaces = ((declared.path_interfaces(new_ar) if declared else plan.new_path_interfaces(new_ar))
-                      if new_ar in plan.ACCESS_LINK else {})
+        interfaces = ((path(new_ar) if path else declared.path_interfaces(new_ar) if declared
+                       else plan.new_path_interfaces(new_ar)) if new_ar in plan.ACCESS_LINK else {})
         legacy = plan.access_path_interfaces(new_ar) if new_ar in plan.ACCESS_LINK else {}
         receivers = (("ha_to_mn", mn_trace, plan.MN), ("mn_to_ha", ha_trace, plan.HA))
         for direction, trace, end in receivers:

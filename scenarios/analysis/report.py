@@ -6,14 +6,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 from pathlib import Path
 
 from scenarios import records
-from scenarios.analysis import metrics, packets
+from scenarios.analysis import metrics, packets, storms
 from scenarios.runner import methods, properties
+from topo import plan
 
 DIRECTIONS = (("ha_to_mn", "HA->MN"), ("mn_to_ha", "MN->HA"))
 REFERENCE = methods.reference_name()
@@ -54,8 +56,8 @@ def compute(run_dir: Path) -> dict:
     # the TCP connection's traces (runs made before it existed have none)
     tcp = {role: json.loads((run_dir / f"tcp-{role}.json").read_text()) for role in ("mn", "ha")
            if (run_dir / f"tcp-{role}.json").is_file()}
-    rows = metrics.per_handover(handovers, mn_trace, ha_trace, read_traces(run_dir), tolerances,
-                                tcp if len(tcp) == 2 else None)
+    traces = read_traces(run_dir)
+    rows = _rows(run_dir, handovers, mn_trace, ha_trace, traces, tolerances, tcp if len(tcp) == 2 else None)
     per_method = metrics.summarize(rows)
     metrics.add_intervals(per_method, rows, REFERENCE)
     summary = {
@@ -66,6 +68,9 @@ def compute(run_dir: Path) -> dict:
         "sweep": record["parameters"].get("sweep"),
     }
     summary["ratios"] = metrics.ratios(summary["per_method"], methods.reauth_names(), methods.cxtp_names(), rows)
+    if (record["parameters"].get("storm") or {}).get("sizes"):
+        summary["storm"] = storms.summarize(rows, handovers, traces)
+        storms.plot(run_dir, summary["storm"])
     summary["fidelity"] = {"tolerances": tolerances,
                            "violations": sum(1 for row in rows if not row.get("warmup") and not row["fidelity_ok"]),
                            "repeated": sum(1 for handover in handovers if handover.repeated)}
@@ -80,6 +85,35 @@ def compute(run_dir: Path) -> dict:
             print(f"report: no packet sequences: {error}", file=sys.stderr)
     write_html(run_dir)
     return summary
+
+
+def _rows(run_dir: Path, handovers: list, mn_trace: dict, ha_trace: dict, traces: dict[str, list[dict]],
+          tolerances: dict | None, tcp: dict | None) -> list[dict]:
+    """Each handover's figures from its own MN's probes: MN 0's (``probe-mn.json``,
+    ``probe-ha.json``) and every other MN's (``probe-mn<i>.json``, ``probe-mn<i>-ha.json``, its
+    traffic arriving on its own tunnel at the HA). With several MNs moving, the agents' traces
+    hold every MN's messages, so the signalling and timeline (which take the first of each after
+    a move) are left out."""
+    by_mn: dict[int, list] = {}
+    for handover in handovers:
+        by_mn.setdefault(plan.mn_index(handover.mn), []).append(handover)
+    single = set(by_mn) <= {0}
+    rows = []
+    for index, own in by_mn.items():
+        if index == 0:
+            rows += metrics.per_handover(own, mn_trace, ha_trace, traces if single else None, tolerances, tcp)
+            continue
+        node = plan.mn_node(index)
+        mn_own = json.loads((run_dir / f"probe-{node}.json").read_text())
+        ha_own = json.loads((run_dir / f"probe-{node}-ha.json").read_text())
+        rows += metrics.per_handover(own, mn_own, ha_own, None, tolerances, None,
+                                     path=functools.partial(_mn_path, index))
+    return sorted(rows, key=lambda row: row["index"])
+
+
+def _mn_path(index: int, ar: str) -> dict[str, str]:
+    """Where MN ``index``'s probes arrive through ``ar``: its tunnel's end there, the HA's of it."""
+    return {plan.MN: plan.home_tunnel(plan.MN, ar), plan.HA: plan.ha_home_tunnel(index, ar)}
 
 
 def write_html(run_dir: Path) -> None:
@@ -410,6 +444,12 @@ def plot_timelines(run_dir: Path, rows: list[dict], plt) -> None:
 
 def show(run_dir: Path) -> None:
     print(table(run_dir))
+    storm = json.loads((run_dir / "summary.json").read_text()).get("storm")
+    if storm:
+        print("\nstorms: K MNs moving at once; interruption (ms) over every MN's counted handovers, p95 with its "
+              "95% interval;\nthe nAR's activation queue (CTAR received -> context active, ms); the guest's busy "
+              "share over the storms (one CPU runs every node: emulated figures)")
+        print(storms.table(storm))
     print(f"\nfiles: {', '.join(sorted(p.name for p in run_dir.iterdir()))}")
 
 

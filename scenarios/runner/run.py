@@ -30,7 +30,7 @@ from nodes.capture import Capture
 from scenarios import config, records
 from scenarios.analysis import metrics, report, wireshark
 from scenarios.records import Failure, HandoverRecord
-from scenarios.runner import methods
+from scenarios.runner import methods, storm
 from scenarios.runner.experiment import STEP_ERRORS, Experiment, HandoverFailed, pause
 from topo import plan
 from topo.network import Testbed
@@ -214,12 +214,14 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
     total = len(schedule) * (scenario.handovers + scenario.warmup_handovers)
     stats_before = stats_after = {}
     try:
-        with Testbed(scenario.links, initial_ar=plan.PAR) as testbed:
+        with Testbed(scenario.links, initial_ar=plan.PAR, mns=scenario.mns) as testbed:
             warm_up_crypto(testbed, scenario.profile)
-            progress(f"network up in {time.monotonic() - started:.1f} s; starting agents")
+            progress(f"network of {scenario.mns} MN{'s' if scenario.mns > 1 else ''} up in "
+                     f"{time.monotonic() - started:.1f} s; starting agents")
             experiment = Experiment(testbed, run_dir, scenario.probe_rate, scenario.probe_size, scenario.profile,
                                     scenario.ar_transport, scenario.anticipation_ms, scenario.seed,
-                                    scenario.cxtp_timers(scenario.links), scenario.tcp_interval_ms)
+                                    scenario.cxtp_timers(scenario.links), scenario.tcp_interval_ms,
+                                    storm_probe_rate=scenario.storm["probe_rate"])
             captures: list[Capture] = []
             try:
                 if scenario.captures:
@@ -232,6 +234,10 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                     progress(f"capturing on {len(captures)} interfaces into {run_dir / 'captures'}")
                 stats_before = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
                 pause(scenario.warmup_ms)
+                if scenario.storms:
+                    handovers.extend(storm.run_storms(storm.Storm(experiment, scenario.seed), scenario, progress,
+                                                      cpu_times, _busy_share, emulation_fidelity))
+                    schedule = []  # the storms were the run
                 applied: object = "unset"
                 for value, name in schedule:
                     method = methods.get(name)

@@ -22,7 +22,9 @@ import time
 from ipsec import IpsecContext
 from nodes import provisioning
 from nodes.contracts import AgentError, ArControl, MnControl, MnStatus
+from scenarios.analysis.metrics import lateness_window
 from scenarios.records import Failure, HandoverRecord
+from scenarios.runner import methods as methods_registry
 from scenarios.runner.experiment import (
     IDLE_TIMEOUT_S,
     STEP_ERRORS,
@@ -128,7 +130,12 @@ class Storm:
         offsets = self._offsets(len(movers), window_ms, rate_per_s)
         records: dict[int, HandoverRecord] = {}
         start = time.monotonic() + 0.05  # every thread started before the first move
-        threads = [threading.Thread(target=self._one, args=(method, index, l2_delay_ms, start + offset, records),
+        # each MN's agent is asked how far it is; every ask costs the one process that hosts them all,
+        # so the more MNs move, the less often each is asked (this sets when the runner notices, not
+        # what the probes measure)
+        poll_ms = max(20.0, 2.0 * len(movers))
+        threads = [threading.Thread(target=self._one, args=(method, index, l2_delay_ms, start + offset, records,
+                                                            poll_ms),
                                     name=f"storm-{plan.mn_node(index)}") for index, offset in zip(movers, offsets)]
         for thread in threads:
             thread.start()
@@ -150,7 +157,7 @@ class Storm:
         return sorted(self.rng.uniform(0, window_ms / 1000) for _ in range(count)) if window_ms else [0.0] * count
 
     def _one(self, method: Method, index: int, l2_delay_ms: float, at: float,
-             records: dict[int, HandoverRecord]) -> None:
+             records: dict[int, HandoverRecord], poll_ms: float = 20.0) -> None:
         """One MN's handover, on its own thread: the record always ends with an outcome."""
         view = self.views[index]
         current = self.testbed.attached[index]
@@ -178,7 +185,7 @@ class Storm:
             times = self.testbed.handover(move.nar, l2_delay_ms, mn=index)
             record.detach_start_ns, record.detached_ns = times.detach_start_ns, times.detached_ns
             record.attach_start_ns, record.attached_ns = times.attach_start_ns, times.attached_ns
-            status = self._wait_idle(view, move, method, record)
+            status = self._wait_idle(view, move, method, record, poll_ms)
             record.completed = status["idle"]
             failure = _transfer_failure(status) if method.cxtp else None
             if failure:
@@ -195,14 +202,15 @@ class Storm:
             record.failure = Failure(reason=f"{type(error).__name__}: {error}", problems=[], t_ns=time.monotonic_ns(),
                                      state={})
 
-    def _wait_idle(self, view: MnView, move: Move, method: Method, record: HandoverRecord) -> MnStatus:
+    def _wait_idle(self, view: MnView, move: Move, method: Method, record: HandoverRecord,
+                   poll_ms: float = 20.0) -> MnStatus:
         """Until this MN's transaction and binding are done (each MN's own, so handovers overlap),
         giving it its attach itself if its kernel's event was not seen in time."""
         deadline = time.monotonic() + IDLE_TIMEOUT_S
         trigger_deadline = time.monotonic() + TRIGGER_TIMEOUT_S
         record.trigger = "kernel"
         while True:
-            pause(20)
+            pause(poll_ms)
             status = view.mn.status()
             if status.get("move_expected") and time.monotonic() >= trigger_deadline and record.trigger == "kernel":
                 record.trigger = "runner-fallback"
@@ -257,3 +265,82 @@ class Storm:
         except AgentError:
             pass  # the clean state below is what counts; the MN's next Binding Update binds it
         self._enter_mn(index, method)
+
+
+# -- a storm scenario --------------------------------------------------------------------------------
+
+def run_storms(storm: Storm, scenario, progress, cpu_times, busy_share, emulation_fidelity) -> list[HandoverRecord]:
+    """Every storm of ``scenario`` (``[storm]``): per method, per K, ``repeats`` storms of K MNs
+    drawn from the testbed's at random (the scenario's seed). Each record carries its K as its
+    ``sweep_value`` and says so in its note; an MN whose handover failed,
+    or whose state or traffic is wrong afterwards, is recorded ``failed`` and recovered. A storm
+    during which the emulator slipped (any MN's handover outside the fidelity tolerances) is
+    marked repeated and run again, as the ordinary runner repeats a handover."""
+    rng = random.Random(scenario.seed)
+    records: list[HandoverRecord] = []
+    options = scenario.storm
+    total = len(scenario.methods) * len(options["sizes"]) * options["repeats"]
+    done = 0
+    for name in scenario.methods:
+        method = methods_registry.get(name)
+        storm.enter(method)
+        pause(scenario.settle_ms)
+        for size in options["sizes"]:
+            done_here = repeats = 0
+            while done_here < options["repeats"]:
+                batch = _one_storm(storm, scenario, method, sorted(rng.sample(range(storm.testbed.mns), size)),
+                                   cpu_times, busy_share, emulation_fidelity)
+                records.extend(batch)
+                failed = sum(record.outcome != "ok" for record in batch)
+                slipped = sum(bool((record.fidelity or {}).get("violations")) for record in batch
+                              if record.outcome == "ok")
+                # the emulator slipped during this storm: its records do not count, another runs
+                repeat = bool(slipped) and repeats < scenario.fidelity["max_repeats"]
+                for record in batch:
+                    record.repeated = repeat and record.outcome == "ok"
+                done += not repeat
+                progress(f"[{done}/{total}] storm {name} K={size}: {size - failed} ok"
+                         + (f", {failed} failed" if failed else "")
+                         + (f"; {slipped} outside the fidelity tolerances, repeated" if repeat else ""))
+                if repeat:
+                    repeats += 1
+                    continue
+                done_here += 1
+    return records
+
+
+def _one_storm(storm: Storm, scenario, method: Method, movers: list[int], cpu_times, busy_share,
+               emulation_fidelity) -> list[HandoverRecord]:
+    """One storm of ``movers``, judged: each record's fidelity (the guest's busy share over the
+    storm, its own L2 step, its own probes' lateness), and its state and traffic afterwards."""
+    experiment = storm.experiment
+    size = len(movers)
+    before = cpu_times()
+    batch = storm.storm(method, movers, scenario.l2_delay_ms, scenario.storm["window_ms"],
+                        scenario.storm["rate_per_s"] or None)
+    settle_before = cpu_times()
+    pause(scenario.settle_ms)
+    now = cpu_times()
+    end_ns = time.monotonic_ns()
+    timers = experiment.timers
+    problems = storm.wait_released(batch, movers, timers["release_hold"] + timers["late_ctdr_grace"])
+    for record, index in zip(batch, movers):
+        record.sweep_value = float(size)
+        record.note = f"storm of {size} MNs"
+        record.window_end_ns = end_ns
+        late = None
+        if record.attached_ns is not None:
+            try:
+                start_ns, end_ns_window = lateness_window(record)
+                late = experiment.ha.lateness(start_ns=start_ns, end_ns=end_ns_window, identity=record.mn)
+            except STEP_ERRORS:
+                late = None  # judged from the traces when the run is reported
+        record.fidelity = emulation_fidelity(record, busy_share(before, now), scenario.fidelity,
+                                             settled=busy_share(settle_before, now),
+                                             probe_late={end: late[end] for end in ("mn", "ha")} if late else None)
+        if record.outcome == "ok" and problems.get(index):
+            record.outcome = "failed"
+            record.failure = Failure(reason=problems[index][0], problems=problems[index], t_ns=time.monotonic_ns(),
+                                     state={})
+            storm.recover(index, method)
+    return batch
