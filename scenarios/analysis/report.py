@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from scenarios import records
-from scenarios.analysis import metrics, packets, storms
+from scenarios.analysis import metrics, model, packets, storms
 from scenarios.runner import methods, properties
 from topo import plan
 
@@ -77,6 +77,8 @@ def compute(run_dir: Path) -> dict:
     # derived files only: the raw records (handovers.json) stay as the runner wrote them
     (run_dir / "per_handover.json").write_text(json.dumps(rows, indent=2))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if summary.get("storm"):  # the queueing model beside the emulated storms (it reads summary.json)
+        model.validate(run_dir)
     plot(run_dir, rows, summary)
     if (run_dir / "captures").is_dir():
         try:
@@ -450,6 +452,14 @@ def show(run_dir: Path) -> None:
               "95% interval;\nthe nAR's activation queue (CTAR received -> context active, ms); the guest's busy "
               "share over the storms (one CPU runs every node: emulated figures)")
         print(storms.table(storm))
+        validation = run_dir / "model_validation.json"
+        if validation.is_file():
+            result = json.loads(validation.read_text())
+            print(f"\nthe queueing model beside the emulated storms (scenarios/analysis/model.py: every node on one "
+                  f"CPU, as in the guest; service times from {result['service_times_from']}): p50 and p95 within "
+                  f"{100 * result['tolerance']:.0f}% in {result['agree']} of {result['judged']} figures judged "
+                  f"(K up to {result['validated_up_to']})")
+            print(model.validation_table(result))
     print(f"\nfiles: {', '.join(sorted(p.name for p in run_dir.iterdir()))}")
 
 
