@@ -124,3 +124,50 @@ def test_cli_prints_a_table(capsys):
     assert model.main(["--k", "1,5", "--methods", "cxtp-reactive,reauth-psk", "--routers-cpus", "2"]) == 0
     out = capsys.readouterr().out
     assert "cxtp-reactive" in out and "reauth-psk" in out and "p99" in out
+
+
+def test_the_probes_share_is_two_uniform_intervals():
+    """A measured interruption runs from the last probe before the detach to the first through the
+    new path: one uniform interval on each side, so their sum: mean I, p95 (2 - sqrt(0.1)) I."""
+    interval = 20.0
+    sampled = model.probe_sampling(interval, samples=20000)
+    assert statistics.fmean(sampled.samples) == pytest.approx(interval, rel=0.02)
+    assert model.quantile(sampled.samples, 0.95) == pytest.approx((2 - 0.1 ** 0.5) * interval, rel=0.02)
+    assert 0 <= min(sampled.samples) and max(sampled.samples) <= 2 * interval
+
+
+def test_on_one_cpu_every_node_and_mn_share_it():
+    """The guest's case: K MNs at once, each a piece of work at its MN (S1) then at the nAR (S2),
+    all on one CPU: the work is served one piece at a time, so the last MN is done after
+    K (S1 + S2); with a CPU per node, after S1 + K S2."""
+    k, s1, s2 = 10, 1.0, 2.0
+    steps = (Step("detach", ()), Step("own", ("detach",), "mn", Service(s1)),
+             Step("nar", ("own",), "nar", Service(s2)))
+    method = Method("two", steps, {"down": "nar", "up": "nar"})
+    assert max(simulate(method, k, one_cpu=True).interruptions["down"]) == pytest.approx(k * (s1 + s2))
+    assert max(simulate(method, k).interruptions["down"]) == pytest.approx(s1 + k * s2)
+
+
+def test_validation_sets_the_model_beside_a_storm_run(tmp_path):
+    """On a storm run's summary: every method, K and direction the model knows gets both
+    quantiles, judged within 20% up to K = 50 and shown, not judged, beyond; written beside it."""
+    parameters = {"links": {name: {"delay_ms": delay} for name, delay in
+                            (("access", 2.0), ("ar_ar", 5.0), ("ar_ha", 10.0), ("ar_aaa", 10.0))},
+                  "l2_delay_ms": 50.0, "anticipation_ms": 100.0, "probe": {"rate": 50.0},
+                  "storm": {"sizes": [1, 100], "probe_rate": 50.0, "window_ms": 0.0, "rate_per_s": 0.0}}
+    figures = {"p50": 100.0, "p95": 120.0, "n": 5}
+    storm = {name: {size: {"ha_to_mn": figures, "mn_to_ha": figures} for size in ("1", "100")}
+             for name in ("none", "cxtp-reactive", "not-a-model-method")}
+    (tmp_path / "record.json").write_text(json.dumps({"parameters": parameters}))
+    (tmp_path / "summary.json").write_text(json.dumps({"storm": storm}))
+    result = model.validate(tmp_path)
+    assert json.loads((tmp_path / "model_validation.json").read_text()) == result
+    rows = result["rows"]
+    assert {(row["method"], row["k"]) for row in rows} == {(m, k) for m in ("none", "cxtp-reactive") for k in (1, 100)}
+    assert len(rows) == 2 * 2 * 2 * 2  # methods x K x directions x quantiles
+    assert all(row["judged"] == (row["k"] <= model.VALIDATED_UP_TO) for row in rows)
+    for row in rows:
+        if row["judged"]:
+            assert row["within"] == (abs(row["modelled_ms"] - row["emulated_ms"]) <= 0.2 * row["emulated_ms"] + 0.01)
+    assert result["judged"] == 8 and 0 <= result["agree"] <= 8
+    assert "cxtp-reactive" in model.validation_table(result)

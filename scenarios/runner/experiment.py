@@ -551,8 +551,20 @@ class Experiment:
             xfrm.close()
 
     def xfrm_stat(self, node: str) -> dict[str, int]:
-        text = Path(f"/proc/{self.testbed.pid(node)}/net/xfrm_stat").read_text()
+        """A node's kernel IPsec counters (``/proc/net/xfrm_stat``); ``mn<i>`` names MN ``i``."""
+        if node.startswith(plan.MN) and node != plan.MN:
+            index = int(node[len(plan.MN):])
+
+            def read() -> str:  # /proc/thread-self/net is the namespace of the thread that reads it
+                return Path("/proc/thread-self/net/xfrm_stat").read_text()
+            text = netns.call_in(self.testbed.mn_target(index), read)
+        else:
+            text = Path(f"/proc/{self.testbed.pid(node)}/net/xfrm_stat").read_text()
         return {name: int(value) for name, value in (line.split() for line in text.splitlines() if line.strip())}
+
+    def counted_nodes(self) -> tuple[str, ...]:
+        """The nodes whose IPsec counters a run records: every MN, the ARs."""
+        return (*(plan.mn_node(index) for index in range(self.testbed.mns)), *plan.ACCESS_ROUTERS)
 
 
 def _transfer_failure(status: MnStatus) -> str | None:

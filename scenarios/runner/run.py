@@ -232,7 +232,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                     experiment.on_state_change()
                     captures = start_captures(testbed, run_dir, scenario.captures)
                     progress(f"capturing on {len(captures)} interfaces into {run_dir / 'captures'}")
-                stats_before = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
+                stats_before = {node: experiment.xfrm_stat(node) for node in experiment.counted_nodes()}
                 pause(scenario.warmup_ms)
                 if scenario.storms:
                     handovers.extend(storm.run_storms(storm.Storm(experiment, scenario.seed), scenario, progress,
@@ -266,7 +266,7 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                             repeats += 1
                             continue
                         index += 1
-                stats_after = {node: experiment.xfrm_stat(node) for node in (plan.MN, plan.PAR, plan.NAR)}
+                stats_after = {node: experiment.xfrm_stat(node) for node in experiment.counted_nodes()}
             finally:
                 for capture in captures:
                     capture.stop()
