@@ -285,7 +285,7 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
             rate_mbit=rate or None,
         )
     mns = _integer(merged["topology"]["mns"], "topology.mns", 1, plan.MAX_MNS)
-    storm = _storm(merged["storm"], mns, methods, sweep_values, merged["ping_pong_ms"])
+    storm = _storm(merged["storm"], mns, methods, sweep_values)
     return Scenario(
         name=merged["name"],
         seed=_integer(merged["seed"], "seed", 0, 2**63 - 1),
@@ -322,7 +322,7 @@ def storm_capable(name: str) -> bool:
     return method.security.ike_auth is None and (not method.cxtp or method.security.static_tunnel)
 
 
-def _storm(storm: dict[str, Any], mns: int, methods: list[str], sweep_values: tuple, ping_pong: Any) -> dict[str, Any]:
+def _storm(storm: dict[str, Any], mns: int, methods: list[str], sweep_values: tuple) -> dict[str, Any]:
     sizes = storm["sizes"]
     if not isinstance(sizes, list):
         raise ScenarioError(f"storm.sizes: must be a list of MN counts, got {sizes!r}")
@@ -340,8 +340,6 @@ def _storm(storm: dict[str, Any], mns: int, methods: list[str], sweep_values: tu
                                     f"static SAs: a storm of re-authentication needs an IKE daemon per MN)")
         if sweep_values:
             raise ScenarioError("storm: a storm scenario sweeps its sizes; give it no [sweep]")
-        if ping_pong != -1 and ping_pong != -1.0:
-            raise ScenarioError("storm: ping_pong_ms must be -1 in a storm scenario")
     return result
 
 

@@ -119,10 +119,13 @@ class Storm:
 
     # -- one storm --------------------------------------------------------------------------------
     def storm(self, method: Method, movers: list[int], l2_delay_ms: float, window_ms: float = 0.0,
-              rate_per_s: float | None = None) -> list[HandoverRecord]:
+              rate_per_s: float | None = None, back_after_ms: float | None = None) -> list[HandoverRecord]:
         """Move every MN of ``movers`` to its other AR with ``method``: all at once (``window_ms``
-        0), spread uniformly over ``window_ms``, or at Poisson arrivals of ``rate_per_s``. Returns
-        one record per MN, in the order of ``movers``; a failed handover's MN is recovered."""
+        0), spread uniformly over ``window_ms``, or at Poisson arrivals of ``rate_per_s``; with
+        ``back_after_ms``, each moves back that long after its attach (a ping-pong, its record
+        the move back's). Returns one record per MN, in the order of ``movers``: ``ok``,
+        ``recovered`` (its transfer failed and its reactive retry restored it) or ``failed``
+        (then the MN is recovered)."""
         unknown = [index for index in movers if not 0 <= index < self.testbed.mns]
         if unknown or len(set(movers)) != len(movers):
             raise StormError(f"movers must be distinct MNs of 0..{self.testbed.mns - 1}: {movers}")
@@ -135,7 +138,7 @@ class Storm:
         # what the probes measure)
         poll_ms = max(20.0, 2.0 * len(movers))
         threads = [threading.Thread(target=self._one, args=(method, index, l2_delay_ms, start + offset, records,
-                                                            poll_ms),
+                                                            poll_ms, back_after_ms),
                                     name=f"storm-{plan.mn_node(index)}") for index, offset in zip(movers, offsets)]
         for thread in threads:
             thread.start()
@@ -157,7 +160,7 @@ class Storm:
         return sorted(self.rng.uniform(0, window_ms / 1000) for _ in range(count)) if window_ms else [0.0] * count
 
     def _one(self, method: Method, index: int, l2_delay_ms: float, at: float,
-             records: dict[int, HandoverRecord], poll_ms: float = 20.0) -> None:
+             records: dict[int, HandoverRecord], poll_ms: float = 20.0, back_after_ms: float | None = None) -> None:
         """One MN's handover, on its own thread: the record always ends with an outcome."""
         view = self.views[index]
         current = self.testbed.attached[index]
@@ -173,9 +176,7 @@ class Storm:
             if method.cxtp:
                 spi = {sa.daddr: sa.spi for sa in self.experiment.xfrm_state(plan.MN, move.mn_previous, index).sas}
                 record.spi_mn_in, record.spi_mn_out = spi.get(move.mn_previous), spi.get(move.par_address)
-                key = os.urandom(20).hex()  # fresh per transaction (RFC 4067 §6.3), out of band
-                view.mn.set_key(key=key)
-                view.ar(move.par).set_mn_key(mn=move.mn_previous, key=key)
+                self._fresh_key(view, move)
             if method.before_detach is not None:
                 record.anticipation_start_ns = time.monotonic_ns()
                 method.before_detach(view, move)  # type: ignore[arg-type]  # the hooks use .mn and .ar
@@ -183,6 +184,18 @@ class Storm:
             view.mn.expect_move(interface=move.mn_interface, nar=move.nar_address, par=move.par_address,
                                 new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
             times = self.testbed.handover(move.nar, l2_delay_ms, mn=index)
+            if back_after_ms is not None:  # the ping-pong's way back: the record becomes its
+                pause(back_after_ms)
+                move = Move(move.nar, move.par, index)
+                record.from_ar, record.to_ar, record.mn_previous, record.mn_new = \
+                    move.par, move.nar, move.mn_previous, move.mn_new
+                record.anticipation_start_ns = None
+                record.note = f"ping-pong: back {back_after_ms:g} ms after the attach at {move.par}"
+                if method.cxtp:
+                    self._fresh_key(view, move)
+                view.mn.expect_move(interface=move.mn_interface, nar=move.nar_address, par=move.par_address,
+                                    new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
+                times = self.testbed.handover(move.nar, l2_delay_ms, mn=index)
             record.detach_start_ns, record.detached_ns = times.detach_start_ns, times.detached_ns
             record.attach_start_ns, record.attached_ns = times.attach_start_ns, times.attached_ns
             status = self._wait_idle(view, move, method, record, poll_ms)
@@ -190,29 +203,52 @@ class Storm:
             failure = _transfer_failure(status) if method.cxtp else None
             if failure:
                 record.transfer_failure = failure
-                raise StormError(f"transfer failed: {failure}")
+                status = self._retry_reactive(view, move, method, record, poll_ms)
             if not status["idle"]:
                 raise StormError("the MN's Binding Update got no Binding Ack")
             if not status["bound"]:
                 raise StormError(f"the HA refused the MN's binding (Binding Ack status {status['ba_status']})")
             record.restored_ns = time.monotonic_ns()
-            record.outcome = "ok"
+            record.outcome = "recovered" if record.retry_sent_ns is not None else "ok"
         except (StormError, *STEP_ERRORS) as error:
             record.outcome = "failed"
             record.failure = Failure(reason=f"{type(error).__name__}: {error}", problems=[], t_ns=time.monotonic_ns(),
                                      state={})
 
+    def _fresh_key(self, view: MnView, move: Move) -> None:
+        """A fresh CXTP key for one transaction (RFC 4067 §6.3), given out of band, unmeasured."""
+        key = os.urandom(20).hex()
+        view.mn.set_key(key=key)
+        view.ar(move.par).set_mn_key(mn=move.mn_previous, key=key)
+
+    def _retry_reactive(self, view: MnView, move: Move, method: Method, record: HandoverRecord,
+                        poll_ms: float) -> MnStatus:
+        """The MN's fall-back after a failed transfer, as the single-MN runner's: one reactive
+        retry with a fresh key for the context the pAR still holds."""
+        if not self.experiment.xfrm_state(move.par, move.mn_previous).sas:
+            raise StormError(f"transfer failed ({record.transfer_failure}) and the pAR holds no context to retry with")
+        self._fresh_key(view, move)
+        view.mn.retry_reactive(par=move.par_address, nar=move.nar_address, previous=move.mn_previous)
+        record.retry_sent_ns = time.monotonic_ns()
+        status = self._wait_idle(view, move, method, record, poll_ms, fallback=False)
+        failure = _transfer_failure(status)
+        if failure:
+            raise StormError(f"transfer failed ({record.transfer_failure}), and the reactive retry too ({failure})")
+        return status
+
     def _wait_idle(self, view: MnView, move: Move, method: Method, record: HandoverRecord,
-                   poll_ms: float = 20.0) -> MnStatus:
+                   poll_ms: float = 20.0, fallback: bool = True) -> MnStatus:
         """Until this MN's transaction and binding are done (each MN's own, so handovers overlap),
         giving it its attach itself if its kernel's event was not seen in time."""
         deadline = time.monotonic() + IDLE_TIMEOUT_S
         trigger_deadline = time.monotonic() + TRIGGER_TIMEOUT_S
-        record.trigger = "kernel"
+        if fallback:
+            record.trigger = "kernel"
         while True:
             pause(poll_ms)
             status = view.mn.status()
-            if status.get("move_expected") and time.monotonic() >= trigger_deadline and record.trigger == "kernel":
+            if fallback and status.get("move_expected") and time.monotonic() >= trigger_deadline \
+                    and record.trigger == "kernel":
                 record.trigger = "runner-fallback"
                 view.mn.attached(nar=move.nar_address, par=move.par_address, new_address=move.mn_new,
                                  cxtp=method.cxtp, ipsec=method.cxtp)
@@ -247,7 +283,7 @@ class Storm:
         deadline = time.monotonic() + timeout_s
         while True:
             found = {index: self.problems(record, index) for record, index in zip(records, movers)
-                     if record.outcome == "ok"}
+                     if record.outcome in ("ok", "recovered")}
             found = {index: problems for index, problems in found.items() if problems}
             if not found or time.monotonic() >= deadline:
                 return found
@@ -291,7 +327,7 @@ def run_storms(storm: Storm, scenario, progress, cpu_times, busy_share, emulatio
                 batch = _one_storm(storm, scenario, method, sorted(rng.sample(range(storm.testbed.mns), size)),
                                    cpu_times, busy_share, emulation_fidelity)
                 records.extend(batch)
-                failed = sum(record.outcome != "ok" for record in batch)
+                failed = sum(record.outcome == "failed" for record in batch)
                 slipped = sum(bool((record.fidelity or {}).get("violations")) for record in batch
                               if record.outcome == "ok")
                 # the emulator slipped during this storm: its records do not count, another runs
@@ -317,7 +353,7 @@ def _one_storm(storm: Storm, scenario, method: Method, movers: list[int], cpu_ti
     size = len(movers)
     before = cpu_times()
     batch = storm.storm(method, movers, scenario.l2_delay_ms, scenario.storm["window_ms"],
-                        scenario.storm["rate_per_s"] or None)
+                        scenario.storm["rate_per_s"] or None, scenario.ping_pong_ms)
     settle_before = cpu_times()
     pause(scenario.settle_ms)
     now = cpu_times()
@@ -338,7 +374,7 @@ def _one_storm(storm: Storm, scenario, method: Method, movers: list[int], cpu_ti
         record.fidelity = emulation_fidelity(record, busy_share(before, now), scenario.fidelity,
                                              settled=busy_share(settle_before, now),
                                              probe_late={end: late[end] for end in ("mn", "ha")} if late else None)
-        if record.outcome == "ok" and problems.get(index):
+        if record.outcome in ("ok", "recovered") and problems.get(index):
             record.outcome = "failed"
             record.failure = Failure(reason=problems[index][0], problems=problems[index], t_ns=time.monotonic_ns(),
                                      state={})

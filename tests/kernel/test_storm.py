@@ -122,6 +122,26 @@ def test_one_mn_moves_while_the_others_stay(fleet):
         assert arrivals[plan.MN].get(plan.home_tunnel(plan.MN, ar)), (index, arrivals)
 
 
+@pytest.mark.parametrize("name", ("cxtp-predictive", "cxtp-reactive"))
+@pytest.mark.parametrize("gap_ms", (50.0, 300.0))
+def test_every_mn_moving_back_at_once_ends_ok_or_recovered(fleet, name, gap_ms):
+    """A ping-pong storm: every MN moves and, ``gap_ms`` after its attach, moves back (its first
+    transfer may not have ended). Each ends ok, or recovered by its reactive retry, back where it
+    came from, with nothing of it left where it went, its binding and traffic where it is."""
+    testbed, experiment, storm = fleet
+    origins = dict(testbed.attached)
+    movers = list(range(MNS))
+    records = storm.storm(methods.get(name), movers, L2_DELAY_MS, back_after_ms=gap_ms)
+    assert {record.outcome for record in records} <= {"ok", "recovered"}, \
+        [(record.mn, record.outcome, record.failure and record.failure.reason) for record in records]
+    assert testbed.attached == origins
+    assert all(record.to_ar == origins[index] for record, index in zip(records, movers))
+    pause(300)
+    timers = experiment.timers
+    problems = storm.wait_released(records, movers, timers["release_hold"] + timers["late_ctdr_grace"] + 2)
+    assert problems == {}, problems
+
+
 def test_static_spis_never_collide():
     seen = set()
     for index in range(1, 200):
