@@ -269,6 +269,11 @@ class HaControl(ControlClient):
         ``since_ns``, per interface of its namespace: which router's path the traffic takes now."""
 
     @command
+    def pace_probes(self, *, identities: list[str], every: int) -> Reply:
+        """The listed MNs' probes in one slot of ``every`` of their sender from now on (0: none):
+        many MNs' probes within the emulator's budget."""
+
+    @command
     def checkpoint(self) -> Reply:
         """Append the probe records since the last checkpoint to disk, so that a killed agent's
         successor continues them."""

@@ -31,9 +31,10 @@ class ServedMn:
     identity: str
     mobility_key: bytes | None
     home: HaHomePath | None
-    #: its probe ends (the HA's and the MN's), and where their traces go
+    #: its probe ends (the HA's and the MN's), the sender they share, and where their traces go
     ends: tuple[ProbeEnd, ...] = ()
     outputs: dict[ProbeEnd, str] = dataclasses.field(default_factory=dict)
+    streams: ProbeStreams | None = None
 
 
 class HomeAgent:
@@ -48,7 +49,8 @@ class HomeAgent:
         self.probe = probe
         self.identity = identity
         #: every MN served, the first (``identity``) included, by identity
-        self.served = {identity: ServedMn(identity, mobility_key, home, tuple(probes.ends), dict(outputs or {}))}
+        self.served = {identity: ServedMn(identity, mobility_key, home, tuple(probes.ends), dict(outputs or {}),
+                                          probes)}
         self.served.update({mn.identity: mn for mn in more or ()})
         # with a key, only the MN's own, fresh Binding Updates move its binding (RFC 4285)
         self.mobility_key, self.address = mobility_key, address
@@ -72,6 +74,14 @@ class HomeAgent:
         return {"care_of": self.cache.care_of(identity), "decode_errors": self.decode_errors,
                 "sequence": self.cache.last_sequence(identity),
                 "refused": {str(status): count for status, count in self.cache.refused.items()}}
+
+    def pace_probes(self, identities: list[str], every: int) -> dict:
+        """The listed MNs' probes in one slot of ``every`` of their sender (0: none)."""
+        for identity in identities:
+            served = self._served(identity)
+            if served.streams is not None:
+                served.streams.pace(list(served.ends), int(every))
+        return {"paced": len(identities)}
 
     def lateness(self, start_ns: int, end_ns: int, identity: str | None = None) -> dict:
         served = self._served(identity)
@@ -166,7 +176,12 @@ def _more_mns(path: str | None, bind: str, size: int) -> tuple[list[ServedMn], P
         served.append(ServedMn(spec["identity"], bytes.fromhex(spec["mobility_key"]) if spec.get("mobility_key")
                                else None, HaHomePath(bind, spec["home_address"], names=set(spec["tunnels"])),
                                (ha_end, mn_end), {ha_end: spec["ha_probe_out"], mn_end: spec["mn_probe_out"]}))
-    return served, ProbeStreams([end for mn in served for end in mn.ends]) if served else None
+    if not served:
+        return served, None
+    streams = ProbeStreams([end for mn in served for end in mn.ends])
+    for mn in served:
+        mn.streams = streams
+    return served, streams
 
 
 def main(argv: list[str] | None = None) -> int:

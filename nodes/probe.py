@@ -288,6 +288,19 @@ class ProbeStreams:
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.first_sequence = 1
+        #: paced ends: every how many slots each sends (0: silent), and its own next sequence number
+        self._every: dict[ProbeEnd, int] = {}
+        self._next: dict[ProbeEnd, int] = {}
+
+    def pace(self, ends: list[ProbeEnd], every: int) -> None:
+        """``ends`` send in one slot of ``every`` (0: not at all) from now on, each numbering its
+        probes on from its last, so that a receiver sees no gap the pacing made. Many MNs' probes
+        within the emulator's budget: only the moving MNs', at a rate that budget allows."""
+        if every < 0:
+            raise ValueError(f"every must be 0 (silent) or more, got {every}")
+        for end in ends:
+            self._next.setdefault(end, (end.sent_seq[-1] + 1) if len(end.sent_seq) else self.first_sequence)
+            self._every[end] = every
 
     def send_loop(self) -> None:
         """One probe per end per interval on a fixed schedule: sleep to the slot, then send."""
@@ -300,10 +313,17 @@ class ProbeStreams:
             sleep_until(next_ns)
             sequence += 1
             for end in self.ends:
-                end.send(sequence, next_ns)
+                every = self._every.get(end)
+                if every is None:
+                    end.send(sequence, next_ns)
+                elif every and sequence % every == 0:
+                    own = self._next[end]
+                    self._next[end] = own + 1
+                    end.send(own, next_ns)
             next_ns += interval_ns
-            if self.ends[0].sent_ns[-1] - next_ns > 50 * interval_ns:
-                next_ns = self.ends[0].sent_ns[-1]  # fell far behind (host stall): do not burst
+            latest = max((end.sent_ns[-1] for end in self.ends if len(end.sent_ns)), default=next_ns)
+            if latest - next_ns > 50 * interval_ns:
+                next_ns = latest  # fell far behind (host stall): do not burst
 
     def lateness(self, start_ns: int, end_ns: int) -> dict:
         """The control command the runner asks after each handover: per end, the p99 of the send

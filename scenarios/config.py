@@ -65,8 +65,10 @@ DEFAULTS: dict[str, Any] = {
     # handover storms (scenarios/runner/storm.py): K of the MNs move at once, for each K of
     # `sizes` and each method, `repeats` times; [] runs the ordinary handovers of MN 0 instead.
     # window_ms > 0 spreads the moves uniformly over it, rate_per_s > 0 makes them Poisson
-    # arrivals; each MN other than MN 0 carries probes at probe_rate each way (its resolution)
-    "storm": {"sizes": [], "repeats": 3, "window_ms": 0.0, "rate_per_s": 0.0, "probe_rate": 50.0},
+    # arrivals; the moving MNs carry probes at probe_rate each way, slowed so that all of them
+    # together send at most probe_budget a second (what the guest keeps up with), the others none
+    "storm": {"sizes": [], "repeats": 3, "window_ms": 0.0, "rate_per_s": 0.0, "probe_rate": 50.0,
+              "probe_budget": 1000.0},
     "links": {
         plan.ACCESS: {"delay_ms": 2.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
         plan.AR_AR: {"delay_ms": 5.0, "jitter_ms": 0.0, "loss_percent": 0.0, "rate_mbit": 0.0},
@@ -286,6 +288,9 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         )
     mns = _integer(merged["topology"]["mns"], "topology.mns", 1, plan.MAX_MNS)
     storm = _storm(merged["storm"], mns, methods, sweep_values)
+    if storm["sizes"] and merged["probe"]["rate"] != storm["probe_rate"]:
+        raise ScenarioError(f"probe.rate: MN 0 is one of a storm's MNs: give it storm.probe_rate "
+                            f"({storm['probe_rate']:g}), got {merged['probe']['rate']!r}")
     return Scenario(
         name=merged["name"],
         seed=_integer(merged["seed"], "seed", 0, 2**63 - 1),
@@ -315,6 +320,12 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
     )
 
 
+def storm_probe_every(k: int, rate: float, budget: float) -> int:
+    """In a storm of K MNs, each moving MN sends one probe in this many of its stream's slots: K
+    MNs' probes both ways stay within ``budget`` a second (the resolution is this many intervals)."""
+    return max(1, math.ceil(2 * k * rate / budget))
+
+
 def storm_capable(name: str) -> bool:
     """Whether a storm can run ``name``: no security, or CXTP over the paper's static SAs (a storm
     of re-authentication needs an IKE daemon per MN, which the testbed does not run yet)."""
@@ -332,7 +343,8 @@ def _storm(storm: dict[str, Any], mns: int, methods: list[str], sweep_values: tu
     result = {"sizes": tuple(sizes), "repeats": _integer(storm["repeats"], "storm.repeats", 1, 1000),
               "window_ms": _number(storm["window_ms"], "storm.window_ms", 0, 600_000),
               "rate_per_s": _number(storm["rate_per_s"], "storm.rate_per_s", 0, 100_000),
-              "probe_rate": _number(storm["probe_rate"], "storm.probe_rate", 1, 1000)}
+              "probe_rate": _number(storm["probe_rate"], "storm.probe_rate", 1, 1000),
+              "probe_budget": _number(storm["probe_budget"], "storm.probe_budget", 1, 1_000_000)}
     if sizes:
         for index, name in enumerate(methods):
             if not storm_capable(name):

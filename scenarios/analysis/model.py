@@ -539,11 +539,13 @@ ANTICIPATION_OVERHEAD_MS = 4.0
 MODEL_SAMPLES = 400
 
 
-def network_of(parameters: dict[str, Any]) -> Network:
+def network_of(parameters: dict[str, Any], interval_ms: float | None = None) -> Network:
     """The model's network for a run (its record's ``parameters``): its links, L2 delay and
-    anticipation, and its storms' probe interval with the measurement's own share drawn."""
+    anticipation, and the probes' interval (``interval_ms``, default the storms' rate's) with the
+    measurement's own share drawn."""
     links = parameters["links"]
-    interval = 1000.0 / float((parameters.get("storm") or {}).get("probe_rate") or parameters["probe"]["rate"])
+    interval = interval_ms or 1000.0 / float((parameters.get("storm") or {}).get("probe_rate")
+                                             or parameters["probe"]["rate"])
     return Network(access_ms=links["access"]["delay_ms"], ar_ar_ms=links["ar_ar"]["delay_ms"],
                    ar_ha_ms=links["ar_ha"]["delay_ms"], ar_aaa_ms=links["ar_aaa"]["delay_ms"],
                    l2_delay_ms=parameters["l2_delay_ms"],
@@ -572,13 +574,15 @@ def validate(run_dir: Path, timelines: Path | None = None) -> dict[str, Any]:
     parameters = json.loads((run_dir / "record.json").read_text())["parameters"]
     timelines = timelines or reference_timelines()
     net = network_of(parameters)
-    built = methods(net, calibrate(timelines, net) if timelines else Costs())
+    costs = calibrate(timelines, net) if timelines else Costs()
     options = parameters.get("storm") or {}
     rows = []
     for name, per_size in storm.items():
-        if name not in built:
-            continue
         for size, entry in sorted(per_size.items(), key=lambda item: float(item[0])):
+            # each K's probes at the interval the storm's probe budget left them (its resolution)
+            built = methods(network_of(parameters, entry.get("probe_interval_ms")), costs)
+            if name not in built:
+                continue
             k = int(float(size))
             window = float(options.get("window_ms") or 0.0)
             if options.get("rate_per_s"):

@@ -69,7 +69,7 @@ def compute(run_dir: Path) -> dict:
     }
     summary["ratios"] = metrics.ratios(summary["per_method"], methods.reauth_names(), methods.cxtp_names(), rows)
     if (record["parameters"].get("storm") or {}).get("sizes"):
-        summary["storm"] = storms.summarize(rows, handovers, traces)
+        summary["storm"] = storms.summarize(rows, handovers, traces, record["parameters"]["storm"])
         storms.plot(run_dir, summary["storm"])
     summary["fidelity"] = {"tolerances": tolerances,
                            "violations": sum(1 for row in rows if not row.get("warmup") and not row["fidelity_ok"]),
@@ -450,7 +450,8 @@ def show(run_dir: Path) -> None:
     if storm:
         print("\nstorms: K MNs moving at once; interruption (ms) over every MN's counted handovers, p95 with its "
               "95% interval;\nthe nAR's activation queue (CTAR received -> context active, ms); the guest's busy "
-              "share over the storms (one CPU runs every node: emulated figures)")
+              "share over the storms (one CPU runs every node: emulated figures); the moving MNs' probe interval "
+              "each way (the figures' resolution)")
         print(storms.table(storm))
         validation = run_dir / "model_validation.json"
         if validation.is_file():

@@ -17,6 +17,7 @@ from typing import Any
 
 from cxtp.messages import normalize_address
 from nodes.contracts import TraceEvent
+from scenarios import config
 from scenarios.analysis import metrics
 from scenarios.records import HandoverRecord
 from scenarios.runner import methods
@@ -60,10 +61,12 @@ def _quantiles(values: list[float]) -> dict[str, Any]:
     return result
 
 
-def summarize(rows: list[dict], handovers: list[HandoverRecord], traces: dict[str, list[dict]]) -> dict[str, Any]:
+def summarize(rows: list[dict], handovers: list[HandoverRecord], traces: dict[str, list[dict]],
+              options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per method and K (``{method: {K: figures}}``, K as text): the counted handovers' interruptions
     (those that succeeded within the emulation's fidelity), the activation queue of the CXTP
-    methods, the failures, and the guest's median busy share over the storms."""
+    methods, the failures, the guest's median busy share over the storms and, from the run's
+    ``[storm]`` ``options``, the probes' interval (the figures' resolution) at that K."""
     by_index = {record.index: record for record in handovers}
     # an event stamped before it was written (a send) can follow a later one: sorted once, by time
     traces = {node: sorted(trace, key=lambda event: event["t_ns"]) for node, trace in traces.items()}
@@ -100,12 +103,18 @@ def summarize(rows: list[dict], handovers: list[HandoverRecord], traces: dict[st
             entry["activation_ms"] = _quantiles(entry.pop("_activation"))
             busy = entry.pop("_busy")
             entry["guest_busy"] = statistics.median(busy) if busy else None
+    for per_size in summary.values():
+        for size, entry in per_size.items():
+            if options and options.get("probe_rate"):
+                budget = options.get("probe_budget") or config.DEFAULTS["storm"]["probe_budget"]
+                every = config.storm_probe_every(int(float(size)), options["probe_rate"], budget)
+                entry["probe_interval_ms"] = every * 1000.0 / options["probe_rate"]
     return summary
 
 
 def table(summary: dict[str, Any]) -> str:
     lines = [f"{'method':<18} {'K':>4} {'dir':<7} {'p50':>7} {'p95':>7} {'p95 95% CI':>16} {'p99':>7} "
-             f"{'activation p50/p95':>19} {'busy':>5} {'failed':>6}"]
+             f"{'activation p50/p95':>19} {'busy':>5} {'failed':>6} {'probes':>7}"]
     for method, per_size in summary.items():
         for size, entry in sorted(per_size.items(), key=lambda item: float(item[0])):
             activation = entry["activation_ms"]
@@ -119,8 +128,9 @@ def table(summary: dict[str, Any]) -> str:
                     interval = figures.get("p95_ci95")
                     ci = f"[{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "-"
                     cells = f"{figures['p50']:>7.1f} {figures['p95']:>7.1f} {ci:>16} {figures['p99']:>7.1f}"
+                interval = entry.get("probe_interval_ms")
                 lines.append(f"{method:<18} {size:>4} {label:<7} {cells} {queued:>19} {busy:>5} "
-                             f"{entry['failed']:>6}")
+                             f"{entry['failed']:>6} {f'{interval:g} ms' if interval else '-':>7}")
     return "\n".join(lines)
 
 

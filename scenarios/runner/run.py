@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ScenarioError as error:
         print(f"scenario error: {error}", file=sys.stderr)
         return 2
-    print(f"scenario {scenario.name} ({scenario.source}): {scenario.handovers} handovers x "
+    what = (f"storms of K = {', '.join(map(str, scenario.storm['sizes']))} of {scenario.mns} MNs, "
+            f"{scenario.storm['repeats']} each x" if scenario.storms else f"{scenario.handovers} handovers x")
+    print(f"scenario {scenario.name} ({scenario.source}): {what} "
           f"{', '.join(scenario.methods)}, L2 delay {scenario.l2_delay_ms} ms"
           + (f", sweep {scenario.sweep_parameter} over {list(scenario.sweep_values)}"
              if scenario.sweep_parameter else ""),

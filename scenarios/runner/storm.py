@@ -22,6 +22,7 @@ import time
 from ipsec import IpsecContext
 from nodes import provisioning
 from nodes.contracts import AgentError, ArControl, MnControl, MnStatus
+from scenarios import config
 from scenarios.analysis.metrics import lateness_window
 from scenarios.records import Failure, HandoverRecord
 from scenarios.runner import methods as methods_registry
@@ -351,6 +352,13 @@ def _one_storm(storm: Storm, scenario, method: Method, movers: list[int], cpu_ti
     storm, its own L2 step, its own probes' lateness), and its state and traffic afterwards."""
     experiment = storm.experiment
     size = len(movers)
+    every = config.storm_probe_every(size, scenario.storm["probe_rate"], scenario.storm["probe_budget"])
+    moving = {plan.mn_identity(index) for index in movers}
+    experiment.ha.pace_probes(identities=sorted(moving), every=every)
+    experiment.ha.pace_probes(identities=[plan.mn_identity(index) for index in range(storm.testbed.mns)
+                                          if plan.mn_identity(index) not in moving], every=0)
+    interval_ms = every * 1000.0 / scenario.storm["probe_rate"]
+    pause(3 * interval_ms)  # a few probes of each moving MN before its detach
     before = cpu_times()
     batch = storm.storm(method, movers, scenario.l2_delay_ms, scenario.storm["window_ms"],
                         scenario.storm["rate_per_s"] or None, scenario.ping_pong_ms)
@@ -362,7 +370,7 @@ def _one_storm(storm: Storm, scenario, method: Method, movers: list[int], cpu_ti
     problems = storm.wait_released(batch, movers, timers["release_hold"] + timers["late_ctdr_grace"])
     for record, index in zip(batch, movers):
         record.sweep_value = float(size)
-        record.note = f"storm of {size} MNs"
+        record.note = f"storm of {size} MNs; probes every {interval_ms:g} ms each way"
         record.window_end_ns = end_ns
         late = None
         if record.attached_ns is not None:
