@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import heapq
 import itertools
 import json
@@ -257,6 +258,10 @@ class Agent:
 
     def run(self) -> None:
         raise_agent_priority()
+        # what the agent built to serve (a hundred MNs' state in a process that hosts them) never
+        # becomes garbage: out of the collector's full passes, which would otherwise walk all of it
+        # and hold every thread of the process, the probes' senders included
+        gc.freeze()
         print(f"READY {self.name} {os.getpid()}", flush=True)
         for agent in (self, *self.hosted):
             agent.trace(TraceEvent.READY, pid=os.getpid())

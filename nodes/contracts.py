@@ -114,16 +114,29 @@ def parameters(signature: inspect.Signature) -> dict[str, bool]:
 def serve(agent: Agent, implementation: object, contract: type) -> None:
     """Serve every command of ``contract`` with ``implementation``'s method of the same name and
     request fields; a missing or different method stops the agent before it is ready."""
+    kind: Any = type(implementation)  # a class: hashable, whatever mypy infers of type(object)
+    for name in _kept(kind, contract):
+        agent.command(name, getattr(implementation, name))
+
+
+@functools.cache
+def _kept(implementation: type, contract: type) -> tuple[str, ...]:
+    """The commands ``implementation`` serves of ``contract``, checked once per class (a process
+    serving a hundred MNs checks its class once, not a hundred times)."""
+    names = []
     for name, declared in commands_of(contract).items():
         if name == "ping":
             continue  # every agent's own
         handler = getattr(implementation, name, None)
         if handler is None:
-            raise ContractError(f"{type(implementation).__name__} does not implement {contract.__name__}.{name}")
-        if parameters(inspect.signature(handler)) != parameters(declared):
-            raise ContractError(f"{type(implementation).__name__}.{name}{inspect.signature(handler)} does not "
+            raise ContractError(f"{implementation.__name__} does not implement {contract.__name__}.{name}")
+        signature = inspect.signature(handler)
+        fields = {field: default for field, default in parameters(signature).items() if field != "self"}
+        if fields != parameters(declared):
+            raise ContractError(f"{implementation.__name__}.{name}{signature} does not "
                                 f"match {contract.__name__}.{name}{declared}")
-        agent.command(name, handler)
+        names.append(name)
+    return tuple(names)
 
 
 # -- the commands ---------------------------------------------------------------------------------
@@ -204,6 +217,11 @@ class MnControl(ControlClient):
 
     def status(self) -> MnStatus:
         return cast(MnStatus, self.request("status"))
+
+    @command
+    def statuses(self, *, identities: list[str]) -> Reply:
+        """``status`` of each MN this agent's process serves, by identity (many MNs, one question:
+        ``{"statuses": {identity: status}}``)."""
 
 
 # ``status`` has a typed answer: declared by hand, with the same wire name

@@ -16,7 +16,9 @@ import json
 import sys
 import time
 
-from nodes import mobility
+from pyroute2 import IPRoute
+
+from nodes import home_path, mobility
 from nodes.agent import Agent, main_guard
 from nodes.contracts import AgentError, HaControl, TraceEvent, serve
 from nodes.home_path import HaHomePath, HomePathError
@@ -167,6 +169,10 @@ def _more_mns(path: str | None, bind: str, size: int) -> tuple[list[ServedMn], P
     with open(path) as handle:
         specs = json.load(handle)
     served = []
+    # one netlink socket and one dump of the tunnels for every MN's home path (a dump per MN would
+    # decode every MN's tunnels again for each)
+    ipr = IPRoute()
+    known = home_path.tunnels(ipr)
     for spec in specs:
         namespace = spec["namespace"]
         own_port = int(spec["port"])  # the HA's end of each MN's stream binds a port of its own
@@ -174,11 +180,14 @@ def _more_mns(path: str | None, bind: str, size: int) -> tuple[list[ServedMn], P
         mn_end = ProbeEnd("mn", bind, own_port, float(spec["probe_rate"]), size, bind_address=spec["home_address"],
                           namespace=namespace)
         served.append(ServedMn(spec["identity"], bytes.fromhex(spec["mobility_key"]) if spec.get("mobility_key")
-                               else None, HaHomePath(bind, spec["home_address"], names=set(spec["tunnels"])),
+                               else None, HaHomePath(bind, spec["home_address"], ipr, set(spec["tunnels"]), known),
                                (ha_end, mn_end), {ha_end: spec["ha_probe_out"], mn_end: spec["mn_probe_out"]}))
     if not served:
         return served, None
-    streams = ProbeStreams([end for mn in served for end in mn.ends])
+    streams = ProbeStreams([end for mn in served for end in mn.ends], one_receiver=True)
+    # silent until the runner paces them (pace_probes): a hundred MNs' streams at full rate would
+    # be ten times what the guest keeps up with, before anything is measured
+    streams.pace(streams.ends, 0)
     for mn in served:
         mn.streams = streams
     return served, streams

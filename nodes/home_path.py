@@ -35,6 +35,11 @@ def _normal(address: str) -> str:
     return str(ipaddress.IPv6Address(address))
 
 
+def tunnels(ipr: IPRoute) -> dict[int, dict[str, Any]]:
+    """Every ip6tnl interface of the namespace: index -> its parameters and ``name``."""
+    return _tunnels(ipr)
+
+
 def _tunnels(ipr: IPRoute, names: set[str] | None = None) -> dict[int, dict[str, Any]]:
     """Every ip6tnl interface of the namespace (of ``names`` only, if given): index -> its parameters."""
     found = {}
@@ -46,6 +51,7 @@ def _tunnels(ipr: IPRoute, names: set[str] | None = None) -> dict[int, dict[str,
             continue
         data = info.get_attr("IFLA_INFO_DATA")
         parameters = {name: data.get_attr(name) for name in _PARAMETERS}
+        parameters["name"] = link.get_attr("IFLA_IFNAME")
         if parameters["IFLA_IP6TNL_LOCAL"] and parameters["IFLA_IP6TNL_REMOTE"]:  # not ip6tnl0
             found[link["index"]] = parameters
     return found
@@ -54,10 +60,16 @@ def _tunnels(ipr: IPRoute, names: set[str] | None = None) -> dict[int, dict[str,
 class MnHomePath:
     """The MN's end: which tunnel its home address leaves through."""
 
-    def __init__(self, table: int, ipr: IPRoute | None = None) -> None:
+    def __init__(self, table: int, ipr: IPRoute | None = None, tunnels: dict[str, str] | None = None) -> None:
+        """``tunnels``: care-of address -> tunnel name, when the caller knows them (many MNs: the
+        runner does, and a link dump decoded per MN costs the guest most of an MN's start);
+        otherwise read from the kernel."""
         self.table = table
         self.ipr = ipr or IPRoute()
-        self.by_care_of = {_normal(p["IFLA_IP6TNL_LOCAL"]): index for index, p in _tunnels(self.ipr).items()}
+        if tunnels is not None:
+            self.by_care_of = {_normal(care_of): socket.if_nametoindex(name) for care_of, name in tunnels.items()}
+        else:
+            self.by_care_of = {_normal(p["IFLA_IP6TNL_LOCAL"]): index for index, p in _tunnels(self.ipr).items()}
         self.current: int | None = None
 
     def use(self, care_of: str) -> bool:
@@ -84,13 +96,16 @@ class HaHomePath:
     address is routed through the one bound to the interface that reaches it."""
 
     def __init__(self, local: str, home_address: str, ipr: IPRoute | None = None,
-                 names: set[str] | None = None) -> None:
+                 names: set[str] | None = None, known: dict[int, dict[str, Any]] | None = None) -> None:
         """``names``: the tunnels of this home address (an HA serving many MNs has a set per MN);
-        None: every tunnel from ``local``."""
+        None: every tunnel from ``local``. ``known``: the namespace's tunnels as :func:`tunnels`
+        read them (many MNs share one dump and one ``ipr``)."""
         self.home_address = _normal(home_address)
         self.ipr = ipr or IPRoute()
-        self.tunnels = {index: p for index, p in _tunnels(self.ipr, names).items()
-                        if _normal(p["IFLA_IP6TNL_LOCAL"]) == _normal(local)}
+        found = known if known is not None else _tunnels(self.ipr, names)
+        self.tunnels = {index: dict(p) for index, p in found.items()
+                        if _normal(p["IFLA_IP6TNL_LOCAL"]) == _normal(local)
+                        and (names is None or p.get("name") in names)}
         self.care_of: str | None = None
         self.tunnel: int | None = None
         #: the interface that reaches each care-of address (the routes do not change during a run)
@@ -140,7 +155,8 @@ class HaHomePath:
         if _normal(parameters["IFLA_IP6TNL_REMOTE"]) == care_of:
             return False
         parameters["IFLA_IP6TNL_REMOTE"] = care_of
-        data = {name[len("IFLA_"):].lower(): value for name, value in parameters.items() if value is not None}
+        data = {name[len("IFLA_"):].lower(): parameters[name] for name in _PARAMETERS
+                if parameters.get(name) is not None}
         self.ipr.link("set", index=index, kind=IP6TNL_KIND, **data)
         return True
 

@@ -38,7 +38,7 @@ from cxtp.state import MnState
 from ipsec import IpsecContext, IpsecError, Xfrm, XfrmError, capture_context, install_context, remove_context
 from nodes import mn_context, mobility, operator_policy
 from nodes.agent import Agent, main_guard
-from nodes.contracts import MnControl, TraceEvent, serve
+from nodes.contracts import AgentError, MnControl, TraceEvent, serve
 from nodes.cxtp_node import CxtpRuntime
 from nodes.cxtp_transport import IcmpTransport
 from nodes.home_path import HomePathError, MnHomePath
@@ -68,11 +68,12 @@ def _default_routes(data: bytes):
 class MobileNodeAgent:
     def __init__(self, agent: Agent, address: str, ha: str, identity: str, seed: int,
                  mobility_key: bytes | None = None, home_table: int | None = None,
-                 home_address: str | None = None) -> None:
+                 home_address: str | None = None, served: dict[str, MobileNodeAgent] | None = None,
+                 home_tunnels: dict[str, str] | None = None) -> None:
         self.agent = agent
         self.home_address = home_address
         #: the home address's tunnels (None: no home address on this testbed)
-        self.home = MnHomePath(home_table) if home_table is not None else None
+        self.home = MnHomePath(home_table, tunnels=home_tunnels) if home_table is not None else None
         self.address = address
         self.ha = ha
         self.identity = identity
@@ -110,6 +111,9 @@ class MobileNodeAgent:
         self._prepared_bu: tuple[int, bytes] | None = None  # the next BU, encoded before the attach
         self.bypass: list = []
         self.mh_decode_errors = 0
+        #: every MN this process serves, by identity (shared by the MNs one process hosts)
+        self.served = served if served is not None else {}
+        self.served[identity] = self
         serve(agent, self, MnControl)
 
     def _on_event(self, event) -> None:
@@ -277,6 +281,12 @@ class MobileNodeAgent:
             self.bypass = []
         return {"policies": len(self.bypass)}
 
+    def statuses(self, identities: list[str]) -> dict:
+        unknown = [identity for identity in identities if identity not in self.served]
+        if unknown:
+            raise AgentError(f"no MN {', '.join(unknown)} is served by this process")
+        return {"statuses": {identity: self.served[identity].status() for identity in identities}}
+
     def status(self) -> dict:
         return {"address": self.address, "bu_pending": self.bu_pending is not None,
                 "engine": dict(self.engine.counters), "cxtp_in_progress": self.engine.in_progress,
@@ -380,15 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosted", default=None,
                         help="a JSON file listing more MNs this process serves, each in its own namespace: "
                              "name, namespace (a path), control, trace, address, identity, mobility_key, "
-                             "home_address, seed")
+                             "home_address, seed, home_tunnels (care-of address -> tunnel name)")
     arguments = parser.parse_args(argv)
 
     def run() -> None:
         agent = Agent("mn", arguments.control, arguments.trace)
-        MobileNodeAgent(agent, arguments.address, arguments.ha, arguments.identity, arguments.seed,
-                        bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None,
-                        arguments.home_table, arguments.home_address)
+        first = MobileNodeAgent(agent, arguments.address, arguments.ha, arguments.identity, arguments.seed,
+                                bytes.fromhex(arguments.mobility_key) if arguments.mobility_key else None,
+                                arguments.home_table, arguments.home_address)
         if arguments.hosted:
+            started = time.monotonic()
             with open(arguments.hosted) as handle:
                 hosted_mns = json.load(handle)
             for spec in hosted_mns:  # many MNs, one process (nodes.agent): each in its namespace
@@ -396,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
                 with hosted.inside():
                     MobileNodeAgent(hosted, spec["address"], arguments.ha, spec["identity"], int(spec["seed"]),
                                     bytes.fromhex(spec["mobility_key"]) if spec.get("mobility_key") else None,
-                                    arguments.home_table, spec["home_address"])
+                                    arguments.home_table, spec["home_address"], served=first.served,
+                                    home_tunnels=spec.get("home_tunnels"))
+            print(f"hosting {len(hosted_mns)} more MNs took {time.monotonic() - started:.1f} s", flush=True)
         agent.run()
 
     return main_guard(run)

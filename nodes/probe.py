@@ -23,6 +23,7 @@ import bisect
 import ctypes
 import json
 import os
+import selectors
 import socket
 import statistics
 import struct
@@ -81,6 +82,10 @@ def send_lateness_ms(sent_ns, late_us, start_ns: int, end_ns: int) -> float | No
     if len(window) < 2:  # quantiles() needs two points
         return window[0] / 1000 if window else None
     return statistics.quantiles(window, n=100, method="inclusive")[98] / 1000
+
+
+#: the one receiver of many streams (ProbeStreams.receive_all): below the senders' 50
+RECEIVE_ALL_PRIORITY = 49
 
 
 def raise_priority(priority: int = 50) -> None:
@@ -150,20 +155,29 @@ class ProbeEnd:
     def receive_loop(self, stopping: threading.Event) -> None:
         raise_priority()
         while not stopping.is_set():
-            try:
-                data, ancillary, _flags, _source = self.sock.recvmsg(2048, socket.CMSG_SPACE(16)
-                                                                    + socket.CMSG_SPACE(20))
-            except OSError:
-                continue  # the receive timeout (EAGAIN): look at the stop flag again
-            arrival, ifindex = self._arrival(ancillary)
-            if len(data) < HEADER.size or data[:4] != MAGIC:
-                self.decode_errors += 1
-                continue
-            _, sequence, sent = HEADER.unpack_from(data)
-            self.recv_seq.append(sequence)
-            self.recv_tx_ns.append(sent)
-            self.recv_rx_ns.append(arrival)
-            self.recv_ifindex.append(ifindex)
+            self.receive(0)
+
+    def receive(self, flags: int = socket.MSG_DONTWAIT) -> bool:
+        """One probe from the socket (blocking up to the receive timeout with ``flags`` 0); False
+        when none was there."""
+        try:
+            data, ancillary, _flags, _source = self.sock.recvmsg(2048, socket.CMSG_SPACE(16)
+                                                                + socket.CMSG_SPACE(20), flags)
+        except OSError:
+            return False  # the receive timeout or nothing queued (EAGAIN)
+        self._record(data, ancillary)
+        return True
+
+    def _record(self, data: bytes, ancillary) -> None:
+        arrival, ifindex = self._arrival(ancillary)
+        if len(data) < HEADER.size or data[:4] != MAGIC:
+            self.decode_errors += 1
+            return
+        _, sequence, sent = HEADER.unpack_from(data)
+        self.recv_seq.append(sequence)
+        self.recv_tx_ns.append(sent)
+        self.recv_rx_ns.append(arrival)
+        self.recv_ifindex.append(ifindex)
 
     def _arrival(self, ancillary) -> tuple[int, int]:
         """The kernel's receive time of the packet, on the monotonic clock, and its interface.
@@ -281,10 +295,12 @@ class ProbeStreams:
     cost the protocol agents twice that on the one CPU they share with the probes. Each end
     has its receive thread; the kernel stamps each arrival."""
 
-    def __init__(self, ends: list[ProbeEnd]) -> None:
+    def __init__(self, ends: list[ProbeEnd], one_receiver: bool = False) -> None:
+        """``one_receiver``: every end's arrivals on one thread (:meth:`receive_all`), not one each."""
         if not ends or len({end.interval_ns for end in ends}) != 1:
             raise ValueError("probe ends of one sender share one rate")
         self.ends = ends
+        self.one_receiver = one_receiver
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.first_sequence = 1
@@ -312,18 +328,20 @@ class ProbeStreams:
         while not self.stopping.is_set():
             sleep_until(next_ns)
             sequence += 1
+            sent = None  # the last end that sent in this slot: its stamp says how late the slot is
             for end in self.ends:
                 every = self._every.get(end)
                 if every is None:
                     end.send(sequence, next_ns)
+                    sent = end
                 elif every and sequence % every == 0:
                     own = self._next[end]
                     self._next[end] = own + 1
                     end.send(own, next_ns)
+                    sent = end
             next_ns += interval_ns
-            latest = max((end.sent_ns[-1] for end in self.ends if len(end.sent_ns)), default=next_ns)
-            if latest - next_ns > 50 * interval_ns:
-                next_ns = latest  # fell far behind (host stall): do not burst
+            if sent is not None and sent.sent_ns[-1] - next_ns > 50 * interval_ns:
+                next_ns = sent.sent_ns[-1]  # fell far behind (host stall): do not burst
 
     def lateness(self, start_ns: int, end_ns: int) -> dict:
         """The control command the runner asks after each handover: per end, the p99 of the send
@@ -332,9 +350,26 @@ class ProbeStreams:
         return {end.role: send_lateness_ms(end.sent_ns, end.sent_late_us, int(start_ns), int(end_ns))
                 for end in self.ends}
 
+    def receive_all(self) -> None:
+        """Every end's arrivals on one thread (many MNs' streams): a thread per end would be a
+        hundred threads queueing for the interpreter's lock, and the sender behind them. Below the
+        senders' real-time priority: draining a backlog of many streams' arrivals (they carry the
+        kernel's receive stamps, so a late read changes no figure) must not hold a sender back."""
+        raise_priority(RECEIVE_ALL_PRIORITY)
+        with selectors.DefaultSelector() as ready:
+            for end in self.ends:
+                ready.register(end.sock, selectors.EVENT_READ, end)
+            while not self.stopping.is_set():
+                for key, _ in ready.select(timeout=0.2):
+                    while key.data.receive():
+                        pass
+
     def start(self) -> None:
-        self._threads = [threading.Thread(target=end.receive_loop, args=(self.stopping,), daemon=True)
-                         for end in self.ends]
+        if self.one_receiver:
+            self._threads = [threading.Thread(target=self.receive_all, daemon=True)]
+        else:
+            self._threads = [threading.Thread(target=end.receive_loop, args=(self.stopping,), daemon=True)
+                             for end in self.ends]
         self._threads.append(threading.Thread(target=self.send_loop, daemon=True))
         for thread in self._threads:
             thread.start()

@@ -308,12 +308,17 @@ class Mover:
     interpreter's lock behind every other thread of the runner (5 ms each, CPython's switch
     interval) and the L2 delay would drift by tens of milliseconds in a storm. Here one thread, at
     the steps' real-time priority, sleeps until the next step due (a detach as soon as it is
-    asked, the attach its L2 delay after that detach) and takes it; each caller waits for its own
+    asked, the attach its L2 delay after that detach) and takes it, a due attach before a due
+    detach: an attach's lateness lengthens its MN's L2 delay, a detach's does not (the delay runs
+    from the detach as it happened), so when K MNs move at once the emulator's own step rate
+    delays the later detaches, not the earlier MNs' attaches. Each caller waits for its own
     attach."""
 
     def __init__(self, testbed: Testbed) -> None:
         self.testbed = testbed
-        self._due: list[tuple[int, int, Callable[[], None]]] = []  # (deadline ns, order, step)
+        # (deadline ns, order, step): the attaches, and the detaches (taken when no attach is due)
+        self._attaches: list[tuple[int, int, Callable[[], None]]] = []
+        self._detaches: list[tuple[int, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._wake = threading.Condition()
         self._stopping = False
@@ -342,29 +347,39 @@ class Mover:
                 failure.append(error)
                 done.set()
                 return
-            self._schedule(times.detached_ns + int(l2_delay_ms * 1e6), attach)
+            self._schedule(self._attaches, times.detached_ns + int(l2_delay_ms * 1e6), attach)
 
-        self._schedule(time.monotonic_ns(), detach)
+        self._schedule(self._detaches, time.monotonic_ns(), detach)
         done.wait()
         if failure:
             raise failure[0]
         return times
 
-    def _schedule(self, deadline_ns: int, step: Callable[[], None]) -> None:
+    def _schedule(self, queue: list, deadline_ns: int, step: Callable[[], None]) -> None:
         with self._wake:
-            heapq.heappush(self._due, (deadline_ns, next(self._order), step))
+            heapq.heappush(queue, (deadline_ns, next(self._order), step))
             self._wake.notify()
+
+    def _next_due(self) -> Callable[[], None] | None:
+        """The attach due first, else the detach due first; None if nothing is due yet."""
+        now = time.monotonic_ns()
+        for queue in (self._attaches, self._detaches):
+            if queue and queue[0][0] <= now:
+                return heapq.heappop(queue)[2]
+        return None
 
     def _run(self) -> None:
         with access_steps.realtime(STEP_PRIORITY):
             while True:
                 with self._wake:
-                    while not self._stopping and (not self._due or self._due[0][0] > time.monotonic_ns()):
-                        timeout = (self._due[0][0] - time.monotonic_ns()) / 1e9 if self._due else None
-                        self._wake.wait(timeout)
+                    step = None
+                    while not self._stopping and (step := self._next_due()) is None:
+                        soonest = min((queue[0][0] for queue in (self._attaches, self._detaches) if queue),
+                                      default=None)
+                        self._wake.wait(None if soonest is None else max(0.0, (soonest - time.monotonic_ns()) / 1e9))
                     if self._stopping:
                         return
-                    _, _, step = heapq.heappop(self._due)
+                assert step is not None
                 step()
 
     def stop(self) -> None:

@@ -183,7 +183,9 @@ class Experiment:
                         "trace": str(self.run_dir / f"trace-{name}.jsonl"),
                         "address": plan.mn_coa(index, testbed.initial_ar), "identity": plan.mn_identity(index),
                         "mobility_key": self.mobility_keys[index], "home_address": plan.mn_home_address(index),
-                        "seed": seed + 7 * index})
+                        "seed": seed + 7 * index,
+                        "home_tunnels": {plan.mn_coa(index, ar): plan.home_tunnel(plan.MN, ar)
+                                         for ar in plan.ACCESS_ROUTERS}})
             served.append({"identity": plan.mn_identity(index), "mobility_key": self.mobility_keys[index],
                            "home_address": plan.mn_home_address(index), "namespace": namespace,
                            "tunnels": [plan.ha_home_tunnel(index, ar) for ar in plan.ACCESS_ROUTERS],

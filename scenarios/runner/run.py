@@ -235,8 +235,10 @@ def run(scenario: config.Scenario, results_root: Path, progress=print) -> Path:
                 stats_before = {node: experiment.xfrm_stat(node) for node in experiment.counted_nodes()}
                 pause(scenario.warmup_ms)
                 if scenario.storms:
-                    handovers.extend(storm.run_storms(storm.Storm(experiment, scenario.seed), scenario, progress,
-                                                      cpu_times, _busy_share, emulation_fidelity))
+                    storms = storm.Storm(experiment, scenario.seed, scenario.storm["probe_rate"],
+                                         scenario.storm["probe_budget"])
+                    handovers.extend(storm.run_storms(storms, scenario, progress, cpu_times, _busy_share,
+                                                      emulation_fidelity))
                     schedule = []  # the storms were the run
                 applied: object = "unset"
                 for value, name in schedule:

@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+from typing import cast
 
 from ipsec import IpsecContext
 from nodes import provisioning
@@ -67,6 +68,76 @@ class MnView:
         return plan.mn_identity(self.index)
 
 
+class StatusPoller:
+    """One question, every ``poll_ms``, for the status of every MN still moving: the MN agent's
+    process hosts them all, so K questions of their own would cost it (and the runner) K times
+    the CPU on the guest's one CPU, in the middle of the storm they measure. Each MN's thread
+    takes the answers that came after its own last one."""
+
+    def __init__(self, client: MnControl, poll_ms: float = 20.0) -> None:
+        self.client, self.poll_ms = client, poll_ms
+        self._changed = threading.Condition()
+        self._watching: set[str] = set()
+        self._latest: dict[str, tuple[int, MnStatus]] = {}
+        self._round = 0
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="storm-poller", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._watching and not self._stopping:
+                    self._changed.wait()
+                if self._stopping:
+                    return
+                identities = sorted(self._watching)
+            pause(self.poll_ms)  # first a pause, then the question (see Experiment.wait_idle)
+            error: BaseException | None = None
+            try:
+                answer = self.client.statuses(identities=identities)["statuses"]
+            except STEP_ERRORS as failure:
+                answer, error = {}, failure
+            with self._changed:
+                self._round += 1
+                for identity, status in answer.items():
+                    self._latest[identity] = (self._round, cast(MnStatus, status))
+                self._error = error
+                self._changed.notify_all()
+
+    @property
+    def round(self) -> int:
+        with self._changed:
+            return self._round
+
+    def after(self, identity: str, seen: int) -> tuple[int, MnStatus]:
+        """The first status of ``identity`` asked after round ``seen``, and its round."""
+        with self._changed:
+            self._watching.add(identity)
+            self._changed.notify_all()
+            while True:
+                latest = self._latest.get(identity)
+                if latest is not None and latest[0] > seen:
+                    return latest
+                if self._error is not None and self._round > seen:
+                    raise self._error
+                if self._stopping:
+                    raise StormError("the storm's status poller stopped")
+                self._changed.wait(timeout=1.0)
+
+    def forget(self, identity: str) -> None:
+        with self._changed:
+            self._watching.discard(identity)
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._thread.join(timeout=5)
+        self.client.close()
+
+
 def static_spis(index: int, generation: int) -> tuple[int, int]:
     """(into the MN, out of it) for MN ``index``'s ``generation``-th static attach."""
     base = (index << MN_SPI_SHIFT) + GENERATION_SPI_STRIDE * generation
@@ -76,14 +147,22 @@ def static_spis(index: int, generation: int) -> tuple[int, int]:
 class Storm:
     """Storms of handovers of the MNs of ``experiment`` (whose testbed has several)."""
 
-    def __init__(self, experiment: Experiment, seed: int = 1) -> None:
+    def __init__(self, experiment: Experiment, seed: int = 1, probe_rate: float | None = None,
+                 probe_budget: float | None = None) -> None:
+        """``probe_rate``: each MN's probe streams' rate (default the scenario default's); the moving
+        MNs send at it, slowed so that together they stay within ``probe_budget`` a second."""
         self.experiment = experiment
+        self.probe_rate = probe_rate or config.DEFAULTS["storm"]["probe_rate"]
+        self.probe_budget = probe_budget or config.DEFAULTS["storm"]["probe_budget"]
+        #: the moving MNs' probe interval in the last storm (ms): its figures' resolution
+        self.probe_interval_ms = 1000.0 / self.probe_rate
         self.testbed = experiment.testbed
         self.views = {index: MnView(experiment, index) for index in range(self.testbed.mns)}
         self.rng = random.Random(seed)
         self._generation = dict.fromkeys(range(1, self.testbed.mns), 0)
         self._handovers = 0
         self.method: Method | None = None
+        self.poller: StatusPoller | None = None
 
     # -- security state ---------------------------------------------------------------------------
     def enter(self, method: Method) -> None:
@@ -131,25 +210,37 @@ class Storm:
         if unknown or len(set(movers)) != len(movers):
             raise StormError(f"movers must be distinct MNs of 0..{self.testbed.mns - 1}: {movers}")
         self.enter(method)
+        self._pace(movers)
         offsets = self._offsets(len(movers), window_ms, rate_per_s)
         records: dict[int, HandoverRecord] = {}
         start = time.monotonic() + 0.05  # every thread started before the first move
-        # each MN's agent is asked how far it is; every ask costs the one process that hosts them all,
-        # so the more MNs move, the less often each is asked (this sets when the runner notices, not
-        # what the probes measure)
-        poll_ms = max(20.0, 2.0 * len(movers))
+        self.poller = StatusPoller(MnControl(self.experiment.agents[plan.MN].control_path, name="mn-storm"))
         threads = [threading.Thread(target=self._one, args=(method, index, l2_delay_ms, start + offset, records,
-                                                            poll_ms, back_after_ms),
+                                                            back_after_ms),
                                     name=f"storm-{plan.mn_node(index)}") for index, offset in zip(movers, offsets)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            self.poller.stop()
         ordered = [records[index] for index in movers]
         for record, index in zip(ordered, movers):
             if record.outcome == "failed":
                 self.recover(index, method)
         return ordered
+
+    def _pace(self, movers: list[int]) -> None:
+        """Only the moving MNs' probes, within the budget; a few of each before the first move."""
+        every = config.storm_probe_every(len(movers), self.probe_rate, self.probe_budget)
+        moving = {plan.mn_identity(index) for index in movers}
+        ha = self.experiment.ha
+        ha.pace_probes(identities=sorted(moving), every=every)
+        ha.pace_probes(identities=[plan.mn_identity(index) for index in range(self.testbed.mns)
+                                   if plan.mn_identity(index) not in moving], every=0)
+        self.probe_interval_ms = every * 1000.0 / self.probe_rate
+        pause(3 * self.probe_interval_ms)
 
     def _offsets(self, count: int, window_ms: float, rate_per_s: float | None) -> list[float]:
         if rate_per_s:
@@ -161,7 +252,7 @@ class Storm:
         return sorted(self.rng.uniform(0, window_ms / 1000) for _ in range(count)) if window_ms else [0.0] * count
 
     def _one(self, method: Method, index: int, l2_delay_ms: float, at: float,
-             records: dict[int, HandoverRecord], poll_ms: float = 20.0, back_after_ms: float | None = None) -> None:
+             records: dict[int, HandoverRecord], back_after_ms: float | None = None) -> None:
         """One MN's handover, on its own thread: the record always ends with an outcome."""
         view = self.views[index]
         current = self.testbed.attached[index]
@@ -199,12 +290,12 @@ class Storm:
                 times = self.testbed.handover(move.nar, l2_delay_ms, mn=index)
             record.detach_start_ns, record.detached_ns = times.detach_start_ns, times.detached_ns
             record.attach_start_ns, record.attached_ns = times.attach_start_ns, times.attached_ns
-            status = self._wait_idle(view, move, method, record, poll_ms)
+            status = self._wait_idle(view, move, method, record)
             record.completed = status["idle"]
             failure = _transfer_failure(status) if method.cxtp else None
             if failure:
                 record.transfer_failure = failure
-                status = self._retry_reactive(view, move, method, record, poll_ms)
+                status = self._retry_reactive(view, move, method, record)
             if not status["idle"]:
                 raise StormError("the MN's Binding Update got no Binding Ack")
             if not status["bound"]:
@@ -222,8 +313,7 @@ class Storm:
         view.mn.set_key(key=key)
         view.ar(move.par).set_mn_key(mn=move.mn_previous, key=key)
 
-    def _retry_reactive(self, view: MnView, move: Move, method: Method, record: HandoverRecord,
-                        poll_ms: float) -> MnStatus:
+    def _retry_reactive(self, view: MnView, move: Move, method: Method, record: HandoverRecord) -> MnStatus:
         """The MN's fall-back after a failed transfer, as the single-MN runner's: one reactive
         retry with a fresh key for the context the pAR still holds."""
         if not self.experiment.xfrm_state(move.par, move.mn_previous).sas:
@@ -231,29 +321,32 @@ class Storm:
         self._fresh_key(view, move)
         view.mn.retry_reactive(par=move.par_address, nar=move.nar_address, previous=move.mn_previous)
         record.retry_sent_ns = time.monotonic_ns()
-        status = self._wait_idle(view, move, method, record, poll_ms, fallback=False)
+        status = self._wait_idle(view, move, method, record, fallback=False)
         failure = _transfer_failure(status)
         if failure:
             raise StormError(f"transfer failed ({record.transfer_failure}), and the reactive retry too ({failure})")
         return status
 
     def _wait_idle(self, view: MnView, move: Move, method: Method, record: HandoverRecord,
-                   poll_ms: float = 20.0, fallback: bool = True) -> MnStatus:
+                   fallback: bool = True) -> MnStatus:
         """Until this MN's transaction and binding are done (each MN's own, so handovers overlap),
         giving it its attach itself if its kernel's event was not seen in time."""
         deadline = time.monotonic() + IDLE_TIMEOUT_S
         trigger_deadline = time.monotonic() + TRIGGER_TIMEOUT_S
         if fallback:
             record.trigger = "kernel"
+        poller = self.poller
+        assert poller is not None  # set for the storm's length
+        seen = poller.round
         while True:
-            pause(poll_ms)
-            status = view.mn.status()
+            seen, status = poller.after(view.identity, seen)
             if fallback and status.get("move_expected") and time.monotonic() >= trigger_deadline \
                     and record.trigger == "kernel":
                 record.trigger = "runner-fallback"
                 view.mn.attached(nar=move.nar_address, par=move.par_address, new_address=move.mn_new,
                                  cxtp=method.cxtp, ipsec=method.cxtp)
             if (status["idle"] and not status.get("move_expected")) or time.monotonic() >= deadline:
+                poller.forget(view.identity)
                 return status
 
     # -- after a storm ----------------------------------------------------------------------------
@@ -352,13 +445,6 @@ def _one_storm(storm: Storm, scenario, method: Method, movers: list[int], cpu_ti
     storm, its own L2 step, its own probes' lateness), and its state and traffic afterwards."""
     experiment = storm.experiment
     size = len(movers)
-    every = config.storm_probe_every(size, scenario.storm["probe_rate"], scenario.storm["probe_budget"])
-    moving = {plan.mn_identity(index) for index in movers}
-    experiment.ha.pace_probes(identities=sorted(moving), every=every)
-    experiment.ha.pace_probes(identities=[plan.mn_identity(index) for index in range(storm.testbed.mns)
-                                          if plan.mn_identity(index) not in moving], every=0)
-    interval_ms = every * 1000.0 / scenario.storm["probe_rate"]
-    pause(3 * interval_ms)  # a few probes of each moving MN before its detach
     before = cpu_times()
     batch = storm.storm(method, movers, scenario.l2_delay_ms, scenario.storm["window_ms"],
                         scenario.storm["rate_per_s"] or None, scenario.ping_pong_ms)
@@ -370,7 +456,7 @@ def _one_storm(storm: Storm, scenario, method: Method, movers: list[int], cpu_ti
     problems = storm.wait_released(batch, movers, timers["release_hold"] + timers["late_ctdr_grace"])
     for record, index in zip(batch, movers):
         record.sweep_value = float(size)
-        record.note = f"storm of {size} MNs; probes every {interval_ms:g} ms each way"
+        record.note = f"storm of {size} MNs; probes every {storm.probe_interval_ms:g} ms each way"
         record.window_end_ns = end_ns
         late = None
         if record.attached_ns is not None:
