@@ -131,8 +131,7 @@ def _kept(implementation: type, contract: type) -> tuple[str, ...]:
         if handler is None:
             raise ContractError(f"{implementation.__name__} does not implement {contract.__name__}.{name}")
         signature = inspect.signature(handler)
-        fields = {field: default for field, default in parameters(signature).items() if field != "self"}
-        if fields != parameters(declared):
+        if parameters(signature) != parameters(declared):
             raise ContractError(f"{implementation.__name__}.{name}{signature} does not "
                                 f"match {contract.__name__}.{name}{declared}")
         names.append(name)

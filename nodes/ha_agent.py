@@ -45,24 +45,20 @@ class HomeAgent:
                  address: str | None = None, home: HaHomePath | None = None,
                  tcp: tuple[TcpFlow, dict[str, str]] | None = None, more: list[ServedMn] | None = None) -> None:
         self.agent = agent
-        self.home = home
         #: the TCP connection from the MN's home address, and where its ends' traces go
         self.tcp = tcp
-        self.probe = probe
         self.identity = identity
         #: every MN served, the first (``identity``) included, by identity
         self.served = {identity: ServedMn(identity, mobility_key, home, tuple(probes.ends), dict(outputs or {}),
                                           probes)}
         self.served.update({mn.identity: mn for mn in more or ()})
         # with a key, only the MN's own, fresh Binding Updates move its binding (RFC 4285)
-        self.mobility_key, self.address = mobility_key, address
+        self.address = address
         keys = {mn.identity: mn.mobility_key for mn in self.served.values() if mn.mobility_key}
         self.cache = mobility.BindingCache(keys or None, ha=address)
         self.decode_errors = 0
         self.sock = mobility.mobility_socket()
         agent.add_reader(self.sock, self._receive)
-        self.probes = probes
-        self.outputs = outputs or {}
         serve(agent, self, HaControl)
 
     def _served(self, identity: str | None) -> ServedMn:

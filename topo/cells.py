@@ -168,8 +168,8 @@ class Cells:
                 self.stations[0] = Station(0, self.targets[plan.MN], macs)
                 for ar, ipr in ars.items():
                     self._associate(ipr, ar, bridges[ar], 0, macs[ar])
-                ha_links = {ar: ha.link_lookup(ifname=plan.LINKS_BY_NAME[f"{ar}-{plan.HA}"].interface(plan.HA))[0]
-                            for ar in plan.ACCESS_ROUTERS}
+                ha_links = {link.interface(plan.HA): ha.link_lookup(ifname=link.interface(plan.HA))[0]
+                            for link in plan.links_of(plan.HA)}
                 for index in range(1, self.mns):
                     self.stations[index] = self._add_mn(index, ars, bridges, ha, ha_links)
         except (OSError, NetlinkError, IndexError) as error:
@@ -236,8 +236,7 @@ class Cells:
                 self._associate(ipr, ar, bridges[ar], index, macs[ar])
             for tunnel in plan.mn_home_tunnels(index, self.initial_ar):
                 target = mn if tunnel.node == plan.MN else ha
-                ar = tunnel.name.rsplit("-", 1)[1]
-                link = {"ip6tnl_link": ha_links[ar]} if tunnel.node == plan.HA else {}
+                link = {"ip6tnl_link": ha_links[tunnel.link]} if tunnel.link else {}
                 target.link("add", ifname=tunnel.name, kind="ip6tnl", ip6tnl_local=tunnel.local,
                             ip6tnl_remote=tunnel.remote, ip6tnl_proto=IPPROTO_IPV6, ip6tnl_ttl=64,
                             ip6tnl_flags=IP6_TNL_F_IGN_ENCAP_LIMIT, **link)

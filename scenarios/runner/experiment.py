@@ -417,11 +417,7 @@ class Experiment:
                              cxtp=method.cxtp, ipsec=method.cxtp)
 
     def _fresh_key(self, move: Move) -> None:
-        """A fresh CXTP key for one transaction, shared by the MN and its current AR: RFC 4067 leaves
-        key establishment open and forbids reuse (§6.3). Given out of band, unmeasured."""
-        key = os.urandom(20).hex()
-        self.mn.set_key(key=key)
-        self.ar(move.par).set_mn_key(mn=move.mn_previous, key=key)
+        give_fresh_key(self, move)
 
     def _retry_reactive(self, move: Move, record: HandoverRecord) -> MnStatus:
         """The MN's fall-back after a failed transfer: one reactive retry, with a fresh key, for the
@@ -567,6 +563,16 @@ class Experiment:
     def counted_nodes(self) -> tuple[str, ...]:
         """The nodes whose IPsec counters a run records: every MN, the ARs."""
         return (*(plan.mn_node(index) for index in range(self.testbed.mns)), *plan.ACCESS_ROUTERS)
+
+
+def give_fresh_key(mn_and_ars, move: Move) -> None:
+    """A fresh CXTP key for one transaction, shared by the MN and its current AR: RFC 4067 leaves
+    key establishment open and forbids reuse (§6.3). Given out of band, unmeasured.
+    ``mn_and_ars``: what has the MN's client as ``mn`` and the ARs' as ``ar(name)`` (an
+    experiment, or one MN of a storm)."""
+    key = os.urandom(20).hex()
+    mn_and_ars.mn.set_key(key=key)
+    mn_and_ars.ar(move.par).set_mn_key(mn=move.mn_previous, key=key)
 
 
 def _transfer_failure(status: MnStatus) -> str | None:

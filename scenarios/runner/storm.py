@@ -14,7 +14,6 @@ Storms of re-authentication need an IKE daemon per MN and are not run here yet.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import threading
 import time
@@ -34,6 +33,7 @@ from scenarios.runner.experiment import (
     Experiment,
     Move,
     _transfer_failure,
+    give_fresh_key,
     pause,
 )
 from scenarios.runner.methods import Method
@@ -268,7 +268,7 @@ class Storm:
             if method.cxtp:
                 spi = {sa.daddr: sa.spi for sa in self.experiment.xfrm_state(plan.MN, move.mn_previous, index).sas}
                 record.spi_mn_in, record.spi_mn_out = spi.get(move.mn_previous), spi.get(move.par_address)
-                self._fresh_key(view, move)
+                give_fresh_key(view, move)
             if method.before_detach is not None:
                 record.anticipation_start_ns = time.monotonic_ns()
                 method.before_detach(view, move)  # type: ignore[arg-type]  # the hooks use .mn and .ar
@@ -284,7 +284,7 @@ class Storm:
                 record.anticipation_start_ns = None
                 record.note = f"ping-pong: back {back_after_ms:g} ms after the attach at {move.par}"
                 if method.cxtp:
-                    self._fresh_key(view, move)
+                    give_fresh_key(view, move)
                 view.mn.expect_move(interface=move.mn_interface, nar=move.nar_address, par=move.par_address,
                                     new_address=move.mn_new, cxtp=method.cxtp, ipsec=method.cxtp)
                 times = self.testbed.handover(move.nar, l2_delay_ms, mn=index)
@@ -307,18 +307,12 @@ class Storm:
             record.failure = Failure(reason=f"{type(error).__name__}: {error}", problems=[], t_ns=time.monotonic_ns(),
                                      state={})
 
-    def _fresh_key(self, view: MnView, move: Move) -> None:
-        """A fresh CXTP key for one transaction (RFC 4067 §6.3), given out of band, unmeasured."""
-        key = os.urandom(20).hex()
-        view.mn.set_key(key=key)
-        view.ar(move.par).set_mn_key(mn=move.mn_previous, key=key)
-
     def _retry_reactive(self, view: MnView, move: Move, method: Method, record: HandoverRecord) -> MnStatus:
         """The MN's fall-back after a failed transfer, as the single-MN runner's: one reactive
         retry with a fresh key for the context the pAR still holds."""
         if not self.experiment.xfrm_state(move.par, move.mn_previous).sas:
             raise StormError(f"transfer failed ({record.transfer_failure}) and the pAR holds no context to retry with")
-        self._fresh_key(view, move)
+        give_fresh_key(view, move)
         view.mn.retry_reactive(par=move.par_address, nar=move.nar_address, previous=move.mn_previous)
         record.retry_sent_ns = time.monotonic_ns()
         status = self._wait_idle(view, move, method, record, fallback=False)
