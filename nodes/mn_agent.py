@@ -81,6 +81,7 @@ class MobileNodeAgent:
         self.mobility_key = mobility_key
         self.ba_unauthenticated = 0
         self._bu_timestamps: set[int] = set()  # those of the pending BU's transmissions
+        self._bu_transmissions = 0  # BUs sent: the retransmission timer of the last one is the live one
         self.rng = random.Random(seed)
         self.xfrm = Xfrm()
         self.handler = mn_context.MnIpsecHandler(self.xfrm, agent.trace)
@@ -325,8 +326,10 @@ class MobileNodeAgent:
         except OSError as error:
             self.agent.trace(TraceEvent.BU_SEND_FAILED, seq=sequence, error=str(error))
         self.bu_pending = (sequence, min(timeout * 2, mobility.MAX_BINDACK_TIMEOUT))
-        # the default binds this BU's sequence (mypy cannot type a lambda with one: python/mypy#12557)
-        self.agent.call_at(time.monotonic() + timeout, lambda s=sequence: self._bu_timeout(s))  # type: ignore[misc]
+        self._bu_transmissions += 1
+        # the defaults bind this transmission (mypy cannot type a lambda with them: python/mypy#12557)
+        self.agent.call_at(time.monotonic() + timeout,
+                           lambda s=sequence, n=self._bu_transmissions: self._bu_timeout(s, n))  # type: ignore[misc]
 
     def _encode_bu(self, sequence: int, care_of: str | None = None, timestamp: int | None = None) -> bytes:
         """The BU, authenticated for the address it will leave from (RFC 4285)."""
@@ -335,8 +338,9 @@ class MobileNodeAgent:
             return update.encode()
         return update.encode(self.mobility_key, care_of or self.address, self.ha, timestamp)
 
-    def _bu_timeout(self, sequence: int) -> None:
-        if self.bu_pending is not None and self.bu_pending[0] == sequence:
+    def _bu_timeout(self, sequence: int, transmission: int) -> None:
+        """Retransmit, unless an Ack came or a later transmission took this one's place."""
+        if self.bu_pending is not None and self.bu_pending[0] == sequence and transmission == self._bu_transmissions:
             self._send_bu()
 
     def _mh_readable(self) -> None:
@@ -348,14 +352,20 @@ class MobileNodeAgent:
             return
         if received is None:
             return
-        message, _source = received
-        if not isinstance(message, mobility.BindingAck) or self.bu_pending is None:
+        message, source = received
+        if isinstance(message, mobility.BindingAck):
+            self._binding_ack(message, source)
+
+    def _binding_ack(self, message: mobility.BindingAck, source: str) -> None:
+        """RFC 6275 §11.7.3 with RFC 4285's options: only an Ack authenticated with the MN-HA key
+        and carrying the timestamp of one of the pending BU's own transmissions is believed."""
+        if self.bu_pending is None:
             return
         if self.mobility_key is not None and (
                 not message.protection.verify(self.mobility_key, self.address, self.ha)
                 or message.protection.timestamp not in self._bu_timestamps):
             self.ba_unauthenticated += 1  # not from the HA: believed in nothing, status 135 included
-            self.agent.trace(TraceEvent.BA_REFUSED, seq=message.sequence, status=message.status, source=_source)
+            self.agent.trace(TraceEvent.BA_REFUSED, seq=message.sequence, status=message.status, source=source)
             return
         pending = self.bu_pending[0]
         if message.status == mobility.BA_STATUS_SEQUENCE_OUT_OF_WINDOW:
@@ -367,6 +377,19 @@ class MobileNodeAgent:
             self._send_bu(first=True)
             return
         if message.sequence != pending:
+            return
+        if message.status == mobility.BA_STATUS_ID_MISMATCH:
+            # RFC 4285 §6: the HA refused that transmission's timestamp (older than one it had
+            # accepted, or off its clock: a transmission that waited in a queue longer than the
+            # replay window). The BU itself is not refused: the MN sends it again with a fresh
+            # timestamp, as its retransmission timer would, and its later transmissions still
+            # stand; the binding waits for an Ack to one of them.
+            self.ba_refusals += 1
+            self.ba_status = message.status
+            self._bu_timestamps.discard(message.protection.timestamp)
+            self.agent.trace(TraceEvent.BA_RECEIVED, seq=message.sequence, status=message.status, pending=pending)
+            if not any(stamp > (message.protection.timestamp or 0) for stamp in self._bu_timestamps):
+                self._send_bu()
             return
         self.bu_pending = None
         self.ba_status = message.status

@@ -7,6 +7,13 @@ once, at start (pyroute2's message classes), and a handover sends them in one ``
 NETLINK_ROUTE socket in the MN's namespace and reads the kernel's acknowledgements: the floor of
 what the emulation costs, the same for every method. In the UML guest a Python netlink round
 trip costs about a millisecond, so four requests one by one were most of the attach.
+
+Between the link coming up and the address, the attach waits until the AR's end of the link is
+operational (:class:`LinkQuery`): the kernel completes a carrier change later, in its link-watch
+work (the AR's end's queueing discipline, and a cell's bridge port that starts forwarding), and
+on the guest's one CPU that work waits behind every real-time thread. Measured there with a
+real-time caller: right after the MN's end came up, the bridge port was still disabled and its
+operstate LOWERLAYERDOWN; an MN whose CTAR left then lost it, and waited for its retransmission.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ERROR
-from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE
+from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
@@ -34,6 +42,10 @@ RT_TABLE_MAIN = 254  # <linux/rtnetlink.h>
 RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
+IFLA_OPERSTATE = 16  # <linux/if_link.h>
+IF_OPER_UP = 6  # <linux/if.h>: RFC 2863's operational state "up"
+_RTATTR = struct.Struct("=HH")
+_IFINFOMSG_SIZE = 16  # struct ifinfomsg
 _NLMSGHDR = struct.Struct("=IHHII")
 _CHANGE = NLM_F_REQUEST | NLM_F_ACK
 _SET = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
@@ -78,6 +90,59 @@ def default_route(index: int, gateway: str) -> bytes:
     message["proto"], message["scope"], message["type"] = RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST
     message["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", index)]
     return _encode(message, RTM_NEWROUTE, _SET)
+
+
+def link_query(index: int) -> bytes:
+    message = ifinfmsg()
+    message["family"], message["index"] = socket.AF_UNSPEC, index
+    return _encode(message, RTM_GETLINK, NLM_F_REQUEST)
+
+
+def operstate(reply: bytes) -> int | None:
+    """IFLA_OPERSTATE of the first RTM_NEWLINK in ``reply`` (None if it carries none)."""
+    length, reply_type = _NLMSGHDR.unpack_from(reply, 0)[:2]
+    if reply_type != RTM_NEWLINK:
+        return None
+    offset = _NLMSGHDR.size + _IFINFOMSG_SIZE
+    while offset + _RTATTR.size <= min(length, len(reply)):
+        attribute_length, attribute_type = _RTATTR.unpack_from(reply, offset)
+        if attribute_length < _RTATTR.size:
+            return None
+        if attribute_type & 0x3FFF == IFLA_OPERSTATE:  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+            return reply[offset + _RTATTR.size]
+        offset += (attribute_length + 3) & ~3
+    return None
+
+
+class LinkQuery:
+    """A NETLINK_ROUTE socket in one namespace (an AR's) that asks whether a link is operational:
+    whether the kernel has completed its carrier change (the link-watch work, done under the
+    same lock as this request, has set its operstate, started its queueing discipline and told
+    the bridge that holds it). Safe from several threads."""
+
+    def __init__(self, target: int | str | None) -> None:
+        self._socket = netns.socket_in(target, socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+        self._socket.bind((0, 0))
+        self._lock = threading.Lock()
+        self._requests: dict[int, bytes] = {}
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def operational(self, index: int) -> bool:
+        request = self._requests.get(index)
+        if request is None:
+            request = self._requests[index] = link_query(index)
+        with self._lock:
+            self._socket.send(request)
+            while True:
+                reply = self._socket.recv(65536)
+                reply_type = _NLMSGHDR.unpack_from(reply, 0)[1]
+                if reply_type == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", reply, _NLMSGHDR.size)
+                    raise StepError(f"link {index}: {os.strerror(-code)}")
+                if reply_type == RTM_NEWLINK:
+                    return operstate(reply) == IF_OPER_UP
 
 
 class StepSocket:

@@ -29,12 +29,20 @@ from topo.shaping import LinkParams
 __all__ = ["LinkParams", "MoveTimes", "Station", "Testbed", "TopologyError"]
 
 STEP_PRIORITY = 70  # SCHED_FIFO, above the probe threads' 50 (nodes/probe.py)
+#: how often an attach asks whether the AR's end of the link is operational yet (sleeping in
+#: between, so that the kernel's link-watch work gets the CPU)
+LINK_READY_POLL_S = 0.0005
+#: an attach whose link is not operational after this long goes on without it: its step time
+#: then exceeds any fidelity tolerance, and the runner repeats the handover
+LINK_READY_LIMIT_S = 2.0
 
 
 @dataclasses.dataclass
 class MoveTimes:
     """Monotonic timestamps (ns, one clock for every namespace) of the emulator's steps of one move
-    of the MN: the link to the old AR going down, the L2 delay, the link to the new one coming up."""
+    of the MN: the link to the old AR going down, the L2 delay, the link to the new one coming up
+    (``attach_start_ns`` to ``attached_ns``: its end up, the AR's end operational, the care-of
+    address and route in place)."""
 
     detach_start_ns: int = 0
     detached_ns: int = 0
@@ -62,7 +70,11 @@ class Testbed:
         self._steps: dict[int, access_steps.StepSocket] = {}
         self._mover: Mover | None = None
         self._detach_batch: dict[tuple[int, str], tuple[bytes, ...]] = {}
+        self._link_up_batch: dict[tuple[int, str], tuple[bytes, ...]] = {}
         self._attach_batch: dict[tuple[int, str], tuple[bytes, ...]] = {}
+        #: per AR, the question whether its end of an MN's link is operational; by MN and AR, that end
+        self._link_query: dict[str, access_steps.LinkQuery] = {}
+        self._ar_end: dict[tuple[int, str], int] = {}
 
     @property
     def current_ar(self) -> str | None:
@@ -107,6 +119,8 @@ class Testbed:
             self._mover = None
         while self._steps:
             self._steps.popitem()[1].close()
+        while self._link_query:
+            self._link_query.popitem()[1].close()
         if self.cells is not None:
             self.cells.remove()
             self.cells = None
@@ -220,6 +234,15 @@ class Testbed:
     def _prepare_access_steps(self) -> None:
         """Encode each MN's detach and attach at each AR once (see :mod:`topo.access_steps`); one
         step socket per MN, in its namespace, so that MNs can move at once from several threads."""
+        for ar in plan.ACCESS_ROUTERS:
+            self._link_query[ar] = access_steps.LinkQuery(self.pid(ar))
+            with netns.iproute_in(self.pid(ar)) as ipr:
+                for mn in range(self.mns):
+                    # the AR's end: of the point-to-point link with one MN, the MN's port of the cell with more
+                    indices = ipr.link_lookup(ifname=plan.station_port(ar, mn))
+                    if not indices:
+                        raise TopologyError(f"{ar} has no port {plan.station_port(ar, mn)}")
+                    self._ar_end[mn, ar] = indices[0]
         for mn in range(self.mns):
             target = self.mn_target(mn)
             with netns.iproute_in(target) as ipr:
@@ -230,8 +253,8 @@ class Testbed:
                         raise TopologyError(f"{plan.mn_node(mn)} has no interface {name}")
                     index = indices[0]
                     self._detach_batch[mn, ar] = (access_steps.link_state(index, up=False),)
+                    self._link_up_batch[mn, ar] = (access_steps.link_state(index, up=True),)
                     self._attach_batch[mn, ar] = (
-                        access_steps.link_state(index, up=True),
                         access_steps.address(index, plan.mn_coa(mn, ar), 64),
                         # learnt at association (see _configure): no neighbour discovery
                         access_steps.permanent_neighbour(index, plan.AR_ACCESS_ADDRESS[ar], self.access_lladdr[ar]),
@@ -248,10 +271,39 @@ class Testbed:
         self._step(mn, self._detach_batch[mn, ar], f"detaching {plan.mn_node(mn)} from {ar}")
         self.attached[mn] = None
 
-    def _attach(self, ar: str, mn: int = 0) -> None:
-        """Bring the access link up, take the care-of address from the AR's prefix, route via it."""
+    def _link_up(self, ar: str, mn: int) -> None:
+        self._step(mn, self._link_up_batch[mn, ar], f"bringing up {plan.mn_node(mn)}'s link to {ar}")
+
+    def _link_ready(self, ar: str, mn: int) -> bool:
+        """Whether ``ar``'s end of MN ``mn``'s link is operational (see :mod:`topo.access_steps`)."""
+        try:
+            return self._link_query[ar].operational(self._ar_end[mn, ar])
+        except (OSError, access_steps.StepError) as error:
+            raise TopologyError(f"asking {ar} for {plan.mn_node(mn)}'s port: {error}") from error
+
+    def _configure_attach(self, ar: str, mn: int) -> None:
         self._step(mn, self._attach_batch[mn, ar], f"attaching {plan.mn_node(mn)} to {ar}")
         self.attached[mn] = ar
+
+    def _attach(self, ar: str, mn: int = 0) -> None:
+        """Bring the access link up, take the care-of address from the AR's prefix and route via
+        it (what the MN learns the attach from). On a cell, the address and route wait until the
+        AR's port is operational: a bridge drops what arrives on a port it does not forward on
+        yet. A point-to-point link (one MN) delivers the MN's first packets at once, and the AR's
+        end is operational before its first answer (eight default runs, 1,617 handovers: no
+        CTAR retransmitted), so a single MN's attach stays one step, as its reference figures
+        were measured (waiting there too moved every median by 2-4 ms: the wait, about 1 ms,
+        and the probes' interval)."""
+        if self.mns == 1:
+            self._step(mn, self._link_up_batch[mn, ar] + self._attach_batch[mn, ar],
+                       f"attaching {plan.mn_node(mn)} to {ar}")
+            self.attached[mn] = ar
+            return
+        self._link_up(ar, mn)
+        deadline = time.monotonic() + LINK_READY_LIMIT_S
+        while not self._link_ready(ar, mn) and time.monotonic() < deadline:
+            time.sleep(LINK_READY_POLL_S)
+        self._configure_attach(ar, mn)
 
     # -- the handover primitive ------------------------------------------------------------------
     def handover(self, to_ar: str, l2_delay_ms: float, mn: int = 0) -> MoveTimes:
@@ -311,8 +363,10 @@ class Mover:
     asked, the attach its L2 delay after that detach) and takes it, a due attach before a due
     detach: an attach's lateness lengthens its MN's L2 delay, a detach's does not (the delay runs
     from the detach as it happened), so when K MNs move at once the emulator's own step rate
-    delays the later detaches, not the earlier MNs' attaches. Each caller waits for its own
-    attach."""
+    delays the later detaches, not the earlier MNs' attaches. An attach is two steps: the link
+    up, then the address and route once the AR's end is operational (asked again after each
+    :data:`LINK_READY_POLL_S`, with the other steps due taken in between). Each caller waits for
+    its own attach."""
 
     def __init__(self, testbed: Testbed) -> None:
         self.testbed = testbed
@@ -328,15 +382,31 @@ class Mover:
     def move(self, mn: int, from_ar: str, to_ar: str, l2_delay_ms: float) -> MoveTimes:
         times, done = MoveTimes(), threading.Event()
         failure: list[BaseException] = []
+        poll_ns, ready_by_ns = int(LINK_READY_POLL_S * 1e9), 0
 
-        def attach() -> None:
+        def configure() -> None:
             try:
-                times.attach_start_ns = time.monotonic_ns()
-                self.testbed._attach(to_ar, mn)
+                if not self.testbed._link_ready(to_ar, mn) and time.monotonic_ns() < ready_by_ns:
+                    # asked again after a pause, with every other step due in between
+                    self._schedule(self._attaches, time.monotonic_ns() + poll_ns, configure)
+                    return
+                self.testbed._configure_attach(to_ar, mn)
                 times.attached_ns = time.monotonic_ns()
             except BaseException as error:  # handed to the caller
                 failure.append(error)
             done.set()
+
+        def attach() -> None:
+            nonlocal ready_by_ns
+            try:
+                times.attach_start_ns = time.monotonic_ns()
+                self.testbed._link_up(to_ar, mn)
+            except BaseException as error:  # handed to the caller
+                failure.append(error)
+                done.set()
+                return
+            ready_by_ns = time.monotonic_ns() + int(LINK_READY_LIMIT_S * 1e9)
+            configure()
 
         def detach() -> None:
             try:
