@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import ipaddress
 import os
 import queue
 import re
@@ -73,6 +74,10 @@ CHARON = "/usr/lib/ipsec/charon"
 PREAUTH_PREFIX = "preauth-"
 PREAUTH_METHODS = (f"{PREAUTH_PREFIX}eap-mschapv2", f"{PREAUTH_PREFIX}psk")
 METHODS = ("eap-mschapv2", "eap-md5", "eap-tls", "eap-tls-resumed", "psk", "mobike", *PREAUTH_METHODS)
+#: what a baseline of several MNs (a storm's) runs: re-authentication with a pre-shared key or EAP
+#: through RADIUS (EAP-TLS would need a client certificate per MN; MOBIKE and pre-authentication
+#: keep one MN's state)
+MULTI_MN_METHODS = ("psk", "eap-mschapv2", "eap-md5")
 IKE_PROPOSAL = "aes128-sha256-x25519"
 ESP_PROPOSAL = "aes128-sha256"   # kernel: cbc(aes) + hmac(sha256) truncated to 128 bits
 # The plugins charon loads, explicitly (no load_modular, nothing from /etc/strongswan.d).
@@ -579,6 +584,126 @@ class PacketCounter:
 
     def close(self) -> None:
         self._sock.close()
+
+
+# -- timed captures (the storms' AAA queue, the re-authentication benchmark) ---------------------
+SO_TIMESTAMPNS, SO_RCVBUFFORCE = 35, 33
+SOL_PACKET, PACKET_STATISTICS = 263, 6
+#: a timed capture's kernel buffer: a storm's packets wait there until it is drained
+TAP_BUFFER = 8 << 20
+RADIUS_PORT = 1812
+# RADIUS (RFC 2865) codes and attributes
+ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE = 1, 2, 3, 11
+CALLING_STATION_ID = 31
+
+
+@dataclasses.dataclass(frozen=True)
+class Packet:
+    t_ns: int          # CLOCK_REALTIME, the kernel's timestamp
+    out: bool          # sent by this namespace
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    payload: bytes     # the UDP payload (IKE without the non-ESP marker)
+
+
+class Tap:
+    """IPv6/UDP packets to or from ``ports`` in one namespace, all interfaces, with the kernel's
+    receive timestamps; nothing is read while a round runs (the queue holds them)."""
+
+    def __init__(self, target: int | str, ports: tuple[int, ...]) -> None:
+        self.sock = netns.socket_in(target, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, TAP_BUFFER)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TAP_BUFFER)
+        code = udp6_port_filter(ports)
+        self._filter = ctypes.create_string_buffer(code)
+        program = struct.pack("HL", len(code) // 8, ctypes.addressof(self._filter))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setblocking(False)
+        self.drain()
+        self.drops()
+
+    def drain(self) -> list[Packet]:
+        packets: list[Packet] = []
+        while True:
+            try:
+                data, ancillary, _, address = self.sock.recvmsg(65535, socket.CMSG_SPACE(16))
+            except BlockingIOError:
+                return packets
+            if len(data) < ETH_HLEN + IPV6_HLEN + UDP_HLEN or data[12:14] != b"\x86\xdd" or data[20] != 17:
+                continue
+            t_ns = 0
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    t_ns = seconds * 1_000_000_000 + nanoseconds
+            udp = ETH_HLEN + IPV6_HLEN
+            sport, dport = struct.unpack("!HH", data[udp:udp + 4])
+            payload = data[udp + UDP_HLEN:]
+            if 4500 in (sport, dport):
+                if payload[:4] != bytes(4):
+                    continue  # UDP-encapsulated ESP
+                payload = payload[4:]
+            packets.append(Packet(t_ns or time.time_ns(), address[2] == PACKET_OUTGOING,
+                                  socket.inet_ntop(socket.AF_INET6, data[22:38]),
+                                  socket.inet_ntop(socket.AF_INET6, data[38:54]), sport, dport, payload))
+
+    def drops(self) -> int:
+        """Packets the kernel dropped for this socket since the last call (the counters reset)."""
+        _, dropped = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        return int(dropped)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def radius_attribute(payload: bytes, kind: int) -> bytes | None:
+    offset, end = 20, min(len(payload), int.from_bytes(payload[2:4], "big") if len(payload) >= 4 else 0)
+    while offset + 2 <= end:
+        code, length = payload[offset], payload[offset + 1]
+        if length < 2:
+            break
+        if code == kind:
+            return payload[offset + 2:offset + length]
+        offset += length
+    return None
+
+
+def station_address(payload: bytes) -> str | None:
+    """The MN's address in an Access-Request's Calling-Station-Id (strongSwan writes ``addr[port]``)."""
+    value = radius_attribute(payload, CALLING_STATION_ID)
+    if value is None:
+        return None
+    text = value.decode(errors="replace").split("[", 1)[0]
+    try:
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        return None
+
+
+def radius_at_aaa(packets: list[Packet], slots: dict[str, str], aaa_delay_ns: int) -> list[dict[str, Any]]:
+    """FreeRADIUS's side: each Access-Request's arrival and its answer's departure, less the AAA
+    link's delay (the answer is timestamped after the AAA's egress netem)."""
+    requests: dict[tuple[str, int, int], dict[str, Any]] = {}
+    done: list[dict[str, Any]] = []
+    for packet in sorted(packets, key=lambda p: p.t_ns):
+        if RADIUS_PORT not in (packet.sport, packet.dport) or len(packet.payload) < 20:
+            continue
+        code, identifier = packet.payload[0], packet.payload[1]
+        if not packet.out and packet.dport == RADIUS_PORT and code == ACCESS_REQUEST:
+            key = (packet.src, packet.sport, identifier)
+            if key not in requests:
+                address = station_address(packet.payload)
+                requests[key] = {"slot": slots.get(address or ""), "arrived_ns": packet.t_ns}
+        elif packet.out and packet.sport == RADIUS_PORT:
+            pending = requests.pop((packet.dst, packet.dport, identifier), None)
+            if pending is not None:
+                done.append({**pending, "answered_ns": packet.t_ns - aaa_delay_ns, "code": code})
+    return done
 
 
 # -- one charon -------------------------------------------------------------------------------

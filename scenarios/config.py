@@ -218,10 +218,12 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults") -> Scenar
         raise ScenarioError(f"{GRID}: a grid is run as one scenario per point: plan them with "
                             f"`python -m scenarios.sweep plan FILE` (docs/sweeps.md)")
     if "sweep" not in data and "methods" in data:
-        # The built-in sweep concerns the EAP baseline: it follows the scenario's methods.
+        # The built-in sweep concerns the EAP baseline: it follows the scenario's methods (a storm
+        # scenario sweeps its sizes instead).
         default_sweep = DEFAULTS["sweep"]
-        kept = ([m for m in default_sweep["methods"] if m in data["methods"]] if isinstance(data["methods"], list)
-                else [])
+        storm = data.get("storm")
+        kept = ([m for m in default_sweep["methods"] if m in data["methods"]]
+                if isinstance(data["methods"], list) and not (isinstance(storm, dict) and storm.get("sizes")) else [])
         data = {**data, "sweep": {**default_sweep, "methods": kept} if kept else
                 {"parameter": "", "values": [], "methods": []}}
     merged = _merge(DEFAULTS, data, "")
@@ -327,10 +329,15 @@ def storm_probe_every(k: int, rate: float, budget: float) -> int:
 
 
 def storm_capable(name: str) -> bool:
-    """Whether a storm can run ``name``: no security, or CXTP over the paper's static SAs (a storm
-    of re-authentication needs an IKE daemon per MN, which the testbed does not run yet)."""
+    """Whether a storm can run ``name``: no security, CXTP over the paper's static SAs, or
+    re-authentication with a pre-shared key or EAP through RADIUS (a charon per MN)."""
+    from nodes.ike import MULTI_MN_METHODS
+
     method = method_registry.get(name)
-    return method.security.ike_auth is None and (not method.cxtp or method.security.static_tunnel)
+    if method.security.ike_auth is not None:
+        return (not method.cxtp and method.name in method_registry.reauth_names()
+                and method.security.ike_auth in MULTI_MN_METHODS)
+    return not method.cxtp or method.security.static_tunnel
 
 
 def _storm(storm: dict[str, Any], mns: int, methods: list[str], sweep_values: tuple) -> dict[str, Any]:
@@ -348,8 +355,8 @@ def _storm(storm: dict[str, Any], mns: int, methods: list[str], sweep_values: tu
     if sizes:
         for index, name in enumerate(methods):
             if not storm_capable(name):
-                raise ScenarioError(f"methods[{index}]: a storm cannot run {name!r} (no security, or CXTP over "
-                                    f"static SAs: a storm of re-authentication needs an IKE daemon per MN)")
+                raise ScenarioError(f"methods[{index}]: a storm cannot run {name!r} (no security, CXTP over "
+                                    f"static SAs, or re-authentication with a pre-shared key or EAP-MSCHAPv2/MD5)")
         if sweep_values:
             raise ScenarioError("storm: a storm scenario sweeps its sizes; give it no [sweep]")
     return result

@@ -67,6 +67,36 @@ def test_a_join_waits_for_the_later_branch():
     assert result.interruptions == {"down": [6.0], "up": [3.0]}
 
 
+@pytest.mark.parametrize("sockets", [1, 3])
+def test_the_radius_socket_serialises_round_trips(sockets):
+    """K MNs' Access-Requests at once through an nAR with c RADIUS sockets, each held for a round
+    trip R of the AR-AAA link and no CPU: the k-th MN's answer arrives after (floor((k-1)/c) + 1) R;
+    with no limit, all after R."""
+    k, one_way = 7, 10.0
+    steps = (Step("detach", ()),
+             Step("request", ("detach",), delay_ms=one_way, acquire=model.RADIUS_SOCKET),
+             Step("answer", ("request",), delay_ms=one_way, release=model.RADIUS_SOCKET))
+    method = Method("radius", steps, {"down": "answer", "up": "answer"})
+    result = simulate(method, k, radius_sockets=sockets)
+    assert sorted(result.interruptions["up"]) == pytest.approx([((i - 1) // sockets + 1) * 2 * one_way
+                                                               for i in range(1, k + 1)])
+    assert sorted(result.waits[model.RADIUS_SOCKET]) == pytest.approx([((i - 1) // sockets) * 2 * one_way
+                                                                      for i in range(1, k + 1)])
+    assert simulate(method, k, radius_sockets=None).interruptions["up"] == [pytest.approx(2 * one_way)] * k
+
+
+def test_an_eap_storm_waits_for_the_nar_socket_and_psk_does_not():
+    built = model.methods(model.Network(), model.Costs())
+    eap = simulate(built["reauth-eap"], 10, cpus={"nar": 64, "aaa": 64})
+    unlimited = simulate(built["reauth-eap"], 10, cpus={"nar": 64, "aaa": 64}, radius_sockets=None)
+    # each round holds the socket for one AR-AAA round trip (2 x (10 ms + forwarding)): the first
+    # round of the last of ten waits for nine of them
+    assert max(eap.waits[model.RADIUS_SOCKET]) >= 9 * 2 * 10.0
+    assert eap.quantile("up", 0.95) > unlimited.quantile("up", 0.95) + 300
+    psk = simulate(built["reauth-psk"], 10)
+    assert not psk.waits[model.RADIUS_SOCKET]
+
+
 def test_deferred_work_yields_to_protocol_work():
     """The pAR's release (priority 1) queued before a collect (priority 0) still runs after it
     once the CPU is free."""

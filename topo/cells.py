@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -135,6 +136,17 @@ class Station:
     index: int
     target: int | str
     macs: dict[str, str]
+
+
+class NamespaceHost:
+    """A cell's MN namespace as a host to start daemons in (``popen`` as a Mininet host's): the
+    command runs in the namespace (``nsenter`` execs it: the PID recorded is the daemon's)."""
+
+    def __init__(self, namespace_file: str) -> None:
+        self.namespace_file = namespace_file
+
+    def popen(self, command: list[str], **options) -> subprocess.Popen:
+        return subprocess.Popen(["nsenter", f"--net={self.namespace_file}", *command], **options)
 
 
 class Cells:

@@ -22,7 +22,7 @@ from mininet.net import Mininet
 
 from nodes import netns
 from topo import access_steps, plan
-from topo.cells import Cells, Station
+from topo.cells import Cells, NamespaceHost, Station
 from topo.errors import TopologyError
 from topo.shaping import LinkParams
 
@@ -155,6 +155,12 @@ class Testbed:
         if isinstance(target, int):
             return netns.namespace_path(target)
         return f"/proc/{os.getpid()}/root{netns.namespace_path(target)}"
+
+    def mn_host(self, index: int):
+        """Where MN ``index``'s daemons start (``popen``): MN 0's Mininet host, a cell's MN namespace."""
+        if index == 0:
+            return self.host(plan.MN)
+        return NamespaceHost(self.mn_namespace_file(index))
 
     def mn_target(self, index: int) -> int | str:
         """MN ``index``'s network namespace, for :mod:`nodes.netns`: MN 0's shell's pid, the

@@ -69,6 +69,11 @@ import simpy
 
 #: the servers of a handover; an MN is its own server (one per MN, never shared)
 NODES = ("mn", "par", "nar", "ha", "aaa")
+#: the nAR's RADIUS sockets: strongSwan's eap-radius plugin holds one from an Access-Request's
+#: sending to its answer's arrival (``sockets``, 1 by default and in the testbed), so one socket
+#: lets one MN's EAP round at a time reach the AAA, whatever its CPUs
+#: (``benchmarks/bench_reauth_capacity.py`` measured it: docs/performance.md)
+RADIUS_SOCKET = "nar_radius_socket"
 DIRECTIONS = ("down", "up")  # HA->MN, MN->HA
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,6 +111,10 @@ class Step:
     service: Service = Service()
     delay_ms: float = 0.0
     priority: int = 0
+    #: a lock (not a CPU) the step takes before its work and keeps for later steps (:data:`LOCKS`)
+    acquire: str | None = None
+    #: the lock this step gives back once its message has arrived
+    release: str | None = None
 
 
 @dataclass(frozen=True)
@@ -330,8 +339,9 @@ def method_reauth(net: Network, costs: Costs, eap: bool) -> Method:
     if eap:
         for round_ in range(costs.eap_rounds):
             steps += [
-                Step(f"nar_eap_{round_}", (last,), "nar", costs.nar_eap_relay, delay_ms=aaa),
-                Step(f"aaa_eap_{round_}", (f"nar_eap_{round_}",), "aaa", costs.aaa_eap, delay_ms=aaa),
+                Step(f"nar_eap_{round_}", (last,), "nar", costs.nar_eap_relay, delay_ms=aaa, acquire=RADIUS_SOCKET),
+                Step(f"aaa_eap_{round_}", (f"nar_eap_{round_}",), "aaa", costs.aaa_eap, delay_ms=aaa,
+                     release=RADIUS_SOCKET),
                 Step(f"nar_eap_back_{round_}", (f"aaa_eap_{round_}",), "nar", costs.nar_eap_relay, delay_ms=access),
                 Step(f"mn_eap_{round_}", (f"nar_eap_back_{round_}",), "mn", costs.mn_eap, delay_ms=access),
             ]
@@ -402,12 +412,14 @@ def arrivals(k: int, window_ms: float, rng: random.Random) -> list[float]:
 
 
 def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int] | None = None,
-             seed: int = 1, starts: Iterable[float] | None = None, one_cpu: bool = False) -> StormResult:
+             seed: int = 1, starts: Iterable[float] | None = None, one_cpu: bool = False,
+             radius_sockets: int | None = 1) -> StormResult:
     """K MNs doing ``method``'s handover, their detaches at ``arrivals`` (or ``starts``); every
     node but the MN is shared by all of them, with ``cpus[node]`` CPUs (1 if not given); each MN
     is its own server. A step's work waits, first come first served within its priority, for a
     CPU of its node. ``one_cpu``: the emulation's case, every node and every MN's work on one CPU
-    (the UML guest's; its waits are then all the ``cpu``'s)."""
+    (the UML guest's; its waits are then all the ``cpu``'s). ``radius_sockets``: the nAR's RADIUS
+    sockets (:data:`RADIUS_SOCKET`; None: no limit); the waits for one are ``nar_radius_socket``'s."""
     cpus = cpus or {}
     rng = random.Random(seed)
     env = simpy.Environment()
@@ -417,7 +429,8 @@ def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int
     else:
         shared = {node: simpy.PriorityResource(env, capacity=max(1, cpus.get(node, 1)))
                   for node in NODES if node != "mn"}
-    waits: dict[str, list[float]] = {node: [] for node in shared}
+    locks = {RADIUS_SOCKET: simpy.Resource(env, capacity=radius_sockets)} if radius_sockets else {}
+    waits: dict[str, list[float]] = {node: [] for node in [*shared, *locks]}
     detach_at = list(starts) if starts is not None else arrivals(k, window_ms, rng)
     lead = next(s.service.mean for s in method.steps if s.name == method.detach)
     results: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
@@ -428,10 +441,16 @@ def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int
             yield env.timeout(start - env.now)
         done = {step.name: env.event() for step in method.steps}
         finished: dict[str, float] = {}
+        held: dict[str, Any] = {}
 
         def run(step: Step):
             if step.after:
                 yield simpy.AllOf(env, [done[name] for name in step.after])
+            if step.acquire in locks:
+                queued = env.now
+                held[step.acquire] = locks[step.acquire].request()
+                yield held[step.acquire]
+                waits[step.acquire].append(env.now - queued)
             service = step.service.draw(rng)
             if step.server is None or step.server not in shared:
                 if service:
@@ -445,6 +464,8 @@ def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int
                         yield env.timeout(service)
             if step.delay_ms:
                 yield env.timeout(step.delay_ms)
+            if step.release in held:
+                locks[step.release].release(held.pop(step.release))
             finished[step.name] = env.now
             done[step.name].succeed()
 
@@ -658,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aaa-cpus", type=int, default=8)
     parser.add_argument("--methods", default="cxtp-predictive,cxtp-network,cxtp-reactive,reauth-psk,reauth-eap")
     parser.add_argument("--ar-aaa-ms", type=float, default=10.0, help="AR-AAA one-way delay")
+    parser.add_argument("--radius-sockets", type=int, default=1,
+                        help="the nAR's RADIUS sockets (strongSwan's default and the testbed's: 1; 0: no limit)")
     parser.add_argument("--timelines", type=Path, default=None,
                         help="a run's per_handover.json (default: the reference run's)")
     parser.add_argument("--capacity", type=Path, default=None,
@@ -673,14 +696,16 @@ def main(argv: list[str] | None = None) -> int:
         costs = with_capacity(costs, args.capacity)
     cpus = {"par": args.routers_cpus, "nar": args.routers_cpus, "ha": args.ha_cpus, "aaa": args.aaa_cpus}
     built = methods(net, costs)
-    print(f"CPUs: pAR and nAR {args.routers_cpus}, HA {args.ha_cpus}, AAA {args.aaa_cpus}; links {net.access_ms}/"
+    print(f"CPUs: pAR and nAR {args.routers_cpus}, HA {args.ha_cpus}, AAA {args.aaa_cpus}; the nAR's RADIUS "
+          f"sockets {args.radius_sockets or 'unlimited'}; links {net.access_ms}/"
           f"{net.ar_ar_ms}/{net.ar_ha_ms}/{net.ar_aaa_ms} ms (access/AR-AR/AR-HA/AR-AAA), L2 {net.l2_delay_ms} ms; "
           f"service times from {_shown(timelines) if timelines else 'defaults'}"
           + (f" and {args.capacity.name}" if args.capacity else ""))
     results = []
     for name in args.methods.split(","):
         for k in (int(value) for value in args.k.split(",")):
-            results.append(simulate(built[name], k, args.window_ms, cpus, args.seed))
+            results.append(simulate(built[name], k, args.window_ms, cpus, args.seed,
+                                    radius_sockets=args.radius_sockets or None))
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps({"cpus": cpus, "network": net.__dict__,

@@ -449,7 +449,9 @@ def show(run_dir: Path) -> None:
     storm = json.loads((run_dir / "summary.json").read_text()).get("storm")
     if storm:
         print("\nstorms: K MNs moving at once; interruption (ms) over every MN's counted handovers, p95 with its "
-              "95% interval;\nthe nAR's activation queue (CTAR received -> context active, ms); the guest's busy "
+              "95% interval;\nthe nAR's activation queue (CTAR received -> context active, ms); the AAA's queue for "
+              "re-authentication (an MN's first Access-Request in -> its Access-Accept out, at the AAA node, ms); "
+              "the guest's busy "
               "share over the storms (one CPU runs every node: emulated figures); the moving MNs' probe interval "
               "each way (the figures' resolution)")
         print(storms.table(storm))

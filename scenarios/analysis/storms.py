@@ -1,6 +1,8 @@
 """What a storm scenario measured: per method, direction and storm size K, the interruption over
 every MN's handovers (p50, p95, p99, each with a bootstrap interval), the nAR's activation queue
-(the MN's CTAR received -> its context active, per MN), and the guest's busy share.
+(the MN's CTAR received -> its context active, per MN), the AAA's queue for re-authentication
+(per MN, its first Access-Request's arrival at the AAA node -> its Access-Accept's departure, and
+FreeRADIUS's own time on its requests), and the guest's busy share.
 
 Every figure is the emulation's on one CPU: the guest runs every node, so beyond some K the
 figures describe the emulator as much as the protocol (``guest_busy`` says how loaded it was;
@@ -77,7 +79,7 @@ def summarize(rows: list[dict], handovers: list[HandoverRecord], traces: dict[st
             continue
         entry = summary.setdefault(row["method"], {}).setdefault(f"{row['sweep_value']:g}", {
             "handovers": 0, "failed": 0, "counted": 0, "_interruptions": {d: [] for d, _ in DIRECTIONS},
-            "_activation": [], "_busy": []})
+            "_activation": [], "_aaa_span": [], "_aaa_residence": [], "_busy": []})
         entry["handovers"] += 1
         record = by_index.get(row["index"])
         if row.get("outcome") != "ok":
@@ -92,6 +94,10 @@ def summarize(rows: list[dict], handovers: list[HandoverRecord], traces: dict[st
             value = (row.get(direction) or {}).get("interruption_ms")
             if value is not None:
                 entry["_interruptions"][direction].append(value)
+        reauth = (record.reauth if record is not None else None) or {}
+        if reauth.get("aaa_span_ms") is not None:
+            entry["_aaa_span"].append(reauth["aaa_span_ms"])
+            entry["_aaa_residence"].append(reauth["aaa_residence_ms"])
         if record is not None and record.to_ar in traces:
             queued = activation_ms(record, traces[record.to_ar], times[record.to_ar])
             if queued is not None:
@@ -101,6 +107,8 @@ def summarize(rows: list[dict], handovers: list[HandoverRecord], traces: dict[st
             for direction, values in entry.pop("_interruptions").items():
                 entry[direction] = _quantiles(values)
             entry["activation_ms"] = _quantiles(entry.pop("_activation"))
+            entry["aaa_span_ms"] = _quantiles(entry.pop("_aaa_span"))
+            entry["aaa_residence_ms"] = _quantiles(entry.pop("_aaa_residence"))
             busy = entry.pop("_busy")
             entry["guest_busy"] = statistics.median(busy) if busy else None
     for per_size in summary.values():
@@ -114,11 +122,13 @@ def summarize(rows: list[dict], handovers: list[HandoverRecord], traces: dict[st
 
 def table(summary: dict[str, Any]) -> str:
     lines = [f"{'method':<18} {'K':>4} {'dir':<7} {'p50':>7} {'p95':>7} {'p95 95% CI':>16} {'p99':>7} "
-             f"{'activation p50/p95':>19} {'busy':>5} {'failed':>6} {'probes':>7}"]
+             f"{'activation p50/p95':>19} {'AAA p50/p95':>13} {'busy':>5} {'failed':>6} {'probes':>7}"]
     for method, per_size in summary.items():
         for size, entry in sorted(per_size.items(), key=lambda item: float(item[0])):
             activation = entry["activation_ms"]
             queued = f"{activation['p50']:.1f}/{activation['p95']:.1f}" if activation.get("n") else "-"
+            aaa = entry.get("aaa_span_ms") or {}
+            at_aaa = f"{aaa['p50']:.1f}/{aaa['p95']:.1f}" if aaa.get("n") else "-"
             busy = f"{entry['guest_busy']:.2f}" if entry.get("guest_busy") is not None else "-"
             for direction, label in DIRECTIONS:
                 figures = entry[direction]
@@ -129,7 +139,7 @@ def table(summary: dict[str, Any]) -> str:
                     ci = f"[{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "-"
                     cells = f"{figures['p50']:>7.1f} {figures['p95']:>7.1f} {ci:>16} {figures['p99']:>7.1f}"
                 interval = entry.get("probe_interval_ms")
-                lines.append(f"{method:<18} {size:>4} {label:<7} {cells} {queued:>19} {busy:>5} "
+                lines.append(f"{method:<18} {size:>4} {label:<7} {cells} {queued:>19} {at_aaa:>13} {busy:>5} "
                              f"{entry['failed']:>6} {f'{interval:g} ms' if interval else '-':>7}")
     return "\n".join(lines)
 

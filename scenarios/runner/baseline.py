@@ -29,10 +29,12 @@ while the baseline runs.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +48,7 @@ from nodes.ike import (
     AR_CONNECTION,
     COMMON_CONNECTION_OPTIONS,
     METHODS,
+    MULTI_MN_METHODS,
     PREAUTH_METHODS,
     BaselineParams,
     Charon,
@@ -82,11 +85,13 @@ def mn_connection_name(ar: str) -> str:
 
 
 def mn_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None,
-                  mn_cert_pem: bytes | None = None) -> dict[str, Any]:
-    """The MN's connection to ``ar``: from its CoA there to the AR's access address. EAP-TLS adds
-    the MN's client certificate (``mn_cert_pem``) and the RADIUS server's identity to require."""
+                  mn_cert_pem: bytes | None = None, mn: int = 0) -> dict[str, Any]:
+    """MN ``mn``'s connection to ``ar``: from its CoA there to the AR's access address, under its
+    own identity. EAP-TLS adds the MN's client certificate (``mn_cert_pem``) and the RADIUS
+    server's identity to require."""
+    identity = plan.mn_identity(mn)
     if params.eap:
-        local: dict[str, Any] = {"auth": params.eap_method, "id": plan.MN_IDENTITY, "eap_id": plan.MN_IDENTITY}
+        local: dict[str, Any] = {"auth": params.eap_method, "id": identity, "eap_id": identity}
         if ar_cert_pem is None:
             raise ValueError("EAP needs the AR's certificate to pin")
         remote: dict[str, Any] = {"auth": "pubkey", "id": ar, "certs": [ar_cert_pem]}
@@ -96,12 +101,12 @@ def mn_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None,
             # the EAP round is the MN's own: the server identity EAP-TLS requires is set there
             local.update(certs=[mn_cert_pem], aaa_id=AAA_IDENTITY)
     else:
-        local = {"auth": "psk", "id": plan.MN_IDENTITY}
+        local = {"auth": "psk", "id": identity}
         remote = {"auth": "psk", "id": ar}
     return {
         **COMMON_CONNECTION_OPTIONS,
         # The static local address keeps charon from "roaming" the old IKE_SA.
-        "local_addrs": [plan.MN_COA[ar]],
+        "local_addrs": [plan.mn_coa(mn, ar)],
         "remote_addrs": [plan.AR_ACCESS_ADDRESS[ar]],
         "keyingtries": "1",
         "local-1": local,
@@ -110,8 +115,9 @@ def mn_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None,
     }
 
 
-def ar_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None) -> dict[str, Any]:
-    """The AR's responder connection for any MN on its access link."""
+def ar_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None, mns: int = 1) -> dict[str, Any]:
+    """The AR's responder connection for any MN on its access link (with a pre-shared key, the
+    one MN's identity; with several, any identity the key's owners name)."""
     if params.eap:
         if ar_cert_pem is None:
             raise ValueError("EAP needs the AR's certificate")
@@ -120,7 +126,7 @@ def ar_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None) ->
         remote = {"auth": "eap-radius", "id": "%any"}
     else:
         local = {"auth": "psk", "id": ar}
-        remote = {"auth": "psk", "id": plan.MN_IDENTITY}
+        remote = {"auth": "psk", "id": plan.MN_IDENTITY if mns == 1 else "%any"}
     return {
         **COMMON_CONNECTION_OPTIONS,
         "local_addrs": [plan.AR_ACCESS_ADDRESS[ar]],
@@ -132,14 +138,16 @@ def ar_connection(ar: str, params: BaselineParams, ar_cert_pem: bytes | None) ->
     }
 
 
-def shared_secrets(node: str, params: BaselineParams) -> list[dict[str, Any]]:
-    """``load-shared`` messages for ``node``."""
+def shared_secrets(node: str, params: BaselineParams, identities: tuple[str, ...] = (plan.MN_IDENTITY,),
+                   ) -> list[dict[str, Any]]:
+    """``load-shared`` messages for ``node``: an MN's for its own identity (``identities``), an
+    AR's for every MN's."""
     secrets = []
     if params.auth == "psk":
         secrets.append({"id": f"psk-{node}", "type": "IKE", "data": params.psk,
-                        "owners": [plan.MN_IDENTITY, *AR_NODES]})
-    elif node == plan.MN and not params.tls:
-        secrets.append({"id": "eap-mn", "type": "EAP", "data": params.password, "owners": [plan.MN_IDENTITY]})
+                        "owners": [*identities, *AR_NODES]})
+    elif node not in AR_NODES and not params.tls:
+        secrets.append({"id": "eap-mn", "type": "EAP", "data": params.password, "owners": list(identities)})
     return secrets
 
 
@@ -153,9 +161,10 @@ def radius_tls(params: BaselineParams, pki_dir: Path) -> RadiusTls | None:
                      session_cache=params.tls_resumption)
 
 
-def radius_configuration(params: BaselineParams, pki_dir: Path) -> RadiusConfig:
+def radius_configuration(params: BaselineParams, pki_dir: Path,
+                         identities: tuple[str, ...] = (plan.MN_IDENTITY,)) -> RadiusConfig:
     return RadiusConfig(address=plan.AAA_ADDRESS, secret=params.radius_secret,
-                        users={plan.MN_IDENTITY: params.radius_password or params.password},
+                        users=dict.fromkeys(identities, params.radius_password or params.password),
                         method=params.eap_method if params.eap else "eap-mschapv2",
                         tls=radius_tls(params, pki_dir))
 
@@ -182,8 +191,16 @@ class IkeBaseline:
     def __init__(self, testbed, workdir: Path, method: str = "eap-mschapv2",
                  password: str = "testbed-secret", aaa: bool = True, *,
                  radius_password: str | None = None, psk: str = "testbed-psk-0123456789",
-                 radius_secret: str = "testbed-radius", initiate_timeout_ms: int = 30_000):
+                 radius_secret: str = "testbed-radius", initiate_timeout_ms: int = 30_000, mns: int = 1):
+        """``mns``: the testbed's first MNs that get a charon of their own (a storm's; MN 0's is
+        the Mininet host's, the others' run in their cell namespaces), each with its own identity,
+        care-of addresses and credentials, each authenticated by the ARs' one charon."""
         self.testbed = testbed
+        self.mns = mns
+        if mns > 1 and method not in MULTI_MN_METHODS:
+            raise IkeError(f"a baseline of several MNs runs one of {MULTI_MN_METHODS} (re-authentication), "
+                           f"not {method!r}: EAP-TLS would need a client certificate per MN, MOBIKE and "
+                           "pre-authentication keep one MN's state")
         self.workdir = Path(workdir)
         self.params = BaselineParams(method=method, password=password, radius_password=radius_password,
                                      psk=psk, radius_secret=radius_secret, aaa=aaa,
@@ -192,6 +209,11 @@ class IkeBaseline:
         self.radius: FreeRadius | None = None
         self.listener: EventListener | None = None
         self.ike_counter: PacketCounter | None = None
+        #: MNs 1.. (``mns``): each one's charon events and IKE packets (MN 0's are the two above)
+        self.mn_listeners: dict[int, EventListener] = {}
+        self.mn_ike_counters: dict[int, PacketCounter] = {}
+        #: the ARs' VICI sessions serve the threads of a storm, one request at a time
+        self._session_locks = {node: threading.Lock() for node in AR_NODES}
         self.radius_counters: dict[str, PacketCounter] = {}
         self.certificates: dict[str, pki_module.Credential] = {}
         self.authority: pki_module.Authority | None = None
@@ -216,17 +238,24 @@ class IkeBaseline:
                 self.certificates[plan.MN] = pki_module.issue_credential(
                     self.workdir / "pki", self.authority, plan.MN_IDENTITY, "clientAuth")
             if self.params.aaa:
-                radius_config = radius_configuration(self.params, self.workdir / "pki")
+                radius_config = radius_configuration(self.params, self.workdir / "pki", self.identities)
                 self.radius = FreeRadius(self.testbed.host(plan.AAA), radius_config, self.workdir / plan.AAA)
                 self.radius.start()
             for node in CHARON_NODES:
                 charon = Charon(self.testbed.host(node), node, self.workdir / node, *charon_options(node, self.params))
                 self.charons[node] = charon
                 charon.start()
+            for index in range(1, self.mns):
+                node = plan.mn_node(index)
+                self.charons[node] = Charon(self.testbed.mn_host(index), node, self.workdir / node, None)
+                self.charons[node].start()
             self._load()
             self.listener = EventListener(self.charons[plan.MN])
             self.ike_counter = PacketCounter(self.testbed.pid(plan.MN), (500, 4500))
-            if self.params.aaa:
+            for index in range(1, self.mns):
+                self.mn_listeners[index] = EventListener(self.charons[plan.mn_node(index)])
+                self.mn_ike_counters[index] = PacketCounter(self.testbed.mn_target(index), (500, 4500))
+            if self.params.aaa and self.mns == 1:  # with several MNs, a storm's capture at the AAA node
                 for ar in AR_NODES:
                     self.radius_counters[ar] = PacketCounter(self.testbed.pid(ar), (1812,))
             if warm_up:
@@ -238,13 +267,14 @@ class IkeBaseline:
             raise
 
     def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.stop()
-            self.listener = None
-        for counter in [self.ike_counter, *self.radius_counters.values()]:
+        for listener in [self.listener, *self.mn_listeners.values()]:
+            if listener is not None:
+                listener.stop()
+        self.listener, self.mn_listeners = None, {}
+        for counter in [self.ike_counter, *self.mn_ike_counters.values(), *self.radius_counters.values()]:
             if counter is not None:
                 counter.close()
-        self.ike_counter, self.radius_counters = None, {}
+        self.ike_counter, self.mn_ike_counters, self.radius_counters = None, {}, {}
         for charon in self.charons.values():
             charon.stop()
         self.charons = {}
@@ -269,15 +299,21 @@ class IkeBaseline:
         with Xfrm(netns=f"/proc/{self.testbed.pid(plan.MN)}/ns/net") as xfrm:
             provisioning.warm_up_crypto(xfrm, ("aes-cbc-sha256",))
 
+    @property
+    def identities(self) -> tuple[str, ...]:
+        return tuple(plan.mn_identity(index) for index in range(self.mns))
+
     def _load(self) -> None:
         params = self.params
+        mn_index = {plan.mn_node(index): index for index in range(self.mns)}
         for node, charon in self.charons.items():
             session = charon.session
             assert session is not None
             try:
-                for secret in shared_secrets(node, params):
+                own = (plan.mn_identity(mn_index[node]),) if node in mn_index else self.identities
+                for secret in shared_secrets(node, params, own):
                     request(session, "load-shared", secret)
-                if node == plan.MN:
+                if node in mn_index:
                     mn_cert = None
                     if params.tls:
                         assert self.authority is not None
@@ -286,21 +322,22 @@ class IkeBaseline:
                         mn_cert = self.certificates[plan.MN].cert_pem
                     for ar in AR_NODES:
                         cert = self.certificates[ar].cert_pem if params.eap else None
-                        request(session, "load-conn",
-                                {mn_connection_name(ar): mn_connection(ar, params, cert, mn_cert)})
+                        request(session, "load-conn", {mn_connection_name(ar): mn_connection(
+                            ar, params, cert, mn_cert, mn_index[node])})
                 else:
                     cert = None
                     if params.eap:
                         credential = self.certificates[node]
                         request(session, "load-key", {"type": "any", "data": credential.key_pem})
                         cert = credential.cert_pem
-                    request(session, "load-conn", {AR_CONNECTION: ar_connection(node, params, cert)})
+                    request(session, "load-conn", {AR_CONNECTION: ar_connection(node, params, cert, self.mns)})
             except CommandException as error:
                 raise IkeStartError(f"loading the configuration into charon on {node} failed: {error}") from error
 
     # -- measurements -------------------------------------------------------------------------
-    def attach(self, ar: str) -> dict:
-        """Authenticate from scratch at ``ar`` and install the CHILD_SA (MN CoA <-> HA through ``ar``).
+    def attach(self, ar: str, mn: int = 0) -> dict:
+        """Authenticate MN ``mn`` from scratch at ``ar`` and install the CHILD_SA (its CoA <-> HA
+        through ``ar``).
 
         Returns ``initiate_sent_ns``, ``child_installed_ns`` (arrival of the MN's child-updown
         event), ``initiate_returned_ns``, ``elapsed_ms`` and the packet counts of the attempt.
@@ -313,13 +350,15 @@ class IkeBaseline:
 
         def failed(kind: type[IkeAttachError], reason: str, error: CommandException, log: str,
                    after_ms: float) -> IkeError:
-            self._clean_after_failure(ar)
+            self._clean_after_failure(ar, mn)
             return kind(ar, f"{reason} ({error}; after {after_ms:.1f} ms)", log)
 
         initiate_sent_ns, initiate_returned_ns, child_installed_ns = self._initiate_connection(
-            mn_connection_name(ar), radius_counter, failed)
-        assert self.ike_counter is not None  # _initiate_connection checked it
-        self.attached_to.add(ar)
+            mn_connection_name(ar), radius_counter, failed, mn)
+        counter = self.ike_counter if mn == 0 else self.mn_ike_counters[mn]
+        assert counter is not None  # _initiate_connection checked it
+        if mn == 0:
+            self.attached_to.add(ar)
         result: dict[str, Any] = {
             "ar": ar,
             "method": self.params.method,
@@ -327,7 +366,7 @@ class IkeBaseline:
             "child_installed_ns": child_installed_ns,
             "initiate_returned_ns": initiate_returned_ns,
             "elapsed_ms": (child_installed_ns - initiate_sent_ns) / 1e6,
-            **summarize_ike(self.ike_counter.drain()),
+            **summarize_ike(counter.drain()),
         }
         if radius_counter is not None:
             packets = radius_counter.drain()
@@ -345,30 +384,32 @@ class IkeBaseline:
 
     def _initiate_connection(self, name: str, radius_counter: Any, failed: Callable[[type[IkeAttachError], str,
                                                                       CommandException, str, float], IkeError],
-                  ) -> tuple[int, int, int]:
+                             mn: int = 0) -> tuple[int, int, int]:
         """The MN's charon initiates connection ``name`` (its IKE_SA and CHILD_SA), with the IKE and
         RADIUS counters drained first so that they count this exchange only. Returns when the
         CHILD_SA is up: (initiate sent, initiate returned, CHILD_SA installed), ns. A refusal is
         classified from charon's log and raised as what ``failed`` makes of it (after its clean-up)."""
-        mn = self.charons[plan.MN]
-        assert mn.session is not None and self.listener is not None and self.ike_counter is not None
-        self.listener.clear()
-        self.ike_counter.drain()
+        charon = self.charons[plan.mn_node(mn)]
+        listener = self.listener if mn == 0 else self.mn_listeners[mn]
+        counter = self.ike_counter if mn == 0 else self.mn_ike_counters[mn]
+        assert charon.session is not None and listener is not None and counter is not None
+        listener.clear()
+        counter.drain()
         if radius_counter is not None:
             radius_counter.drain()
-        log_offset = mn.log_size()
+        log_offset = charon.log_size()
         message = {"child": name, "ike": name, "timeout": str(self.params.initiate_timeout_ms),
                    "init-limits": "no", "loglevel": "-1"}
         sent_ns = time.monotonic_ns()
         try:
-            request(mn.session, "initiate", message)
+            request(charon.session, "initiate", message)
         except CommandException as error:
             after_ms = (time.monotonic_ns() - sent_ns) / 1e6
-            log = mn.log_since(log_offset)
+            log = charon.log_since(log_offset)
             kind, reason = classify_failure(log)
             raise failed(kind, reason, error, log, after_ms) from error
         returned_ns = time.monotonic_ns()
-        installed_ns, _ = self.listener.wait_for(
+        installed_ns, _ = listener.wait_for(
             "child-updown", lambda m: m.get("up") == "yes" and name in m, timeout=10.0)
         return sent_ns, returned_ns, installed_ns
 
@@ -381,58 +422,94 @@ class IkeBaseline:
         request(session, "load-shared", {"id": "eap-mn", "type": "EAP", "data": password,
                                          "owners": [plan.MN_IDENTITY]})
 
-    def _clean_after_failure(self, ar: str) -> None:
-        for node in (plan.MN, ar):
-            try:
-                self.charons[node].terminate_all()
-            except (CommandException, SessionException, OSError):
-                pass
+    def _mn_sas(self, node: str, ike: str, ar: str, mn: int) -> list[dict]:
+        """``node``'s IKE_SAs of connection ``ike`` with MN ``mn`` at ``ar`` (on the AR, whose one
+        connection serves every MN, those whose peer is that MN's care-of address there)."""
+        session = self.charons[node].session
+        assert session is not None  # open while the baseline runs
+        if node not in AR_NODES:
+            return [sa for entry in session.list_sas({"ike": ike}) for sa in _decode(entry).values()]
+        coa = ipaddress.ip_address(plan.mn_coa(mn, ar))
+        with self._session_locks[node]:
+            entries = [_decode(entry) for entry in session.list_sas({"ike": ike})]
+        return [sa for entry in entries for sa in entry.values()
+                if ipaddress.ip_address(_host_of(sa.get("remote-host"))) == coa]
 
-    def detach_old(self, ar: str) -> None:
-        """Remove the IKE and CHILD SAs between the MN and ``ar`` on both sides, at once (force:
+    def _terminate_sa(self, node: str, sa: dict) -> None:
+        session = self.charons[node].session
+        assert session is not None
+        message = {"ike-id": sa["uniqueid"], "force": "yes", "timeout": "-1", "loglevel": "-1"}
+        if node in AR_NODES:
+            with self._session_locks[node]:
+                request(session, "terminate", message)
+        else:
+            request(session, "terminate", message)
+
+    def _clean_after_failure(self, ar: str, mn: int = 0) -> None:
+        """After a refused attach: every IKE_SA of MN ``mn`` (its own charon's), and ``ar``'s with it."""
+        mn_node = plan.mn_node(mn)
+        try:
+            self.charons[mn_node].terminate_all()
+            for sa in self._mn_sas(ar, AR_CONNECTION, ar, mn):
+                self._terminate_sa(ar, sa)
+        except (CommandException, SessionException, OSError):
+            pass
+
+    def detach_old(self, ar: str, mn: int = 0) -> None:
+        """Remove the IKE and CHILD SAs between MN ``mn`` and ``ar`` on both sides, at once (force:
         no waiting for the DELETE exchange, the MN may no longer reach ``ar``)."""
         name = mn_connection_name(ar)
-        for node, ike in ((ar, AR_CONNECTION), (plan.MN, name)):
-            session = self.charons[node].session
-            assert session is not None
-            for entry in list(session.list_sas({"ike": ike})):
-                for sa in entry.values():
-                    try:
-                        request(session, "terminate", {"ike-id": sa["uniqueid"], "force": "yes",
-                                                       "timeout": "-1", "loglevel": "-1"})
-                    except CommandException as error:
-                        # The peer's DELETE (sent by the terminate on the other side) may win.
-                        if "no matching SAs" not in str(error):
-                            raise IkeError(f"terminating the IKE_SA {ike} on {node} failed: {error}") from error
-        self.wait_no_sas(ar)
-        self.attached_to.discard(ar)
+        for node, ike in ((ar, AR_CONNECTION), (plan.mn_node(mn), name)):
+            for sa in self._mn_sas(node, ike, ar, mn):
+                try:
+                    self._terminate_sa(node, sa)
+                except CommandException as error:
+                    # The peer's DELETE (sent by the terminate on the other side) may win.
+                    if "no matching SAs" not in str(error):
+                        raise IkeError(f"terminating the IKE_SA {ike} on {node} failed: {error}") from error
+        self.wait_no_sas(ar, mn=mn)
+        if mn == 0:
+            self.attached_to.discard(ar)
 
-    def wait_no_sas(self, ar: str, timeout: float = 5.0) -> None:
-        """Wait until neither the MN's nor ``ar``'s charon lists an IKE_SA between them and neither
-        kernel holds an XFRM state or policy for the MN's CoA at ``ar`` (charon removes an IKE_SA
-        from its list before it deletes the kernel state)."""
+    def forget_mn(self, mn: int) -> None:
+        """Nothing of MN ``mn`` left in any charon or kernel (a failed MN's recovery)."""
+        for ar in AR_NODES:
+            self._clean_after_failure(ar, mn)
+        for ar in AR_NODES:
+            self.wait_no_sas(ar, mn=mn)
+            if mn == 0:
+                self.attached_to.discard(ar)
+
+    def of_mn(self, mn: int) -> MnBaseline:
+        return MnBaseline(self, mn)
+
+    def wait_no_sas(self, ar: str, timeout: float = 5.0, mn: int = 0) -> None:
+        """Wait until neither MN ``mn``'s nor ``ar``'s charon lists an IKE_SA between them and
+        neither kernel holds an XFRM state or policy for the MN's CoA at ``ar`` (charon removes an
+        IKE_SA from its list before it deletes the kernel state)."""
         name = mn_connection_name(ar)
+        mn_node = plan.mn_node(mn)
         deadline = time.monotonic() + timeout
         while True:
-            left = []
-            for node, ike in ((ar, AR_CONNECTION), (plan.MN, name)):
-                session = self.charons[node].session
-                assert session is not None  # open while the baseline runs
-                if list(session.list_sas({"ike": ike})):
-                    left.append(node)
-            left += [f"{node} kernel" for node in (ar, plan.MN) if self._kernel_holds(node, ar)]
+            left = [node for node, ike in ((ar, AR_CONNECTION), (mn_node, name)) if self._mn_sas(node, ike, ar, mn)]
+            left += [f"{node} kernel" for node in (ar, mn_node) if self._kernel_holds(node, ar, mn)]
             if not left:
                 return
             if time.monotonic() > deadline:
-                raise IkeError(f"SAs between the MN and {ar} still present on {left} after {timeout} s")
+                raise IkeError(f"SAs between {mn_node} and {ar} still present on {left} after {timeout} s")
             time.sleep(0.02)
 
-    def _kernel_holds(self, node: str, ar: str) -> bool:
-        """Whether ``node``'s kernel has an XFRM state or policy for the MN's CoA at ``ar``."""
+    def _namespace_file(self, node: str) -> str:
+        if node in AR_NODES or node == plan.MN:
+            return f"/proc/{self.testbed.pid(node)}/ns/net"
+        return self.testbed.mn_namespace_file(next(index for index in range(self.mns) if plan.mn_node(index) == node))
+
+    def _kernel_holds(self, node: str, ar: str, mn: int = 0) -> bool:
+        """Whether ``node``'s kernel has an XFRM state or policy for MN ``mn``'s CoA at ``ar``."""
         from ipsec.xfrm import Xfrm
 
-        coa = plan.MN_COA[ar]
-        with Xfrm(netns=f"/proc/{self.testbed.pid(node)}/ns/net") as xfrm:
+        coa = plan.mn_coa(mn, ar)
+        with Xfrm(netns=self._namespace_file(node)) as xfrm:
             if any(coa in (state.saddr, state.daddr) for state in xfrm.dump_sas()):
                 return True
             return any(policy.dir < 3 and coa in (policy.selector.saddr, policy.selector.daddr)
@@ -457,6 +534,19 @@ class IkeBaseline:
     # -- inspection (tests, reports) ----------------------------------------------------------
     def list_sas(self, node: str) -> list[dict]:
         return [_decode(entry) for entry in self.charons[node].sas()]
+
+
+class MnBaseline:
+    """One MN of a baseline of several, in the names the re-authentication hooks call."""
+
+    def __init__(self, baseline: IkeBaseline, mn: int) -> None:
+        self.baseline, self.mn = baseline, mn
+
+    def attach(self, ar: str) -> dict:
+        return self.baseline.attach(ar, mn=self.mn)
+
+    def detach_old(self, ar: str) -> None:
+        self.baseline.detach_old(ar, mn=self.mn)
 
 
 # -- MOBIKE to the HA --------------------------------------------------------------------------------
@@ -624,7 +714,7 @@ class MobikeBaseline(IkeBaseline):
                            f"first {self.ike_spis[0]:016x}/{self.ike_spis[1]:016x}")
         return sa
 
-    def attach(self, ar: str) -> dict:
+    def attach(self, ar: str, mn: int = 0) -> dict:  # one MN: the constructor refuses more
         """The first time: make the IKE_SA and its CHILD_SA from the MN's care-of address at ``ar``.
         After a move to ``ar``: wait for MOBIKE's address update, and return its figures
         (``elapsed_ms``: from this call, right after the attach, to the CHILD_SA's new outer
@@ -737,7 +827,7 @@ class MobikeBaseline(IkeBaseline):
                 xfrm.close()
         return found
 
-    def detach_old(self, ar: str, timeout: float = 5.0) -> None:
+    def detach_old(self, ar: str, mn: int = 0, timeout: float = 5.0) -> None:  # one MN
         """Nothing to tear down: the IKE_SA moved. Checks that neither the MN's nor the HA's charon
         nor any node's kernel holds anything of the MN's care-of address at ``ar`` any more (the
         kernel's SAD and SPD, charon's socket policies left out) and that the MN keeps its one
@@ -1052,7 +1142,7 @@ class PreauthBaseline(IkeBaseline):
                                        f"{error}") from error
 
     # -- the attach ---------------------------------------------------------------------------------
-    def attach(self, ar: str) -> dict:
+    def attach(self, ar: str, mn: int = 0) -> dict:  # one MN: the constructor refuses more
         """The MN's SAs with ``ar`` for its care-of address there:
 
         - the MN is at another AR: pre-authenticate (:meth:`preauthenticate`; before the detach);
@@ -1098,7 +1188,7 @@ class PreauthBaseline(IkeBaseline):
         assert self.ike_counter is not None
         return ike_exchanges(self.ike_counter.drain())
 
-    def detach_old(self, ar: str) -> None:
+    def detach_old(self, ar: str, mn: int = 0) -> None:  # one MN: the constructor refuses more
         """Remove every IKE_SA between the MN and ``ar`` (its first attach's, or a
         pre-authentication's) on both sides, and check that nothing of the MN's care-of address at
         ``ar`` is left on the MN, on either AR or in any charon. A pre-authentication with ``ar``

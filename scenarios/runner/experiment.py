@@ -124,6 +124,8 @@ class Experiment:
         self.state_root = Path(STATE_ROOT) / f"{run_dir.name}-{os.getpid()}"
         self.security: Security | None = methods.NO_SECURITY
         self.baseline: IkeBaseline | None = None
+        #: how many of the testbed's MNs an IKE baseline serves (a storm sets all of them)
+        self.baseline_mns = 1
         #: called after every change of kernel state the runner makes (security entered, a
         #: handover done, a recovery): the run's Wireshark profile collects the SAs there
         self.on_state_change: Callable[[], object] | None = None
@@ -279,8 +281,10 @@ class Experiment:
             self.ar(ar).provision(context=ar_side.encode().hex())
             self.mn.provision(context=mn_side.encode().hex())
         elif security.ike_auth is not None:
+            several = {"mns": self.baseline_mns} if self.baseline_mns > 1 else {}
             self.baseline = self.baseline_factory(self.testbed, self.run_dir / f"ike-{security.name}",
-                                        method=security.ike_auth, aaa=needs_aaa(security.ike_auth))
+                                                  method=security.ike_auth, aaa=needs_aaa(security.ike_auth),
+                                                  **several)
             self.baseline.start()
             self.baseline.attach(ar)
         # the application's connection had nothing through for seconds: a new one, so that TCP's

@@ -1,5 +1,5 @@
 """Handover storms: K MNs of one testbed moving at once, each with a CXTP method over the paper's
-static SAs, each driven and waited for on its own.
+static SAs or with full re-authentication, each driven and waited for on its own.
 
 An :class:`~scenarios.runner.experiment.Experiment` on a testbed of several MNs
 (``Testbed(mns=N)``) runs every MN's agent: MN 0's as always, the others hosted by the same
@@ -8,7 +8,12 @@ processes (:meth:`nodes.agent.Agent.host`). A :class:`Storm` gives each MN its o
 window (all at once, or at Poisson arrivals), and returns one record per MN: ``ok``, or a failure
 that names why, after which nothing of that MN is left on any node and it is attached afresh.
 
-Storms of re-authentication need an IKE daemon per MN and are not run here yet.
+A storm of re-authentication runs a charon per MN (:class:`~scenarios.runner.baseline.IkeBaseline`
+with ``mns``; each MN's in its own namespace, under its own identity) against the ARs' one charon
+each and the one FreeRADIUS. Each MN's record then carries what the AAA server did for it, from a
+capture at the AAA node with the kernel's timestamps: its Access-Requests, FreeRADIUS's time on
+them (``aaa_residence_ms``: queue and service, summed) and the span from its first Access-Request's
+arrival to its Access-Accept's departure (``aaa_span_ms``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import cast
 from ipsec import IpsecContext
 from nodes import provisioning
 from nodes.contracts import AgentError, ArControl, MnControl, MnStatus
+from nodes.ike import ACCESS_ACCEPT, RADIUS_PORT, Tap, needs_aaa, radius_at_aaa
 from scenarios import config
 from scenarios.analysis.metrics import lateness_window
 from scenarios.records import Failure, HandoverRecord
@@ -66,6 +72,13 @@ class MnView:
     @property
     def identity(self) -> str:
         return plan.mn_identity(self.index)
+
+    @property
+    def baseline(self):
+        """This MN's side of the storm's IKE baseline (the re-authentication hooks' ``baseline``)."""
+        baseline = self.experiment.baseline
+        assert baseline is not None  # entering a re-authentication method started it
+        return baseline.of_mn(self.index)
 
 
 class StatusPoller:
@@ -166,13 +179,17 @@ class Storm:
 
     # -- security state ---------------------------------------------------------------------------
     def enter(self, method: Method) -> None:
-        """The static SAs every MN needs for ``method`` (a CXTP method over the paper's static SAs,
-        or ``none``): MN 0's through the experiment, the others' here, each at its current AR."""
-        if method.cxtp and not method.security.static_tunnel:
-            raise StormError(f"a storm runs CXTP over static SAs or no security, not {method.name}")
-        if method.security.ike_auth is not None:
-            raise StormError(f"{method.name}: storms of re-authentication are not run yet (one IKE daemon per MN)")
+        """The security state every MN needs for ``method`` (the paper's static SAs, an IKE_SA and
+        CHILD_SA with its AR, or none): MN 0's through the experiment, the others' here, each at its
+        current AR."""
+        if not config.storm_capable(method.name):
+            raise StormError(f"a storm runs no security, CXTP over static SAs or re-authentication with a "
+                             f"pre-shared key or EAP-MSCHAPv2/MD5, not {method.name}")
+        baseline = self.experiment.baseline
+        if baseline is not None and baseline.mns != self.testbed.mns:
+            self.experiment.leave()  # a baseline of MN 0 alone: one of every MN replaces it
         changed = self.experiment.security != method.security
+        self.experiment.baseline_mns = self.testbed.mns
         self.experiment.enter(method.security)
         if changed:
             for index in range(1, self.testbed.mns):
@@ -196,6 +213,10 @@ class Storm:
                 self.experiment.profile, spi_in, spi_out, reqid=1 + index)
             view.ar(current).provision(context=ar_side.encode().hex())
             view.mn.provision(context=mn_side.encode().hex())
+        elif method.security.ike_auth is not None:
+            current = self.testbed.attached[index]
+            assert current is not None
+            view.baseline.attach(current)
 
     # -- one storm --------------------------------------------------------------------------------
     def storm(self, method: Method, movers: list[int], l2_delay_ms: float, window_ms: float = 0.0,
@@ -213,6 +234,7 @@ class Storm:
         self._pace(movers)
         offsets = self._offsets(len(movers), window_ms, rate_per_s)
         records: dict[int, HandoverRecord] = {}
+        tap = self._aaa_tap(method)
         start = time.monotonic() + 0.05  # every thread started before the first move
         self.poller = StatusPoller(MnControl(self.experiment.agents[plan.MN].control_path, name="mn-storm"))
         threads = [threading.Thread(target=self._one, args=(method, index, l2_delay_ms, start + offset, records,
@@ -225,11 +247,40 @@ class Storm:
                 thread.join()
         finally:
             self.poller.stop()
+            packets = tap.drain() if tap is not None else []
+            if tap is not None:
+                tap.close()
         ordered = [records[index] for index in movers]
+        if tap is not None:
+            self._aaa_figures(ordered, movers, packets)
         for record, index in zip(ordered, movers):
             if record.outcome == "failed":
                 self.recover(index, method)
         return ordered
+
+    def _aaa_tap(self, method: Method) -> Tap | None:
+        """A capture of RADIUS at the AAA node for the storm, if ``method`` authenticates there."""
+        auth = method.security.ike_auth
+        if auth is None or not needs_aaa(auth):
+            return None
+        return Tap(self.testbed.pid(plan.AAA), (RADIUS_PORT,))
+
+    def _aaa_figures(self, records: list[HandoverRecord], movers: list[int], packets: list) -> None:
+        """Each MN's Access-Requests at the AAA (told apart by their Calling-Station-Id, the MN's
+        care-of address): how many, FreeRADIUS's time on them summed, and the span from the first's
+        arrival to the Access-Accept's departure. The answers are timestamped after the AAA's
+        egress delay, which is taken off."""
+        delay_ns = int(self.testbed.link_params[plan.AR_AAA].delay_ms * 1e6)
+        slots = {plan.mn_coa(index, ar): plan.mn_identity(index) for index in movers for ar in plan.ACCESS_ROUTERS}
+        requests = radius_at_aaa(packets, slots, delay_ns)
+        for record in records:
+            own = [entry for entry in requests if entry["slot"] == record.mn]
+            accepted = [entry for entry in own if entry["code"] == ACCESS_ACCEPT]
+            figures = {"aaa_requests": len(own),
+                       "aaa_residence_ms": sum(entry["answered_ns"] - entry["arrived_ns"] for entry in own) / 1e6,
+                       "aaa_span_ms": ((accepted[-1]["answered_ns"] - min(entry["arrived_ns"] for entry in own)) / 1e6
+                                       if accepted else None)}
+            record.reauth = {**(record.reauth or {}), **figures}
 
     def _pace(self, movers: list[int]) -> None:
         """Only the moving MNs' probes, within the budget; a few of each before the first move."""
@@ -290,6 +341,8 @@ class Storm:
                 times = self.testbed.handover(move.nar, l2_delay_ms, mn=index)
             record.detach_start_ns, record.detached_ns = times.detach_start_ns, times.detached_ns
             record.attach_start_ns, record.attached_ns = times.attach_start_ns, times.attached_ns
+            if method.after_attach is not None:  # re-authentication at the nAR, the pAR's SAs removed
+                record.reauth = method.after_attach(view, move)  # type: ignore[arg-type]  # .baseline
             status = self._wait_idle(view, move, method, record)
             record.completed = status["idle"]
             failure = _transfer_failure(status) if method.cxtp else None
@@ -384,6 +437,8 @@ class Storm:
             self.experiment.recover(method.security)
             return
         view = self.views[index]
+        if method.security.ike_auth is not None and self.experiment.baseline is not None:
+            self.experiment.baseline.forget_mn(index)
         try:
             view.mn.fresh_attach(address=plan.mn_coa(index, self.testbed.attached[index] or self.testbed.initial_ar))
         except AgentError:

@@ -56,8 +56,8 @@ class Attaches:
         attaches = self
 
         class Recording(baseline_module.IkeBaseline):
-            def attach(self, ar: str) -> dict:
-                result = super().attach(ar)
+            def attach(self, ar: str, mn: int = 0) -> dict:
+                result = super().attach(ar, mn)
                 attaches.results.append((self.params.method, result))
                 return result
 

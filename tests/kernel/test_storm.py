@@ -1,4 +1,5 @@
-"""Three MNs on shared cells handing over at once, for each CXTP method: every handover ok, each
+"""Three MNs on shared cells handing over at once, for each CXTP method and for re-authentication
+(a charon per MN): every handover ok, each
 MN's binding and traffic through its new AR, nothing of any MN left on the router it left, no SPI
 shared by two MNs' SAs on any node, no ESP sequence number reused or refused; and the agents of
 all three MNs served by one process each (the MN's and the HA's)."""
@@ -105,6 +106,56 @@ def test_three_mns_hand_over_at_once(fleet, name):
             assert after[node].get(counter, 0) == before[node].get(counter, 0), (node, counter)
 
 
+@pytest.mark.parametrize("name", ("reauth-psk", "reauth-eap"))
+def test_three_mns_reauthenticate_at_once(fleet, name):
+    """A storm of full re-authentication: each MN's own charon authenticates at its nAR at once
+    (EAP relayed by the nAR's one charon to the one FreeRADIUS), its SAs with the pAR go; every
+    MN ok, one IKE_SA each and nothing of it at the pAR, SPIs apart, and the AAA's work for each MN
+    recorded from the capture at the AAA node."""
+    testbed, experiment, storm = fleet
+    method = methods.get(name)
+    storm.enter(method)
+    pause(300)
+    baseline = experiment.baseline
+    assert baseline is not None and baseline.mns == MNS
+    before = {node: _xfrm_stat(testbed, target) for node, target in _targets(testbed).items()}
+    origins = dict(testbed.attached)
+    movers = list(range(MNS))
+    records = storm.storm(method, movers, L2_DELAY_MS)
+    assert [record.outcome for record in records] == ["ok"] * MNS, \
+        [(record.mn, record.outcome, record.failure and record.failure.reason) for record in records]
+    assert max(record.attached_ns for record in records) < min(record.restored_ns for record in records)
+    for record, index in zip(records, movers):
+        nar, par = record.to_ar, record.from_ar
+        assert nar != origins[index] and par == origins[index]
+        assert record.reauth is not None and record.reauth["elapsed_ms"] > 0
+        assert record.reauth["ike_requests"] >= 2, record.reauth  # IKE_SA_INIT, IKE_AUTH at least
+        # one IKE_SA on the MN (with its nAR) and one on the nAR from its new care-of address
+        assert len(baseline._mn_sas(plan.mn_node(index), "to-" + nar, nar, index)) == 1
+        assert len(baseline._mn_sas(nar, "access", nar, index)) == 1
+        assert baseline._mn_sas(par, "access", par, index) == []
+        if method.security.ike_auth.startswith("eap-"):
+            # EAP-MSCHAPv2: Identity-less start, challenge, response, success: Access-Requests each
+            assert record.reauth["aaa_requests"] >= 3, record.reauth
+            assert 0 < record.reauth["aaa_residence_ms"] <= record.reauth["aaa_span_ms"], record.reauth
+            assert record.reauth["aaa_span_ms"] < record.reauth["elapsed_ms"], record.reauth
+        else:
+            assert "aaa_requests" not in record.reauth
+    pause(200)
+    timers = experiment.timers
+    problems = storm.wait_released(records, movers, timers["release_hold"] + timers["late_ctdr_grace"] + 2)
+    assert problems == {}, problems
+    for ar, by_mn in _spis_by_mn(experiment, testbed).items():
+        seen: dict[int, int] = {}
+        for index, spis in by_mn.items():
+            for spi in spis:
+                assert seen.setdefault(spi, index) == index, (ar, hex(spi), seen[spi], index)
+    after = {node: _xfrm_stat(testbed, target) for node, target in _targets(testbed).items()}
+    for node in after:
+        for counter in SEQUENCE_ERRORS:
+            assert after[node].get(counter, 0) == before[node].get(counter, 0), (node, counter)
+
+
 def test_one_mn_moves_while_the_others_stay(fleet):
     """Only MN 1 moves: it is ok, and the others keep their binding and their traffic where they are."""
     testbed, experiment, storm = fleet
@@ -160,8 +211,9 @@ def test_static_spis_never_collide():
 
 def test_a_storm_refuses_what_it_cannot_run(fleet):
     _, _, storm = fleet
-    with pytest.raises(StormError):
-        storm.storm(methods.get("reauth-psk"), [0], L2_DELAY_MS)
+    for name in ("reauth-eap-tls", "mobike", "preauth-eap", "cxtp-reactive-ike"):
+        with pytest.raises(StormError):
+            storm.storm(methods.get(name), [0], L2_DELAY_MS)
     with pytest.raises(StormError):
         storm.storm(methods.get("cxtp-reactive"), [0, 0], L2_DELAY_MS)
     with pytest.raises(StormError):

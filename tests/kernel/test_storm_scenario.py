@@ -1,6 +1,7 @@
 """The storm scenario's plumbing, end to end, small (``scenarios/storm-smoke.toml``: 5 MNs, storms
-of 1 and 5 with no security and two CXTP methods): the runner's records name each MN, the report
-gives each method and K its figures from every MN's own probes, and the plot is drawn."""
+of 1 and 5 with no security, two CXTP methods and EAP re-authentication): the runner's records
+name each MN, the report gives each method and K its figures from every MN's own probes (and the
+AAA's queue, per MN, for EAP), and the plot is drawn."""
 
 from __future__ import annotations
 
@@ -60,10 +61,17 @@ def test_the_report_gives_each_method_and_size_its_figures(stormed):
                 assert figures["n"] == entry["counted"] > 0, (method, size, direction, entry)
                 assert scenario.l2_delay_ms < figures["p50"] <= figures["p95"] <= figures["p99"]
                 assert figures["p50"] < 1000 * CT_REQUEST_RETRY, (method, size, direction, figures)
-            if method != "none":
+            if method.startswith("cxtp-"):
                 assert entry["activation_ms"]["n"] == entry["counted"], (method, size, entry["activation_ms"])
             else:
                 assert entry["activation_ms"]["n"] == 0
+            if method == "reauth-eap":
+                # every MN's Access-Requests at the AAA node, told apart by its care-of address
+                span, residence = entry["aaa_span_ms"], entry["aaa_residence_ms"]
+                assert span["n"] == residence["n"] == entry["counted"], (size, span, residence)
+                assert 0 < residence["p50"] <= span["p50"] < figures["p50"], (size, span, residence, figures)
+            else:
+                assert entry["aaa_span_ms"]["n"] == 0
     assert (run_dir / "storm_p95.png").stat().st_size > 10_000
     assert "storms: K MNs moving at once" in _shown(run_dir)
 
