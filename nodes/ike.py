@@ -50,8 +50,10 @@ import ipaddress
 import os
 import queue
 import re
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -722,14 +724,20 @@ class Charon(Daemon):
         self.log_path = self.directory / "charon.log"
         self.swanctl_dir = self.directory / "swanctl"
         self.session: vici.Session | None = None
-        if len(str(self.socket_path)) > SUN_PATH_MAX:
-            raise IkeStartError(f"VICI socket path too long for AF_UNIX: {self.socket_path}")
+        #: a short directory of its own for /run when the run directory's is too deep for the VICI
+        #: socket's path (an AF_UNIX path has at most 107 octets); removed at the stop
+        self._short_run_dir: Path | None = None
 
     def config_files(self) -> dict[Path, str]:
         return {self.conf_path: render_strongswan_conf(self.node, self.log_path, self.radius, self.tls,
                                                        self.interfaces)}
 
     def prepare(self) -> None:
+        if len(str(self.socket_path)) > SUN_PATH_MAX:
+            self._short_run_dir = self.run_dir = Path(tempfile.mkdtemp(prefix=f"charon-{self.node}-"))
+            self.socket_path = self.run_dir / "charon.vici"
+            if len(str(self.socket_path)) > SUN_PATH_MAX:
+                raise IkeStartError(f"VICI socket path too long for AF_UNIX: {self.socket_path}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.swanctl_dir.mkdir(parents=True, exist_ok=True)
         for stale in (self.run_dir / "charon.pid", self.socket_path):
@@ -800,6 +808,9 @@ class Charon(Daemon):
                 pass
             self.session = None
         super().stop(timeout)
+        if self._short_run_dir is not None:
+            shutil.rmtree(self._short_run_dir, ignore_errors=True)
+            self._short_run_dir = None
 
 
 def shellquote(path: Path) -> str:

@@ -167,9 +167,23 @@ def test_bpf_filter_accepts_only_udp6_on_the_ports(ports):
     assert _run_bpf(program, _frame(50, 0, 0)) == 0  # ESP
 
 
-def test_vici_socket_path_length_is_checked(tmp_path):
-    with pytest.raises(ike.IkeStartError, match="too long"):
-        ike.Charon(None, "mn", tmp_path / ("x" * 120), None)
+def test_a_deep_run_directory_gets_a_short_vici_socket(tmp_path):
+    """An AF_UNIX path has at most 107 octets: charon's /run then goes to a short directory of its
+    own (its configuration and log stay where they were asked), removed at the stop."""
+    deep = tmp_path / ("x" * 120) / "mn"
+    charon = ike.Charon(None, "mn", deep, None)
+    charon.prepare()
+    try:
+        assert len(str(charon.socket_path)) <= ike.SUN_PATH_MAX
+        assert charon.run_dir.is_dir() and deep not in charon.run_dir.parents
+        assert charon.log_path.parent == deep and charon.conf_path.parent == deep
+        assert str(charon.run_dir) in charon.command()[-1]  # bound on /run
+    finally:
+        charon.stop()
+    assert not charon.run_dir.exists()
+    shallow = ike.Charon(None, "mn", tmp_path / "mn", None)
+    shallow.prepare()
+    assert shallow.run_dir == tmp_path / "mn" / "run"
 
 
 def _ike(ispi: bytes, exchange: int) -> bytes:

@@ -85,6 +85,26 @@ def test_the_radius_socket_serialises_round_trips(sockets):
     assert simulate(method, k, radius_sockets=None).interruptions["up"] == [pytest.approx(2 * one_way)] * k
 
 
+def test_each_nar_has_its_own_sockets():
+    """K MNs split between two nARs, one socket each: each nAR's MNs queue among themselves."""
+    steps = (Step("detach", ()),
+             Step("request", ("detach",), delay_ms=10.0, acquire=model.RADIUS_SOCKET),
+             Step("answer", ("request",), delay_ms=10.0, release=model.RADIUS_SOCKET))
+    method = Method("radius", steps, {"down": "answer", "up": "answer"})
+    result = simulate(method, 5, nars=[3, 2])
+    assert sorted(result.interruptions["up"]) == pytest.approx([20, 20, 40, 40, 60])
+    with pytest.raises(ValueError):
+        simulate(method, 5, nars=[3, 3])
+
+
+def test_the_validation_splits_a_storm_as_its_mns_moved():
+    moves = [{"method": "reauth-eap", "sweep_value": 5.0, "to": ar}
+             for ar in ["par", "par", "nar", "par", "nar", "nar", "par", "nar", "par", "par"]]
+    assert model.storm_split(moves, "reauth-eap", 5) == [3, 2]  # 6 of 10 to the first AR named
+    assert model.storm_split(moves, "reauth-eap", 1) is None
+    assert model.storm_split([{"method": "none", "sweep_value": 4.0, "to": "par"}] * 4, "none", 4) is None
+
+
 def test_an_eap_storm_waits_for_the_nar_socket_and_psk_does_not():
     built = model.methods(model.Network(), model.Costs())
     eap = simulate(built["reauth-eap"], 10, cpus={"nar": 64, "aaa": 64})

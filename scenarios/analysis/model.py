@@ -13,7 +13,9 @@ and followed by the delay of the link its message crosses:
 * CXTP predictive and network-initiated: the transfer (CTAR to the pAR, collect, PCTD, the nAR's
   inactive install) before the detach, the CTAR's activation after the attach;
 * re-authentication: IKE_SA_INIT and IKE_AUTH between the MN and the nAR (PSK), or with the EAP
-  rounds relayed over RADIUS to the AAA server (EAP), then the nAR's SAs.
+  rounds relayed over RADIUS to the AAA server (EAP), then the nAR's SAs. Each EAP round holds
+  one of the nAR's RADIUS sockets from its Access-Request to the answer (strongSwan's eap-radius;
+  one socket by default), a lock apart from the CPUs.
 
 A storm is K MNs whose detaches come all at once (``window_ms`` 0) or as a Poisson process
 within a window W (K arrival instants uniform in [0, W]: a Poisson process conditioned on K
@@ -413,13 +415,16 @@ def arrivals(k: int, window_ms: float, rng: random.Random) -> list[float]:
 
 def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int] | None = None,
              seed: int = 1, starts: Iterable[float] | None = None, one_cpu: bool = False,
-             radius_sockets: int | None = 1) -> StormResult:
+             radius_sockets: int | None = 1, nars: Sequence[int] | None = None) -> StormResult:
     """K MNs doing ``method``'s handover, their detaches at ``arrivals`` (or ``starts``); every
     node but the MN is shared by all of them, with ``cpus[node]`` CPUs (1 if not given); each MN
     is its own server. A step's work waits, first come first served within its priority, for a
     CPU of its node. ``one_cpu``: the emulation's case, every node and every MN's work on one CPU
     (the UML guest's; its waits are then all the ``cpu``'s). ``radius_sockets``: the nAR's RADIUS
-    sockets (:data:`RADIUS_SOCKET`; None: no limit); the waits for one are ``nar_radius_socket``'s."""
+    sockets (:data:`RADIUS_SOCKET`; None: no limit); the waits for one are ``nar_radius_socket``'s.
+    ``nars``: how many of the K MNs move to each of several nARs, each with sockets of its own
+    (an emulated storm's MNs move both ways between the two ARs); None: all to one. The nARs'
+    CPUs stay the one ``nar`` server (on one CPU, the only case where this matters, they are)."""
     cpus = cpus or {}
     rng = random.Random(seed)
     env = simpy.Environment()
@@ -429,13 +434,20 @@ def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int
     else:
         shared = {node: simpy.PriorityResource(env, capacity=max(1, cpus.get(node, 1)))
                   for node in NODES if node != "mn"}
-    locks = {RADIUS_SOCKET: simpy.Resource(env, capacity=radius_sockets)} if radius_sockets else {}
+    groups = list(nars) if nars else [k]
+    if sum(groups) != k or min(groups) < 0:
+        raise ValueError(f"nars must split the {k} MNs, got {groups}")
+    locks = ({RADIUS_SOCKET: [simpy.Resource(env, capacity=radius_sockets) for _ in groups]}
+             if radius_sockets else {})
+    nar_of = [group for group, count in enumerate(groups) for _ in range(count)]
+    if len(groups) > 1:
+        rng.shuffle(nar_of)  # which MN, in arrival order, goes where
     waits: dict[str, list[float]] = {node: [] for node in [*shared, *locks]}
     detach_at = list(starts) if starts is not None else arrivals(k, window_ms, rng)
     lead = next(s.service.mean for s in method.steps if s.name == method.detach)
     results: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
 
-    def handover(detach: float):  # one MN
+    def handover(detach: float, mn: int):  # one MN
         start = detach - lead  # a transfer ahead of the move starts its lead before the detach
         if start > env.now:
             yield env.timeout(start - env.now)
@@ -448,7 +460,7 @@ def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int
                 yield simpy.AllOf(env, [done[name] for name in step.after])
             if step.acquire in locks:
                 queued = env.now
-                held[step.acquire] = locks[step.acquire].request()
+                held[step.acquire] = locks[step.acquire][nar_of[mn]].request()
                 yield held[step.acquire]
                 waits[step.acquire].append(env.now - queued)
             service = step.service.draw(rng)
@@ -465,7 +477,7 @@ def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int
             if step.delay_ms:
                 yield env.timeout(step.delay_ms)
             if step.release in held:
-                locks[step.release].release(held.pop(step.release))
+                locks[step.release][nar_of[mn]].release(held.pop(step.release))
             finished[step.name] = env.now
             done[step.name].succeed()
 
@@ -476,8 +488,8 @@ def simulate(method: Method, k: int, window_ms: float = 0.0, cpus: dict[str, int
             results[direction].append(finished[end] - finished[method.detach])
 
     offset = max(lead, 0.0)  # the clock starts at the earliest transfer
-    for detach in detach_at:
-        env.process(handover(detach + offset))
+    for mn, detach in enumerate(detach_at):
+        env.process(handover(detach + offset, mn))
     env.run()
     return StormResult(method.name, k, window_ms, results, waits)
 
@@ -575,15 +587,26 @@ def network_of(parameters: dict[str, Any], interval_ms: float | None = None) -> 
 
 
 def pooled(method: Method, k: int, window_ms: float, one_cpu: bool, seed: int = 1,
-           cpus: dict[str, int] | None = None) -> dict[str, list[float]]:
+           cpus: dict[str, int] | None = None, nars: Sequence[int] | None = None) -> dict[str, list[float]]:
     """At least MODEL_SAMPLES handovers' interruptions per direction: storms of K, over seeds."""
     found: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
     runs = max(1, math.ceil(MODEL_SAMPLES / k))
     for offset in range(runs):
-        result = simulate(method, k, window_ms, cpus, seed + offset, one_cpu=one_cpu)
+        result = simulate(method, k, window_ms, cpus, seed + offset, one_cpu=one_cpu, nars=nars)
         for direction in DIRECTIONS:
             found[direction] += result.interruptions[direction]
     return found
+
+
+def storm_split(moves: list[dict], method: str, k: int) -> list[int] | None:
+    """How a storm of K of ``method`` split its MNs between the two ARs as their nAR, from the
+    run's handovers (each MN moves to its other AR, so a storm's MNs go both ways): the share
+    over all its storms, as K MNs. None: all to one."""
+    destinations = [row["to"] for row in moves if row["method"] == method and row.get("sweep_value") == k]
+    if not destinations:
+        return None
+    first = round(k * destinations.count(destinations[0]) / len(destinations))
+    return [first, k - first] if 0 < first < k else None
 
 
 def validate(run_dir: Path, timelines: Path | None = None) -> dict[str, Any]:
@@ -597,6 +620,8 @@ def validate(run_dir: Path, timelines: Path | None = None) -> dict[str, Any]:
     net = network_of(parameters)
     costs = calibrate(timelines, net) if timelines else Costs()
     options = parameters.get("storm") or {}
+    handovers = run_dir / "per_handover.json"
+    moves = json.loads(handovers.read_text()) if handovers.is_file() else []
     rows = []
     for name, per_size in storm.items():
         for size, entry in sorted(per_size.items(), key=lambda item: float(item[0])):
@@ -608,7 +633,7 @@ def validate(run_dir: Path, timelines: Path | None = None) -> dict[str, Any]:
             window = float(options.get("window_ms") or 0.0)
             if options.get("rate_per_s"):
                 window = 1000.0 * k / float(options["rate_per_s"])
-            modelled = pooled(built[name], k, window, one_cpu=True)
+            modelled = pooled(built[name], k, window, one_cpu=True, nars=storm_split(moves, name, k))
             for direction, model_direction in (("ha_to_mn", "down"), ("mn_to_ha", "up")):
                 figures = entry.get(direction) or {}
                 for label, q in (("p50", 0.5), ("p95", 0.95)):

@@ -344,6 +344,14 @@ class IkeBaseline:
         Raises :class:`IkeAuthenticationError` when credentials are refused, :class:`IkeAttachError`
         otherwise; no SA is left behind on the MN or the AR after a failure.
         """
+        return self._attach(ar, mn, summarize=True)
+
+    def attach_unsummarized(self, ar: str, mn: int) -> dict:
+        """:meth:`attach`, with the IKE packets kept (``ike_packets``) for :meth:`summarize_attach`
+        to read later, outside a storm's measured interval."""
+        return self._attach(ar, mn, summarize=False)
+
+    def _attach(self, ar: str, mn: int, summarize: bool) -> dict:
         if ar not in AR_NODES:
             raise ValueError(f"unknown AR {ar!r}")
         radius_counter = self.radius_counters.get(ar)
@@ -366,8 +374,11 @@ class IkeBaseline:
             "child_installed_ns": child_installed_ns,
             "initiate_returned_ns": initiate_returned_ns,
             "elapsed_ms": (child_installed_ns - initiate_sent_ns) / 1e6,
-            **summarize_ike(counter.drain()),
         }
+        if summarize:
+            result.update(summarize_ike(counter.drain()))
+        else:
+            result["ike_packets"] = counter.drain()
         if radius_counter is not None:
             packets = radius_counter.drain()
             radius = summarize_radius(packets)
@@ -480,8 +491,14 @@ class IkeBaseline:
             if mn == 0:
                 self.attached_to.discard(ar)
 
-    def of_mn(self, mn: int) -> MnBaseline:
-        return MnBaseline(self, mn)
+    @staticmethod
+    def summarize_attach(result: dict) -> None:
+        """The IKE figures of an attach made with ``summarize=False``, in place."""
+        if "ike_packets" in result:
+            result.update(summarize_ike(result.pop("ike_packets")))
+
+    def of_mn(self, mn: int, deferred: bool = False) -> MnBaseline:
+        return MnBaseline(self, mn, deferred)
 
     def wait_no_sas(self, ar: str, timeout: float = 5.0, mn: int = 0) -> None:
         """Wait until neither MN ``mn``'s nor ``ar``'s charon lists an IKE_SA between them and
@@ -537,16 +554,39 @@ class IkeBaseline:
 
 
 class MnBaseline:
-    """One MN of a baseline of several, in the names the re-authentication hooks call."""
+    """One MN of a baseline of several, in the names the re-authentication hooks call.
 
-    def __init__(self, baseline: IkeBaseline, mn: int) -> None:
-        self.baseline, self.mn = baseline, mn
+    ``deferred`` (a storm's): what only the runner needs waits for :meth:`finish`, after the
+    storm, so that it does not load the one CPU while other MNs still hand over: the IKE packets'
+    summary, and the removal of the pAR's SAs with the check that they are gone (a real MN's
+    charon would send a DELETE, or the pAR's would expire them; the probes, which the
+    interruption is measured by, already take the new path)."""
+
+    def __init__(self, baseline: IkeBaseline, mn: int, deferred: bool = False) -> None:
+        self.baseline, self.mn, self.deferred = baseline, mn, deferred
+        self._attached: list[dict] = []
+        self._old: list[str] = []
 
     def attach(self, ar: str) -> dict:
-        return self.baseline.attach(ar, mn=self.mn)
+        if not self.deferred:
+            return self.baseline.attach(ar, mn=self.mn)
+        result = self.baseline.attach_unsummarized(ar, self.mn)
+        self._attached.append(result)
+        return result
 
     def detach_old(self, ar: str) -> None:
-        self.baseline.detach_old(ar, mn=self.mn)
+        if self.deferred:
+            self._old.append(ar)
+        else:
+            self.baseline.detach_old(ar, mn=self.mn)
+
+    def finish(self) -> None:
+        """What a deferred view left: the attaches' IKE figures, then the old SAs removed."""
+        attached, old, self._attached, self._old = self._attached, self._old, [], []
+        for result in attached:
+            self.baseline.summarize_attach(result)
+        for ar in old:
+            self.baseline.detach_old(ar, mn=self.mn)
 
 
 # -- MOBIKE to the HA --------------------------------------------------------------------------------

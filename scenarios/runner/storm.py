@@ -32,6 +32,7 @@ from scenarios import config
 from scenarios.analysis.metrics import lateness_window
 from scenarios.records import Failure, HandoverRecord
 from scenarios.runner import methods as methods_registry
+from scenarios.runner.baseline import MnBaseline
 from scenarios.runner.experiment import (
     IDLE_TIMEOUT_S,
     STEP_ERRORS,
@@ -61,6 +62,8 @@ class MnView:
 
     experiment: Experiment
     index: int
+    #: during a storm, this MN's deferred view of the IKE baseline (:meth:`Storm.storm`)
+    storm_baseline: MnBaseline | None = None
 
     @property
     def mn(self) -> MnControl:
@@ -76,6 +79,8 @@ class MnView:
     @property
     def baseline(self):
         """This MN's side of the storm's IKE baseline (the re-authentication hooks' ``baseline``)."""
+        if self.storm_baseline is not None:
+            return self.storm_baseline
         baseline = self.experiment.baseline
         assert baseline is not None  # entering a re-authentication method started it
         return baseline.of_mn(self.index)
@@ -176,6 +181,8 @@ class Storm:
         self._handovers = 0
         self.method: Method | None = None
         self.poller: StatusPoller | None = None
+        #: the last storm's records until :meth:`finish` (method, records, movers, AAA packets)
+        self._unfinished: tuple[Method, list[HandoverRecord], list[int], list | None] | None = None
 
     # -- security state ---------------------------------------------------------------------------
     def enter(self, method: Method) -> None:
@@ -220,7 +227,8 @@ class Storm:
 
     # -- one storm --------------------------------------------------------------------------------
     def storm(self, method: Method, movers: list[int], l2_delay_ms: float, window_ms: float = 0.0,
-              rate_per_s: float | None = None, back_after_ms: float | None = None) -> list[HandoverRecord]:
+              rate_per_s: float | None = None, back_after_ms: float | None = None,
+              finish: bool = True) -> list[HandoverRecord]:
         """Move every MN of ``movers`` to its other AR with ``method``: all at once (``window_ms``
         0), spread uniformly over ``window_ms``, or at Poisson arrivals of ``rate_per_s``; with
         ``back_after_ms``, each moves back that long after its attach (a ping-pong, its record
@@ -235,6 +243,9 @@ class Storm:
         offsets = self._offsets(len(movers), window_ms, rate_per_s)
         records: dict[int, HandoverRecord] = {}
         tap = self._aaa_tap(method)
+        baseline = self.experiment.baseline if method.security.ike_auth is not None else None
+        for index in movers:  # what only the runner needs waits until every MN is done
+            self.views[index].storm_baseline = baseline.of_mn(index, deferred=True) if baseline else None
         start = time.monotonic() + 0.05  # every thread started before the first move
         self.poller = StatusPoller(MnControl(self.experiment.agents[plan.MN].control_path, name="mn-storm"))
         threads = [threading.Thread(target=self._one, args=(method, index, l2_delay_ms, start + offset, records,
@@ -251,12 +262,42 @@ class Storm:
             if tap is not None:
                 tap.close()
         ordered = [records[index] for index in movers]
-        if tap is not None:
+        self._unfinished = (method, ordered, movers, packets if tap is not None else None)
+        if finish:
+            self.finish()
+        return ordered
+
+    def finish(self) -> None:
+        """What the last storm left for after its measurement (``storm(..., finish=False)`` leaves it
+        until the measurement window has closed, so that it loads nothing the window judges): each
+        MN's deferred IKE work (figures, its old SAs removed), the AAA's figures per MN, and the
+        recovery of every MN whose handover failed."""
+        if self._unfinished is None:
+            return
+        method, ordered, movers, packets = self._unfinished
+        self._unfinished = None
+        for record, index in zip(ordered, movers):
+            self._finish_baseline(record, index)
+        if packets is not None:
             self._aaa_figures(ordered, movers, packets)
         for record, index in zip(ordered, movers):
             if record.outcome == "failed":
                 self.recover(index, method)
-        return ordered
+
+    def _finish_baseline(self, record: HandoverRecord, index: int) -> None:
+        """MN ``index``'s deferred IKE work, once the storm is over: its figures, its old SAs gone.
+        If the old SAs do not go, the MN's handover failed."""
+        view = self.views[index]
+        deferred, view.storm_baseline = view.storm_baseline, None
+        if deferred is None:
+            return
+        try:
+            deferred.finish()
+        except STEP_ERRORS as error:
+            if record.outcome != "failed":
+                record.outcome = "failed"
+                record.failure = Failure(reason=f"{type(error).__name__}: {error}", problems=[],
+                                         t_ns=time.monotonic_ns(), state={})
 
     def _aaa_tap(self, method: Method) -> Tap | None:
         """A capture of RADIUS at the AAA node for the storm, if ``method`` authenticates there."""
@@ -496,11 +537,12 @@ def _one_storm(storm: Storm, scenario, method: Method, movers: list[int], cpu_ti
     size = len(movers)
     before = cpu_times()
     batch = storm.storm(method, movers, scenario.l2_delay_ms, scenario.storm["window_ms"],
-                        scenario.storm["rate_per_s"] or None, scenario.ping_pong_ms)
+                        scenario.storm["rate_per_s"] or None, scenario.ping_pong_ms, finish=False)
     settle_before = cpu_times()
     pause(scenario.settle_ms)
     now = cpu_times()
     end_ns = time.monotonic_ns()
+    storm.finish()  # after the measurement window: the runner's own work is not judged as the storm's
     timers = experiment.timers
     problems = storm.wait_released(batch, movers, timers["release_hold"] + timers["late_ctdr_grace"])
     for record, index in zip(batch, movers):
