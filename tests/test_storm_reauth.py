@@ -145,3 +145,47 @@ def test_the_storm_summary_gives_the_aaa_queue_per_k():
     assert entry["aaa_residence_ms"]["p50"] == pytest.approx(3.0)
     assert entry["activation_ms"]["n"] == 0
     assert "30.0/" in storms.table(summary)
+
+
+class _RecordingBaseline:
+    """The calls a storm's view makes of the IKE baseline, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def attach(self, ar, mn=0):
+        self.calls.append(("attach", ar, mn))
+        return {"elapsed_ms": 1.0, "ike_requests": 2}
+
+    def attach_unsummarized(self, ar, mn):
+        self.calls.append(("attach_unsummarized", ar, mn))
+        return {"elapsed_ms": 1.0, "ike_packets": []}
+
+    def summarize_attach(self, result):
+        self.calls.append(("summarize", tuple(sorted(result))))
+        result.pop("ike_packets")
+        result["ike_requests"] = 2
+
+    def detach_old(self, ar, mn=0):
+        self.calls.append(("detach_old", ar, mn))
+
+
+def test_a_storms_view_leaves_the_runners_work_for_after_the_storm():
+    """Deferred (a storm's): the attach is made at once, its summary and the old SAs' removal only
+    at finish, in that order; not deferred: both at once, as the single-MN runs do."""
+    recording = _RecordingBaseline()
+    view = baseline.MnBaseline(recording, 3, deferred=True)
+    result = view.attach(plan.NAR)
+    view.detach_old(plan.PAR)
+    assert recording.calls == [("attach_unsummarized", plan.NAR, 3)]
+    assert "ike_packets" in result
+    view.finish()
+    assert recording.calls[1:] == [("summarize", ("elapsed_ms", "ike_packets")), ("detach_old", plan.PAR, 3)]
+    assert result == {"elapsed_ms": 1.0, "ike_requests": 2}  # the record's dict, completed in place
+    view.finish()  # nothing left to do twice
+    assert len(recording.calls) == 3
+    direct = _RecordingBaseline()
+    plain = baseline.MnBaseline(direct, 2)
+    plain.attach(plan.PAR)
+    plain.detach_old(plan.NAR)
+    assert direct.calls == [("attach", plan.PAR, 2), ("detach_old", plan.NAR, 2)]
