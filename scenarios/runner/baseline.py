@@ -29,6 +29,7 @@ while the baseline runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import socket
@@ -363,7 +364,7 @@ class IkeBaseline:
 
         initiate_sent_ns, initiate_returned_ns, child_installed_ns = self._initiate_connection(
             mn_connection_name(ar), radius_counter, failed, mn)
-        counter = self.ike_counter if mn == 0 else self.mn_ike_counters[mn]
+        _, counter = self._events_and_packets(mn)
         assert counter is not None  # _initiate_connection checked it
         if mn == 0:
             self.attached_to.add(ar)
@@ -401,8 +402,7 @@ class IkeBaseline:
         CHILD_SA is up: (initiate sent, initiate returned, CHILD_SA installed), ns. A refusal is
         classified from charon's log and raised as what ``failed`` makes of it (after its clean-up)."""
         charon = self.charons[plan.mn_node(mn)]
-        listener = self.listener if mn == 0 else self.mn_listeners[mn]
-        counter = self.ike_counter if mn == 0 else self.mn_ike_counters[mn]
+        listener, counter = self._events_and_packets(mn)
         assert charon.session is not None and listener is not None and counter is not None
         listener.clear()
         counter.drain()
@@ -423,6 +423,12 @@ class IkeBaseline:
         installed_ns, _ = listener.wait_for(
             "child-updown", lambda m: m.get("up") == "yes" and name in m, timeout=10.0)
         return sent_ns, returned_ns, installed_ns
+
+    def _events_and_packets(self, mn: int) -> tuple[EventListener | None, PacketCounter | None]:
+        """MN ``mn``'s charon events and IKE packets."""
+        if mn == 0:
+            return self.listener, self.ike_counter
+        return self.mn_listeners[mn], self.mn_ike_counters[mn]
 
     def set_mn_password(self, password: str) -> None:
         """Replace the EAP password the MN presents (RADIUS keeps its own): for refusal tests."""
@@ -450,10 +456,7 @@ class IkeBaseline:
         session = self.charons[node].session
         assert session is not None
         message = {"ike-id": sa["uniqueid"], "force": "yes", "timeout": "-1", "loglevel": "-1"}
-        if node in AR_NODES:
-            with self._session_locks[node]:
-                request(session, "terminate", message)
-        else:
+        with self._session_locks.get(node, contextlib.nullcontext()):  # an MN's: its own thread only
             request(session, "terminate", message)
 
     def _clean_after_failure(self, ar: str, mn: int = 0) -> None:
@@ -516,17 +519,14 @@ class IkeBaseline:
                 raise IkeError(f"SAs between {mn_node} and {ar} still present on {left} after {timeout} s")
             time.sleep(0.02)
 
-    def _namespace_file(self, node: str) -> str:
-        if node in AR_NODES or node == plan.MN:
-            return f"/proc/{self.testbed.pid(node)}/ns/net"
-        return self.testbed.mn_namespace_file(next(index for index in range(self.mns) if plan.mn_node(index) == node))
-
     def _kernel_holds(self, node: str, ar: str, mn: int = 0) -> bool:
         """Whether ``node``'s kernel has an XFRM state or policy for MN ``mn``'s CoA at ``ar``."""
         from ipsec.xfrm import Xfrm
 
         coa = plan.mn_coa(mn, ar)
-        with Xfrm(netns=self._namespace_file(node)) as xfrm:
+        namespace = (f"/proc/{self.testbed.pid(node)}/ns/net" if node in AR_NODES
+                     else self.testbed.mn_namespace_file(mn))
+        with Xfrm(netns=namespace) as xfrm:
             if any(coa in (state.saddr, state.daddr) for state in xfrm.dump_sas()):
                 return True
             return any(policy.dir < 3 and coa in (policy.selector.saddr, policy.selector.daddr)

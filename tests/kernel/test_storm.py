@@ -74,6 +74,21 @@ def _spis_by_mn(experiment: Experiment, testbed: Testbed) -> dict[str, dict[int,
     return found
 
 
+def _assert_spis_apart_and_no_sequence_error(experiment: Experiment, testbed: Testbed,
+                                              before: dict[str, dict[str, int]]) -> None:
+    """No two MNs' SAs share an SPI on any AR; no node's kernel refused ESP for its sequence
+    number since ``before`` (its xfrm_stat then)."""
+    for ar, by_mn in _spis_by_mn(experiment, testbed).items():
+        seen: dict[int, int] = {}
+        for index, spis in by_mn.items():
+            for spi in spis:
+                assert seen.setdefault(spi, index) == index, (ar, hex(spi), seen[spi], index)
+    after = {node: _xfrm_stat(testbed, target) for node, target in _targets(testbed).items()}
+    for node in after:
+        for counter in SEQUENCE_ERRORS:
+            assert after[node].get(counter, 0) == before[node].get(counter, 0), (node, counter)
+
+
 @pytest.mark.parametrize("name", CXTP_METHODS)
 def test_three_mns_hand_over_at_once(fleet, name):
     testbed, experiment, storm = fleet
@@ -94,16 +109,7 @@ def test_three_mns_hand_over_at_once(fleet, name):
     pause(200)  # the probes of the new path
     problems = storm.wait_released(records, movers, timers["release_hold"] + timers["late_ctdr_grace"] + 2)
     assert problems == {}, problems
-    # no two MNs' SAs share an SPI on any AR
-    for ar, by_mn in _spis_by_mn(experiment, testbed).items():
-        seen: dict[int, int] = {}
-        for index, spis in by_mn.items():
-            for spi in spis:
-                assert seen.setdefault(spi, index) == index, (ar, hex(spi), seen[spi], index)
-    after = {node: _xfrm_stat(testbed, target) for node, target in _targets(testbed).items()}
-    for node in after:
-        for counter in SEQUENCE_ERRORS:
-            assert after[node].get(counter, 0) == before[node].get(counter, 0), (node, counter)
+    _assert_spis_apart_and_no_sequence_error(experiment, testbed, before)
 
 
 @pytest.mark.parametrize("name", ("reauth-psk", "reauth-eap"))
@@ -145,15 +151,7 @@ def test_three_mns_reauthenticate_at_once(fleet, name):
     timers = experiment.timers
     problems = storm.wait_released(records, movers, timers["release_hold"] + timers["late_ctdr_grace"] + 2)
     assert problems == {}, problems
-    for ar, by_mn in _spis_by_mn(experiment, testbed).items():
-        seen: dict[int, int] = {}
-        for index, spis in by_mn.items():
-            for spi in spis:
-                assert seen.setdefault(spi, index) == index, (ar, hex(spi), seen[spi], index)
-    after = {node: _xfrm_stat(testbed, target) for node, target in _targets(testbed).items()}
-    for node in after:
-        for counter in SEQUENCE_ERRORS:
-            assert after[node].get(counter, 0) == before[node].get(counter, 0), (node, counter)
+    _assert_spis_apart_and_no_sequence_error(experiment, testbed, before)
 
 
 def test_one_mn_moves_while_the_others_stay(fleet):
